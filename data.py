@@ -1,0 +1,351 @@
+"""Clips to train on: synthetic MovingMNIST made on the fly, the public MovingMNIST test file,
+and folders of real video.
+
+Every source has `sample(batch, generator) -> (clips [B, C, T, H, W] float32, labels dict)`,
+and draws all of its randomness from `generator`. `StepBatches` seeds that generator from
+(seed, rank, step), so the batch of a step is a pure function of those three numbers: a resumed
+run sees exactly the batches it would have seen, and DataLoader workers need no shared state.
+
+Digits come from MNIST IDX files in a directory (`mnist_dir` or $MNIST_DIR), else from a
+one-time download into ~/.cache/vjepa-mnist checked against the published MD5s, else (offline)
+from digits drawn procedurally here, with a one-line warning.
+"""
+import gzip
+import hashlib
+import math
+import os
+import shutil
+import sys
+import tempfile
+import urllib.request
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+MNIST_MD5 = {  # the checksums published with the MNIST distribution
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "vjepa-mnist")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ----------------------------------------------------------------------------------------------
+# Digits
+
+def md5(path):
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_idx(path):
+    """An IDX file (gzip) -> uint8 array. Checks the checksum, the magic number and the size."""
+    name = os.path.basename(path)
+    if MNIST_MD5.get(name) and md5(path) != MNIST_MD5[name]:
+        raise ValueError(f"{path} is corrupt: its MD5 {md5(path)} is not the published "
+                         f"{MNIST_MD5[name]}; delete it or replace it with a good copy")
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise ValueError(f"{path} is not a readable gzip file ({e})") from None
+    ndim = raw[3] if len(raw) > 4 and raw[:3] == b"\x00\x00\x08" else 0
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    if not ndim or len(raw) != 4 + 4 * ndim + math.prod(shape):
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes with a consistent size")
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _split_files(directory):
+    """The first MNIST split (train, else t10k) whose two files are both in `directory`."""
+    for split in ("train", "t10k"):
+        files = [os.path.join(directory, f"{split}-{kind}-idx{n}-ubyte.gz")
+                 for kind, n in (("images", 3), ("labels", 1))]
+        if all(os.path.exists(f) for f in files):
+            return files
+    return None
+
+
+def _download(directory):
+    """Download the MNIST training split into `directory`, verified, written atomically."""
+    os.makedirs(directory, exist_ok=True)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        target = os.path.join(directory, name)
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".part")
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(MNIST_URL + name, timeout=20) as r:
+            shutil.copyfileobj(r, out)
+        if md5(tmp) != MNIST_MD5[name]:
+            os.remove(tmp)
+            raise OSError(f"downloaded {name} does not match its published MD5")
+        os.replace(tmp, target)
+
+
+def load_digits(mnist_dir=""):
+    """MNIST digits as (images uint8 [N, 28, 28], labels int64 [N]).
+
+    mnist_dir (or $MNIST_DIR) given: its files are used and must be there and intact.
+    Otherwise the default cache, filled by a download on first use; offline (or with
+    $VJEPA_OFFLINE=1) the procedural digits of `procedural_digits`."""
+    explicit = mnist_dir or os.environ.get("MNIST_DIR", "")
+    directory = explicit or DEFAULT_CACHE
+    files = _split_files(directory)
+    if files is None and explicit:
+        raise FileNotFoundError(f"no MNIST files in mnist_dir={directory!r}: expected "
+                                "train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz "
+                                "(or the t10k-* pair)")
+    if files is None and not os.environ.get("VJEPA_OFFLINE"):
+        try:
+            _download(directory)
+            files = _split_files(directory)
+        except OSError as e:
+            print(f"warning: MNIST download failed ({e}); using procedural digits",
+                  file=sys.stderr)
+    if files is None:
+        if os.environ.get("VJEPA_OFFLINE"):
+            print("warning: no MNIST files and VJEPA_OFFLINE is set; using procedural digits",
+                  file=sys.stderr)
+        return procedural_digits()
+    images, labels = read_idx(files[0]), read_idx(files[1])
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
+        raise ValueError(f"{files[0]} holds images of shape {images.shape}, with labels "
+                         f"{labels.shape}; expected [N, 28, 28] and [N]")
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+def split_digits(images, labels, part):
+    """The paper's split: the last 1/12 of the digits is held out ('val'), the rest is 'train'
+    (55,000 / 5,000 for the MNIST training set)."""
+    cut = len(images) - len(images) // 12
+    return (images[:cut], labels[:cut]) if part == "train" else (images[cut:], labels[cut:])
+
+
+# Strokes of the ten digits in a unit box (x right, y down): polylines, arcs given as
+# ("arc", cx, cy, rx, ry, start_deg, end_deg).
+_STROKES = {
+    0: [("arc", .5, .5, .28, .4, 0, 360)],
+    1: [[(.38, .24), (.55, .1), (.55, .9)]],
+    2: [("arc", .5, .32, .27, .22, 200, 380), [(.77, .36), (.22, .9), (.82, .9)]],
+    3: [("arc", .48, .3, .25, .2, 200, 450), ("arc", .48, .7, .28, .2, 270, 520)],
+    4: [[(.65, .9), (.65, .1), (.18, .65), (.85, .65)]],
+    5: [[(.78, .1), (.32, .1), (.27, .45)], ("arc", .5, .66, .28, .24, 220, 500)],
+    6: [("arc", .52, .68, .26, .22, 0, 360), [(.27, .66), (.4, .3), (.66, .1)]],
+    7: [[(.2, .12), (.8, .12), (.42, .9)]],
+    8: [("arc", .5, .3, .22, .19, 0, 360), ("arc", .5, .7, .27, .21, 0, 360)],
+    9: [("arc", .5, .32, .25, .22, 0, 360), [(.75, .34), (.62, .9)]],
+}
+
+
+def _stroke_points(stroke):
+    if isinstance(stroke, list):
+        return np.array(stroke, dtype=np.float64)
+    _, cx, cy, rx, ry, a0, a1 = stroke
+    a = np.deg2rad(np.linspace(a0, a1, 32))
+    return np.stack([cx + rx * np.cos(a), cy + ry * np.sin(a)], 1)
+
+
+def procedural_digits(per_class=600, seed=0):
+    """Offline stand-in for MNIST: strokes of the ten digits under a random affine jitter
+    (rotation, shear, scale, shift) and line width, drawn at 4x and averaged down to 28x28."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    big = 112
+    images, labels = [], []
+    for digit in range(10):
+        for _ in range(per_class):
+            rot, shear = rng.normal(0, 0.15), rng.normal(0, 0.15)
+            sx, sy = rng.uniform(0.85, 1.1, 2)
+            A = np.array([[math.cos(rot), -math.sin(rot)], [math.sin(rot), math.cos(rot)]])
+            A = A @ np.array([[sx, shear], [0, sy]])
+            shift = rng.normal(0, 0.03, 2)
+            img = Image.new("L", (big, big))
+            draw = ImageDraw.Draw(img)
+            width = int(rng.uniform(7, 12))
+            for stroke in _STROKES[digit]:
+                p = (_stroke_points(stroke) - 0.5) @ A.T + 0.5 + shift  # jitter about the centre
+                p = (p * 20 + 4) * (big / 28)  # a 20x20 box inside 28x28, like MNIST
+                draw.line([tuple(q) for q in p], fill=255, width=width, joint="curve")
+            images.append(np.asarray(img.resize((28, 28), Image.BOX)))
+            labels.append(digit)
+    order = rng.permutation(len(images))
+    return (torch.from_numpy(np.stack(images)[order]),
+            torch.tensor(labels, dtype=torch.int64)[order])
+
+
+# ----------------------------------------------------------------------------------------------
+# MovingMNIST
+
+def bounce(x, low, high):
+    """Positions on a straight line folded into [low, high] as if reflected by walls."""
+    span = high - low
+    m = torch.remainder(x - low, 2 * span)
+    return low + span - (span - m).abs()
+
+
+def paste(canvas_size, images, top_left):
+    """Draw digits onto black frames, overlaps combined by max.
+    images: [B, n, h, w] in [0, 1]; top_left: [B, n, T, 2] integer (y, x) -> [B, T, S, S]."""
+    B, n, h, w = images.shape
+    T = top_left.shape[2]
+    S = canvas_size
+    dy, dx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    y = top_left[..., 0, None, None] + dy  # (B, n, T, h, w)
+    x = top_left[..., 1, None, None] + dx
+    index = (y * S + x).permute(0, 2, 1, 3, 4).reshape(B, T, n * h * w)
+    src = images[:, :, None].expand(B, n, T, h, w).permute(0, 2, 1, 3, 4).reshape(B, T, -1)
+    canvas = torch.zeros(B, T, S * S)
+    canvas.scatter_reduce_(2, index, src, reduce="amax")
+    return canvas.view(B, T, S, S)
+
+
+class MovingMNIST:
+    """Deterministic MovingMNIST (Srivastava et al. 2015): digits on a black square canvas, each
+    from a uniformly random position with a constant velocity (uniform direction, speed
+    uniform in `speed` pixels per frame), bouncing off the walls.
+
+    Labels: speed [B, n] and velocity [B, n, 2] (pixels per frame, (vy, vx)) before any
+    bounce, digit identities [B, n]."""
+
+    def __init__(self, images, labels, num_frames=20, img_size=64, num_digits=2,
+                 speed=(1.0, 4.0)):
+        if img_size < images.shape[-1]:
+            raise ValueError(f"img_size={img_size} is smaller than a digit ({images.shape[-1]})")
+        self.images, self.labels = images, labels
+        self.num_frames, self.img_size, self.num_digits, self.speed = (
+            num_frames, img_size, num_digits, speed)
+
+    def sample(self, batch, generator):
+        B, n, T = batch, self.num_digits, self.num_frames
+        g = generator
+        which = torch.randint(len(self.images), (B, n), generator=g)
+        room = self.img_size - self.images.shape[-1]  # top-left corner range [0, room]
+        start = torch.rand(B, n, 2, generator=g) * room
+        angle = torch.rand(B, n, generator=g) * 2 * math.pi
+        speed = self.speed[0] + (self.speed[1] - self.speed[0]) * torch.rand(B, n, generator=g)
+        velocity = speed[..., None] * torch.stack([angle.sin(), angle.cos()], -1)  # (B, n, 2)
+        t = torch.arange(T, dtype=torch.float32)[None, None, :, None]
+        pos = bounce(start[:, :, None] + velocity[:, :, None] * t, 0, room)  # (B, n, T, 2)
+        digits = self.images[which].float() / 255
+        clips = paste(self.img_size, digits, pos.round().long())
+        labels = {"speed": speed, "velocity": velocity, "digits": self.labels[which]}
+        return clips[:, None], labels  # (B, 1, T, S, S)
+
+
+class MovingMNISTFile:
+    """The public `mnist_test_seq.npy` (20, N, 64, 64) uint8: two digits a clip, no labels.
+    Clips are the first `num_frames` frames of randomly chosen sequences."""
+
+    def __init__(self, path, num_frames=20):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"data_path={path!r} does not exist")
+        self.seqs = np.load(path, mmap_mode="r")
+        if self.seqs.ndim != 4 or self.seqs.shape[0] < num_frames:
+            raise ValueError(f"{path} has shape {self.seqs.shape}; expected (T, N, H, W) with "
+                             f"T >= num_frames={num_frames}")
+        self.num_frames = num_frames
+
+    def sample(self, batch, generator):
+        idx = torch.randint(self.seqs.shape[1], (batch,), generator=generator).sort().values
+        clips = np.stack([self.seqs[: self.num_frames, i] for i in idx.tolist()])  # IO per clip
+        return torch.from_numpy(clips).float().div_(255)[:, None], {"index": idx}
+
+
+class VideoFolder:
+    """Real video: every .gif, .mp4, .avi, .webm or .npy ([T, H, W] or [T, H, W, C]) under
+    `root`. A clip is `num_frames` frames `stride` apart from a random start (the last frame
+    repeats for short videos), then one random-resized crop (area scale 0.3-1, aspect
+    0.75-1.35) shared by all frames, resized to img_size, a horizontal flip with p = 0.5, and
+    ImageNet normalisation. Reading mp4/avi/webm needs `pip install imageio[ffmpeg]`."""
+
+    EXTENSIONS = (".gif", ".mp4", ".avi", ".webm", ".npy")
+
+    def __init__(self, root, num_frames=16, img_size=224, in_chans=3, stride=4,
+                 scale=(0.3, 1.0), ratio=(0.75, 1.35)):
+        self.files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+                            if f.lower().endswith(self.EXTENSIONS))
+        if not self.files:
+            raise FileNotFoundError(f"data_path={root!r} holds no video ({', '.join(self.EXTENSIONS)})")
+        self.num_frames, self.img_size, self.in_chans, self.stride = (
+            num_frames, img_size, in_chans, stride)
+        self.scale, self.ratio = scale, ratio
+
+    def read(self, path):
+        """-> uint8 array [T, H, W, C]."""
+        if path.endswith(".npy"):
+            video = np.load(path)
+        else:
+            import imageio.v3 as iio
+            try:
+                video = iio.imread(path, index=None)
+            except Exception as e:  # imageio raises many kinds; name the file either way
+                raise ValueError(f"cannot read {path}: {e}") from None
+        return video[..., None] if video.ndim == 3 else video
+
+    def clip(self, path, g):
+        video = self.read(path)
+        span = (self.num_frames - 1) * self.stride + 1
+        start = int(torch.randint(max(len(video) - span, 0) + 1, (1,), generator=g))
+        t = np.minimum(start + self.stride * np.arange(self.num_frames), len(video) - 1)
+        x = torch.from_numpy(np.ascontiguousarray(video[t][..., :3])).float() / 255  # (T,H,W,C)
+        x = x.permute(3, 0, 1, 2)  # (C, T, H, W)
+        if x.shape[0] != self.in_chans:  # grey <-> colour
+            x = x.mean(0, keepdim=True).expand(self.in_chans, -1, -1, -1)
+        H, W = x.shape[-2:]
+        area = H * W * (self.scale[0] + (self.scale[1] - self.scale[0]) * float(torch.rand(1, generator=g)))
+        log_r = math.log(self.ratio[0]) + (math.log(self.ratio[1]) - math.log(self.ratio[0])) * float(torch.rand(1, generator=g))
+        w = min(W, max(1, round(math.sqrt(area * math.exp(log_r)))))
+        h = min(H, max(1, round(math.sqrt(area / math.exp(log_r)))))
+        top = int(torch.randint(H - h + 1, (1,), generator=g))
+        left = int(torch.randint(W - w + 1, (1,), generator=g))
+        x = F.interpolate(x[:, :, top:top + h, left:left + w], size=(self.img_size,) * 2,
+                          mode="bilinear", align_corners=False)
+        if float(torch.rand(1, generator=g)) < 0.5:
+            x = x.flip(-1)
+        if self.in_chans == 3:
+            mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+            x = (x - mean[:, None, None, None]) / std[:, None, None, None]
+        return x
+
+    def sample(self, batch, generator):
+        idx = torch.randint(len(self.files), (batch,), generator=generator)
+        clips = [self.clip(self.files[i], generator) for i in idx.tolist()]  # file IO per clip
+        return torch.stack(clips), {"index": idx}
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches by step
+
+def step_seed(seed, rank, step, stream=0):
+    """A well-mixed 63-bit seed for one (run seed, rank, step); `stream` separates independent
+    uses in one step (0: the clips, 1: the masks)."""
+    state = np.random.SeedSequence([seed, rank, step, stream]).generate_state(1, np.uint64)
+    return int(state[0] >> 1)
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Map-style dataset whose item `step` is the whole batch of that step on this rank.
+    Use with DataLoader(batch_size=None, sampler=range(first_step, last_step))."""
+
+    def __init__(self, source, batch_size, seed, rank=0):
+        self.source, self.batch_size, self.seed, self.rank = source, batch_size, seed, rank
+
+    def __getitem__(self, step):
+        g = torch.Generator().manual_seed(step_seed(self.seed, self.rank, step))
+        return self.source.sample(self.batch_size, g)
+
+
+def fixed_set(source, n, seed, chunk=256):
+    """A fixed seeded set of n clips (for validation), made in chunks. -> (clips, labels)."""
+    g = torch.Generator().manual_seed(seed)
+    parts = [source.sample(min(chunk, n - i), g) for i in range(0, n, chunk)]
+    clips = torch.cat([p[0] for p in parts])
+    labels = {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
+    return clips, labels

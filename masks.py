@@ -1,0 +1,238 @@
+"""Which tokens the context encoder sees and which ones the predictor must predict.
+
+Every sampler returns, per mask configuration, a pair of LongTensors of token indices
+`(ctx_idx [B, K_ctx], tgt_idx [B, K_tgt])` into the time-major token grid (T', H', W'):
+index = (i_t * H' + i_h) * W' + i_w. Indices in a row are sorted and the two sets are disjoint.
+
+Rectangular tensors need the same K in every row, but unions of random blocks differ in size.
+We cut every row to the batch minimum by keeping a *uniformly random* subset of its candidates
+(the original kept the first K, which starves the last time steps, see SPEC section 6). For the
+multi-block and random-tube masks the subset is drawn over spatial positions and then expanded
+through time, so context and target stay unions of full-length tubes and every time step holds
+exactly the same number of them. Tokens cut this way are neither context nor target.
+
+`python masks.py` prints statistics for the paper geometry and draws a few masks.
+"""
+import argparse
+import json
+
+import torch
+
+ASPECT = (0.75, 1.5)  # block aspect ratio h/w, uniform in this range
+SHORT_RANGE = (8, 0.15)  # (number of blocks, spatial scale of each block)
+LONG_RANGE = (2, 0.70)
+STRATEGIES = ("multiblock", "random_tube", "causal", "future")
+
+
+def block_mask(batch, hw, num_blocks, scale, generator, aspect=ASPECT):
+    """Union of `num_blocks` random blocks per sample. -> [B, H*W] bool, True = masked.
+    Block h = round(sqrt(s*H*W*a)), w = round(sqrt(s*H*W/a)); the top-left corner is uniform
+    over all positions where the block fits, the last row and column included."""
+    H, W = hw
+    a = aspect[0] + (aspect[1] - aspect[0]) * torch.rand(batch, num_blocks, generator=generator)
+    h = (scale * H * W * a).sqrt().round().clamp(1, H).long()  # (B, n)
+    w = (scale * H * W / a).sqrt().round().clamp(1, W).long()
+    top = (torch.rand(batch, num_blocks, generator=generator) * (H - h + 1)).long()
+    left = (torch.rand(batch, num_blocks, generator=generator) * (W - w + 1)).long()
+    rows = torch.arange(H)[:, None]  # (H, 1)
+    cols = torch.arange(W)[None, :]  # (1, W)
+    top, h, left, w = (v[..., None, None] for v in (top, h, left, w))  # (B, n, 1, 1)
+    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)  # (B,n,H,W)
+    return inside.any(dim=1).flatten(1)
+
+
+def random_subset(member, k, generator):
+    """A uniformly random k-subset of each row's True entries. member: [B, N] bool -> [B, k]
+    sorted indices. Keys: members draw from [0, 1), the rest from [1, 2), so argsort puts
+    members first in random order."""
+    keys = torch.rand(member.shape, generator=generator) + (~member).float()
+    return keys.argsort(dim=1)[:, :k].sort(dim=1).values
+
+
+def tubes(pos, T, S):
+    """Spatial positions [B, K] -> their tokens at every time step [B, T*K], sorted."""
+    t = torch.arange(T)[None, :, None] * S  # (1, T, 1)
+    return (t + pos[:, None, :]).flatten(1)
+
+
+def _blocks_with_context(batch, hw, num_blocks, scale, generator, allowed=None, tries=100):
+    """block_mask, re-drawn for the rows that would leave no context or no target.
+    `allowed` [S] bool: spatial positions that may hold context (default all)."""
+    masked = block_mask(batch, hw, num_blocks, scale, generator)
+    for _ in range(tries):
+        bad = (masked.sum(1) == 0) | (masked.sum(1) == masked.shape[1])
+        if not bad.any():
+            return masked
+        masked[bad] = block_mask(int(bad.sum()), hw, num_blocks, scale, generator)
+    raise ValueError(f"{num_blocks} blocks of scale {scale} on a {hw[0]}x{hw[1]} grid leave no "
+                     "context or no target; use fewer or smaller blocks")
+
+
+def multiblock(batch, grid, num_blocks, scale, generator):
+    """V-JEPA multi-block: the target is a union of spatial blocks spanning all time steps."""
+    T, H, W = grid
+    masked = _blocks_with_context(batch, (H, W), num_blocks, scale, generator)  # (B, S)
+    n_ctx, n_tgt = int((~masked).sum(1).min()), int(masked.sum(1).min())
+    ctx = random_subset(~masked, n_ctx, generator)
+    tgt = random_subset(masked, n_tgt, generator)
+    return tubes(ctx, T, H * W), tubes(tgt, T, H * W)
+
+
+def _tube_count(ratio, S):
+    """Number of spatial positions random_tube removes; both parts must be non-empty."""
+    n_tgt = int(round(ratio * S))
+    if not 0 < n_tgt < S:
+        raise ValueError(f"mask_ratio={ratio} on {S} spatial positions leaves no context or no "
+                         "target; expected a ratio strictly between 0 and 1")
+    return n_tgt
+
+
+def random_tube(batch, grid, ratio, generator):
+    """Drop a random fraction `ratio` of the spatial positions for all time steps."""
+    T, H, W = grid
+    S = H * W
+    n_tgt = _tube_count(ratio, S)
+    order = torch.rand(batch, S, generator=generator).argsort(dim=1)  # first n_tgt are removed
+    tgt = order[:, :n_tgt].sort(dim=1).values
+    ctx = order[:, n_tgt:].sort(dim=1).values
+    return tubes(ctx, T, S), tubes(tgt, T, S)
+
+
+def causal_multiblock(batch, grid, ctx_steps, num_blocks, scale, generator):
+    """Context = the first `ctx_steps` time steps minus a multi-block mask; target = the rest
+    (the blocks within those steps and every token after them)."""
+    T, H, W = grid
+    S = H * W
+    masked = _blocks_with_context(batch, (H, W), num_blocks, scale, generator)  # (B, S)
+    early = (torch.arange(T) < ctx_steps).repeat_interleave(S)  # (T*S,) time-major
+    in_ctx = early[None, :] & ~masked.repeat(1, T)  # (B, T*S)
+    n_ctx, n_tgt = int(in_ctx.sum(1).min()), int((~in_ctx).sum(1).min())
+    return random_subset(in_ctx, n_ctx, generator), random_subset(~in_ctx, n_tgt, generator)
+
+
+def future(batch, grid, ctx_steps):
+    """Context = the first `ctx_steps` time steps, target = all later ones."""
+    T, H, W = grid
+    S = H * W
+    ctx = torch.arange(ctx_steps * S).expand(batch, -1)
+    tgt = torch.arange(ctx_steps * S, T * S).expand(batch, -1)
+    return ctx, tgt
+
+
+class MaskSampler:
+    """All mask configurations of one strategy. sampler(batch, generator) -> [(ctx, tgt), ...].
+
+    multiblock / causal: two configurations (short-range, long-range); each gets its own mask
+    token in the predictor. random_tube / future: one configuration.
+    ctx_frames (causal, future) counts video frames and must be a multiple of the tubelet size.
+    """
+
+    def __init__(self, strategy, grid, tubelet_size, ratio=0.9, ctx_frames=0):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown mask strategy {strategy!r}; expected one of {STRATEGIES}")
+        self.strategy, self.grid, self.ratio = strategy, grid, ratio
+        self.ctx_steps = 0
+        if strategy == "random_tube":
+            _tube_count(ratio, grid[1] * grid[2])
+        if strategy in ("causal", "future"):
+            T = grid[0] * tubelet_size
+            if ctx_frames % tubelet_size or not 0 < ctx_frames < T:
+                raise ValueError(f"mask_ctx_frames={ctx_frames} leaves no context or no target: "
+                                 f"expected a multiple of tubelet_size={tubelet_size} between 1 "
+                                 f"and {T - 1} frames")
+            self.ctx_steps = ctx_frames // tubelet_size
+
+    @property
+    def names(self):
+        if self.strategy in ("multiblock", "causal"):
+            return [f"short-range {SHORT_RANGE[0]}x{SHORT_RANGE[1]:.0%}",
+                    f"long-range {LONG_RANGE[0]}x{LONG_RANGE[1]:.0%}"]
+        return [f"{self.strategy}"]
+
+    def __call__(self, batch, generator):
+        if self.strategy == "multiblock":
+            return [multiblock(batch, self.grid, n, s, generator) for n, s in (SHORT_RANGE, LONG_RANGE)]
+        if self.strategy == "causal":
+            return [causal_multiblock(batch, self.grid, self.ctx_steps, n, s, generator)
+                    for n, s in (SHORT_RANGE, LONG_RANGE)]
+        if self.strategy == "random_tube":
+            return [random_tube(batch, self.grid, self.ratio, generator)]
+        return [future(batch, self.grid, self.ctx_steps)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics and a picture: `python masks.py`
+
+def mask_stats(sampler, batch, batches, generator):
+    """Realised masked fraction (share of tokens hidden from the context encoder), target
+    fraction, and the share of context / target tokens that falls in each time step."""
+    T, H, W = sampler.grid
+    L = T * H * W
+    n = len(sampler.names)
+    hidden, target = torch.zeros(n), torch.zeros(n)
+    ctx_steps, tgt_steps = torch.zeros(n, T), torch.zeros(n, T)
+    for _ in range(batches):
+        for i, (ctx, tgt) in enumerate(sampler(batch, generator)):
+            hidden[i] += 1 - ctx.shape[1] / L
+            target[i] += tgt.shape[1] / L
+            ctx_steps[i] += torch.bincount(ctx.flatten() // (H * W), minlength=T) / ctx.numel()
+            tgt_steps[i] += torch.bincount(tgt.flatten() // (H * W), minlength=T) / tgt.numel()
+    return [{"strategy": sampler.strategy, "config": name,
+             "masked_fraction": round(float(hidden[i] / batches), 4),
+             "target_fraction": round(float(target[i] / batches), 4),
+             "ctx_share_per_step": [round(float(v), 4) for v in ctx_steps[i] / batches],
+             "tgt_share_per_step": [round(float(v), 4) for v in tgt_steps[i] / batches]}
+            for i, name in enumerate(sampler.names)]
+
+
+def draw_masks(samplers, path, samples=3, cell=6, seed=0):
+    """PNG: one row per (configuration, sample), one tile per time step;
+    grey = context, orange = target, black = neither."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for sampler in samplers:
+        T, H, W = sampler.grid
+        for ctx, tgt in sampler(samples, g):
+            for b in range(samples):
+                role = torch.zeros(T * H * W, dtype=torch.long)
+                role[ctx[b]], role[tgt[b]] = 1, 2
+                rows.append(role.view(T, H, W))
+    palette = torch.tensor([[0, 0, 0], [170, 170, 170], [255, 140, 0]], dtype=torch.uint8)
+    T, H, W = rows[0].shape
+    gap = 2
+    canvas = torch.full((len(rows) * (H * cell + gap), T * (W * cell + gap), 3), 255,
+                        dtype=torch.uint8)
+    for r, role in enumerate(rows):
+        tiles = palette[role].repeat_interleave(cell, 1).repeat_interleave(cell, 2)  # (T,Hc,Wc,3)
+        for t in range(T):
+            y, x = r * (H * cell + gap), t * (W * cell + gap)
+            canvas[y:y + H * cell, x:x + W * cell] = tiles[t]
+    Image.fromarray(canvas.numpy()).save(path)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--img_size", type=int, default=224)
+    p.add_argument("--patch_size", type=int, default=16)
+    p.add_argument("--tubelet_size", type=int, default=2)
+    p.add_argument("--batch", type=int, default=24, help="clips per batch (per GPU in the paper)")
+    p.add_argument("--batches", type=int, default=200)
+    p.add_argument("--ctx_frames", type=int, default=8, help="context frames of causal/future")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--png", default="masks.png")
+    a = p.parse_args()
+    grid = (a.frames // a.tubelet_size, a.img_size // a.patch_size, a.img_size // a.patch_size)
+    samplers = [MaskSampler(s, grid, a.tubelet_size, ctx_frames=a.ctx_frames) for s in STRATEGIES]
+    g = torch.Generator().manual_seed(a.seed)
+    for sampler in samplers:
+        for row in mask_stats(sampler, a.batch, a.batches, g):
+            print(json.dumps(row))
+    draw_masks(samplers, a.png)
+    print(f"wrote {a.png}")
+
+
+if __name__ == "__main__":
+    main()

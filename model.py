@@ -1,0 +1,275 @@
+"""The networks of V-JEPA: tubelet embedding, 3D sin-cos positions, a plain ViT encoder and the
+narrow ViT predictor.
+
+A clip is `[B, C, T, H, W]`. A Conv3d with kernel = stride = (t, p, p) cuts it into tubelets and
+gives a grid of T/t x H/p x W/p tokens, flattened time-major: index = (i_t * Hp + i_h) * Wp + i_w.
+Parameter names follow the original V-JEPA release (without its `module.backbone.` prefix), so a
+state dict made here and one made there name the same tensors the same way.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Named sizes: (width, depth, heads). The first five are the standard ViTs; the last two are
+# small enough to train on a laptop CPU in minutes.
+VIT_SIZES = {
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+    "huge": (1280, 32, 16),
+    "cpu_small": (192, 6, 3),
+    "cpu_micro": (96, 4, 3),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Positions
+
+def sincos_1d(dim, pos):
+    """1D sin-cos code. pos: [N] positions -> [N, dim], all sines then all cosines.
+    omega_i = 1 / 10000^(i / (dim/2)), i = 0 .. dim/2 - 1."""
+    if dim % 2:
+        raise ValueError(f"a sin-cos code needs an even width, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    angles = pos.to(torch.float64)[:, None] * omega[None, :]  # [N, dim/2]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def sincos_3d(dim, grid, uniform_power=True):
+    """Fixed 3D positional table [T*H*W, dim] for a token grid (T, H, W), time-major rows.
+
+    The per-axis codes are concatenated in the order (time, height, width).
+    uniform_power (the released V-JEPA configs): each axis gets 2*ceil(dim/6) channels and the
+    concatenation is cut to `dim` (for dim=1024 the last 2 width cosines are dropped).
+    Otherwise time gets dim/2 channels and height and width dim/4 each.
+    """
+    T, H, W = grid
+    if uniform_power:
+        d_axis = 2 * math.ceil(dim / 6)
+        widths = (d_axis, d_axis, d_axis)
+    else:
+        if dim % 8:
+            raise ValueError(f"the split sin-cos code needs a width divisible by 8, got {dim}")
+        widths = (dim // 2, dim // 4, dim // 4)
+    t, h, w = torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij")
+    codes = [sincos_1d(d, p.flatten()) for d, p in zip(widths, (t, h, w))]
+    return torch.cat(codes, dim=1)[:, :dim].float()
+
+
+# ----------------------------------------------------------------------------------------------
+# Transformer pieces
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)  # rows [all q | all k | all v], heads contiguous
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, Dh)
+        x = F.scaled_dot_product_attention(q, k, v)  # fused kernels on GPU
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim, heads, mlp_ratio=4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def init_weights(module, blocks):
+    """Truncated-normal(0.02) weights, zero biases, LayerNorm (1, 0); then the output
+    projections of block l are divided by sqrt(2 (l+1)) so that deep residual streams start
+    with a similar scale. (The original release re-initialises after this step and so loses the
+    depth scaling; we keep it.)"""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv3d)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    with torch.no_grad():
+        for layer, block in enumerate(blocks):
+            block.attn.proj.weight.div_(math.sqrt(2.0 * (layer + 1)))
+            block.mlp.fc2.weight.div_(math.sqrt(2.0 * (layer + 1)))
+
+
+def token_grid(num_frames, img_size, patch_size, tubelet_size):
+    """(T', H', W') of the token grid, with an error that names the offending value."""
+    if num_frames % tubelet_size:
+        raise ValueError(f"num_frames={num_frames} is not divisible by tubelet_size={tubelet_size}")
+    if img_size % patch_size:
+        raise ValueError(f"img_size={img_size} is not divisible by patch_size={patch_size}")
+    return num_frames // tubelet_size, img_size // patch_size, img_size // patch_size
+
+
+def gather_tokens(x, idx):
+    """x: [B, N, D], idx: [B, K] token indices -> [B, K, D]."""
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoder and predictor
+
+class PatchEmbed3D(nn.Module):
+    """Tubelets of t x p x p pixels -> tokens. [B, C, T, H, W] -> [B, T/t * H/p * W/p, D]."""
+
+    def __init__(self, in_chans, dim, patch_size, tubelet_size):
+        super().__init__()
+        k = (tubelet_size, patch_size, patch_size)
+        self.proj = nn.Conv3d(in_chans, dim, kernel_size=k, stride=k)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)  # time-major flatten of (T', H', W')
+
+
+class VisionTransformer(nn.Module):
+    """The x-encoder (and, as an EMA copy, the y-encoder). No [cls] token."""
+
+    def __init__(self, num_frames=16, img_size=224, patch_size=16, tubelet_size=2, in_chans=3,
+                 dim=1024, depth=24, heads=16, mlp_ratio=4.0, uniform_power=True):
+        super().__init__()
+        self.in_chans, self.dim = in_chans, dim
+        self.input_size = (num_frames, img_size, img_size)
+        self.grid = token_grid(num_frames, img_size, patch_size, tubelet_size)
+        self.patch_embed = PatchEmbed3D(in_chans, dim, patch_size, tubelet_size)
+        # Fixed, not learned; saved in the state dict as in the release, shape [1, N, D].
+        self.register_buffer("pos_embed", sincos_3d(dim, self.grid, uniform_power)[None])
+        self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        init_weights(self, self.blocks)
+
+    @property
+    def num_tokens(self):
+        return self.pos_embed.shape[1]
+
+    def forward(self, x, keep=None):
+        """x: [B, C, T, H, W]; keep: optional [B, K] indices of the tokens to encode.
+        Returns [B, N, D], or [B, K, D] for the kept tokens only."""
+        if x.shape[1] != self.in_chans or tuple(x.shape[2:]) != self.input_size:
+            raise ValueError(f"clip of shape {tuple(x.shape[1:])} does not fit an encoder built "
+                             f"for {(self.in_chans, *self.input_size)} (C, T, H, W)")
+        x = self.patch_embed(x) + self.pos_embed  # positions are added before tokens are dropped
+        if keep is not None:
+            x = gather_tokens(x, keep)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+class Predictor(nn.Module):
+    """Narrow ViT that predicts the encoder's features at the target positions.
+
+    Sequence = [context tokens ; one mask token per target], where a mask token is a learnable
+    vector (one per mask configuration, zero-initialised) plus the sin-cos position of its
+    target. No attention mask, no sorting; only the mask-token outputs are projected back.
+    """
+
+    def __init__(self, grid, enc_dim=1024, dim=384, depth=12, heads=16, num_mask_tokens=2,
+                 mlp_ratio=4.0, uniform_power=True):
+        super().__init__()
+        self.predictor_embed = nn.Linear(enc_dim, dim)
+        self.mask_tokens = nn.ParameterList(
+            [nn.Parameter(torch.zeros(1, 1, dim)) for _ in range(num_mask_tokens)])
+        self.register_buffer("predictor_pos_embed", sincos_3d(dim, grid, uniform_power)[None])
+        self.predictor_blocks = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.predictor_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.predictor_proj = nn.Linear(dim, enc_dim)
+        init_weights(self, self.predictor_blocks)
+
+    def forward(self, z, ctx_idx, tgt_idx, mask_id=0):
+        """z: [B, Kc, D] encoded context at positions ctx_idx [B, Kc];
+        tgt_idx: [B, Kt] positions to predict -> [B, Kt, D]."""
+        B, Kc = ctx_idx.shape
+        pos = self.predictor_pos_embed.expand(B, -1, -1)
+        ctx = self.predictor_embed(z) + gather_tokens(pos, ctx_idx)  # (B, Kc, Dp)
+        tgt = self.mask_tokens[mask_id] + gather_tokens(pos, tgt_idx)  # (B, Kt, Dp)
+        x = torch.cat([ctx, tgt], dim=1)
+        for block in self.predictor_blocks:
+            x = block(x)
+        return self.predictor_proj(self.predictor_norm(x[:, Kc:]))
+
+
+class JEPA(nn.Module):
+    """Context encoder + predictor as one module, so data parallelism wraps a single forward.
+
+    forward(clip, masks) with masks = [(ctx_idx, tgt_idx), ...], one pair per mask
+    configuration -> one prediction [B, Kt, D] per pair."""
+
+    def __init__(self, encoder, predictor):
+        super().__init__()
+        self.encoder, self.predictor = encoder, predictor
+
+    def forward(self, clip, masks):
+        preds = []
+        for mask_id, (ctx_idx, tgt_idx) in enumerate(masks):
+            z = self.encoder(clip, keep=ctx_idx)
+            preds.append(self.predictor(z, ctx_idx, tgt_idx, mask_id))
+        return preds
+
+
+def build_models(num_frames, img_size, patch_size, tubelet_size, in_chans, enc_dim, enc_depth,
+                 enc_heads, pred_dim, pred_depth, num_masks=2, uniform_power=True):
+    """Encoder and predictor for one geometry. Predictor heads = encoder heads, as in the paper."""
+    encoder = VisionTransformer(num_frames, img_size, patch_size, tubelet_size, in_chans,
+                                enc_dim, enc_depth, enc_heads, uniform_power=uniform_power)
+    predictor = Predictor(encoder.grid, enc_dim, pred_dim, pred_depth, enc_heads, num_masks,
+                          uniform_power=uniform_power)
+    return encoder, predictor
+
+
+# The release stores every state-dict key under this prefix (DDP's `module.` + `backbone.`).
+RELEASE_PREFIX = "module.backbone."
+
+
+def to_release(state_dict):
+    return {RELEASE_PREFIX + k: v for k, v in state_dict.items()}
+
+
+def from_release(state_dict):
+    return {k[len(RELEASE_PREFIX):] if k.startswith(RELEASE_PREFIX) else k: v
+            for k, v in state_dict.items()}
+
+
+def load_strict(module, state_dict, what):
+    """load_state_dict(strict=True) with a one-line error that lists what does not match."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong = [f"{k} {tuple(state_dict[k].shape)} (expected {tuple(own[k].shape)})"
+             for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    problems = [f"{label} {items[:5]}" for label, items in
+                (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
+    if problems:
+        raise ValueError(f"{what} does not match this architecture: " + "; ".join(problems))
+    module.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,127 @@
+"""Mask invariants, checked by brute force over the index tensors."""
+import pytest
+import torch
+
+import masks
+
+GRID = (8, 14, 14)  # the paper geometry: 16x224x224, tubelet 2, patch 16
+S = 14 * 14
+L = 8 * S
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def spatial_sets(idx, T=8):
+    """Check a row is a union of full-length tubes; return its spatial positions."""
+    pos = [set() for _ in range(T)]
+    for i in idx.tolist():
+        pos[i // S].add(i % S)
+    assert all(p == pos[0] for p in pos), "not a union of full-length tubes"
+    return pos[0]
+
+
+@pytest.mark.parametrize("strategy", ["multiblock", "random_tube"])
+def test_tube_masks_invariants(strategy):
+    sampler = masks.MaskSampler(strategy, GRID, 2)
+    configs = sampler(16, gen())
+    assert len(configs) == (2 if strategy == "multiblock" else 1)
+    for ctx, tgt in configs:
+        # rectangular LongTensors, sorted rows, valid indices
+        assert ctx.dtype == tgt.dtype == torch.long and ctx.dim() == tgt.dim() == 2
+        assert ctx.shape[0] == tgt.shape[0] == 16 and ctx.shape[1] > 0 and tgt.shape[1] > 0
+        for idx in (ctx, tgt):
+            assert bool((idx.diff(dim=1) > 0).all()) and idx.min() >= 0 and idx.max() < L
+        for b in range(16):
+            c, t = spatial_sets(ctx[b]), spatial_sets(tgt[b])
+            assert not c & t  # disjoint
+        # flat per-time-step shares: every time step holds exactly 1/8 of each row
+        for idx in (ctx, tgt):
+            counts = torch.stack([torch.bincount(r // S, minlength=8) for r in idx])
+            assert bool((counts == idx.shape[1] // 8).all())
+
+
+def test_multiblock_target_is_a_union_of_blocks_and_context_its_complement():
+    """Without the batch-minimum cut (batch of one), target + context = the whole grid and the
+    target is a union of axis-aligned rectangles of the configured size range."""
+    g = gen(3)
+    for _ in range(50):
+        ctx, tgt = masks.multiblock(1, GRID, 1, 0.15, g)
+        c, t = spatial_sets(ctx[0]), spatial_sets(tgt[0])
+        assert c | t == set(range(S)) and not c & t
+        rows = {p // 14 for p in t}
+        cols = {p % 14 for p in t}
+        assert len(t) == len(rows) * len(cols)  # one block is a full rectangle
+        assert rows == set(range(min(rows), max(rows) + 1))
+        assert cols == set(range(min(cols), max(cols) + 1))
+        # h = round(sqrt(0.15*196*a)), w = round(sqrt(0.15*196/a)) with a in [0.75, 1.5]
+        assert 5 <= len(rows) <= 7 and 4 <= len(cols) <= 6
+
+
+def test_block_corners_reach_the_last_row_and_column():
+    """Every feasible top-left corner occurs, including H-h and W-w."""
+    hw = (6, 6)
+    m = masks.block_mask(4000, hw, 1, 4 / 36, gen(1), aspect=(1.0, 1.0))  # 2x2 blocks
+    tops = set()
+    for row in m.view(-1, 6, 6):
+        r, c = row.nonzero(as_tuple=True)
+        tops.add((int(r.min()), int(c.min())))
+    assert tops == {(i, j) for i in range(5) for j in range(5)}
+
+
+def test_random_tube_ratio_is_exact():
+    ctx, tgt = masks.random_tube(4, GRID, 0.9, gen())
+    assert tgt.shape[1] == 8 * round(0.9 * S) and ctx.shape[1] == 8 * (S - round(0.9 * S))
+
+
+def test_causal_multiblock():
+    sampler = masks.MaskSampler("causal", GRID, 2, ctx_frames=6)  # 3 tubelet steps
+    for ctx, tgt in sampler(8, gen()):
+        assert int((ctx // S).max()) < 3  # context only from the first 3 steps
+        assert bool(((tgt // S) >= 3).any(dim=1).all())  # the future is always a target
+        for b in range(8):
+            assert not set(ctx[b].tolist()) & set(tgt[b].tolist())
+
+
+def test_future_prediction_is_exact():
+    ctx, tgt = masks.MaskSampler("future", GRID, 2, ctx_frames=4)(3, gen())[0]
+    assert torch.equal(ctx, torch.arange(2 * S).expand(3, -1))
+    assert torch.equal(tgt, torch.arange(2 * S, L).expand(3, -1))
+
+
+def test_seeded_reproducibility():
+    sampler = masks.MaskSampler("multiblock", GRID, 2)
+    a, b, c = sampler(8, gen(7)), sampler(8, gen(7)), sampler(8, gen(8))
+    assert all(torch.equal(x, y) for pa, pb in zip(a, b) for x, y in zip(pa, pb))
+    assert not all(torch.equal(x, y) for pa, pc in zip(a, c) for x, y in zip(pa, pc))
+
+
+def test_random_subset_is_uniform_over_positions():
+    """The cut to the batch minimum keeps each candidate equally often (the original's
+    first-K cut keeps only the lowest indices)."""
+    member = torch.zeros(20000, 10, dtype=torch.bool)
+    member[:, 2:8] = True
+    idx = masks.random_subset(member, 3, gen())
+    counts = torch.bincount(idx.flatten(), minlength=10).float()
+    assert counts[[0, 1, 8, 9]].sum() == 0
+    share = counts[2:8] / counts.sum()
+    assert bool(((share - 1 / 6).abs() < 0.01).all())
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(strategy="random_tube", ratio=1.0), "mask_ratio=1.0"),
+    (dict(strategy="random_tube", ratio=0.0), "mask_ratio=0.0"),
+    (dict(strategy="future", ctx_frames=16), "mask_ctx_frames=16"),
+    (dict(strategy="future", ctx_frames=0), "mask_ctx_frames=0"),
+    (dict(strategy="causal", ctx_frames=5), "mask_ctx_frames=5"),
+    (dict(strategy="checkerboard"), "unknown mask strategy"),
+])
+def test_masks_without_context_or_target_are_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        masks.MaskSampler(grid=GRID, tubelet_size=2, **kwargs)(2, gen())
+
+
+def test_blocks_covering_everything_are_an_error():
+    with pytest.raises(ValueError, match="leave no context"):
+        masks.multiblock(2, (2, 2, 2), 1, 1.0, gen())  # always the whole 2x2 grid

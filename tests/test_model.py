@@ -1,0 +1,165 @@
+"""model.py against slow, obviously-correct references."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import model
+
+
+def slow_sincos_3d(dim, grid, uniform_power):
+    """Per-element reference of SPEC section 1: one token and one channel at a time."""
+    T, H, W = grid
+    widths = [2 * math.ceil(dim / 6)] * 3 if uniform_power else [dim // 2, dim // 4, dim // 4]
+    rows = []
+    for t in range(T):
+        for h in range(H):
+            for w in range(W):
+                row = []
+                for d, pos in zip(widths, (t, h, w)):
+                    half = d // 2
+                    row += [math.sin(pos / 10000 ** (i / half)) for i in range(half)]
+                    row += [math.cos(pos / 10000 ** (i / half)) for i in range(half)]
+                rows.append(row[:dim])
+    return torch.tensor(rows)
+
+
+@pytest.mark.parametrize("dim,grid,uniform", [(20, (2, 3, 4), True), (64, (3, 2, 2), True),
+                                              (16, (2, 3, 4), False), (40, (2, 2, 3), False)])
+def test_sincos_3d_matches_per_element_reference(dim, grid, uniform):
+    ref = slow_sincos_3d(dim, grid, uniform)
+    assert torch.allclose(model.sincos_3d(dim, grid, uniform), ref, atol=1e-6)
+
+
+def test_uniform_power_1024_drops_last_two_width_cosines():
+    """D=1024: 3 axes x 342 channels = 1026, cut to 1024; the dropped ones are the width axis'
+    two lowest-frequency cosines, so the kept width cosines are the first 169 of 171."""
+    grid = (2, 2, 3)
+    table = model.sincos_3d(1024, grid)
+    assert table.shape == (12, 1024)
+    w = torch.tensor([0., 1., 2.] * 4)  # width index of each time-major token
+    omega = 10000 ** (-torch.arange(171, dtype=torch.float64) / 171)
+    expected_cos = torch.cos(w[:, None].double() * omega[None, :169]).float()
+    assert torch.allclose(table[:, 684 + 171:], expected_cos, atol=1e-6)
+
+
+def test_tubelet_token_order_is_time_major():
+    """Tokens equal a hand-made patchify: [B, C, T, H, W] -> (i_t * Hp + i_h) * Wp + i_w."""
+    B, C, T, H, W, t, p, D = 2, 3, 4, 8, 12, 2, 4, 5
+    embed = model.PatchEmbed3D(C, D, p, t)
+    x = torch.randn(B, C, T, H, W)
+    weight = embed.proj.weight.reshape(D, -1)  # (D, C*t*p*p)
+    tokens = []
+    for it in range(T // t):
+        for ih in range(H // p):
+            for iw in range(W // p):
+                cube = x[:, :, it * t:(it + 1) * t, ih * p:(ih + 1) * p, iw * p:(iw + 1) * p]
+                tokens.append(cube.reshape(B, -1) @ weight.T + embed.proj.bias)
+    assert torch.allclose(embed(x), torch.stack(tokens, 1), atol=1e-5)
+
+
+def test_attention_matches_naive_softmax():
+    attn = model.Attention(12, 3)
+    x = torch.randn(2, 5, 12)
+    q, k, v = attn.qkv(x).split(12, dim=-1)  # rows [all q | all k | all v]
+    outs = []
+    for h in range(3):  # each head a contiguous slice of 4 channels
+        s = slice(4 * h, 4 * h + 4)
+        a = torch.softmax(q[..., s] @ k[..., s].transpose(1, 2) / 2.0, dim=-1)
+        outs.append(a @ v[..., s])
+    ref = attn.proj(torch.cat(outs, -1))
+    assert torch.allclose(attn(x), ref, atol=1e-5)
+
+
+def tiny_encoder():
+    return model.VisionTransformer(num_frames=4, img_size=16, patch_size=4, tubelet_size=2,
+                                   in_chans=1, dim=24, depth=2, heads=3)
+
+
+def test_encoder_keep_all_equals_plain_forward_and_permutes():
+    enc = tiny_encoder().eval()
+    x = torch.randn(2, 1, 4, 16, 16)
+    full = enc(x)
+    N = enc.num_tokens
+    assert full.shape == (2, N, 24)
+    keep_all = torch.arange(N).expand(2, -1)
+    assert torch.allclose(enc(x, keep=keep_all), full, atol=1e-5)
+    # no attention mask and positions added before dropping: a permutation just permutes
+    perm = torch.stack([torch.randperm(N), torch.randperm(N)])
+    expected = torch.stack([full[b, perm[b]] for b in range(2)])
+    assert torch.allclose(enc(x, keep=perm), expected, atol=1e-5)
+
+
+def test_encoder_rejects_a_clip_of_the_wrong_size():
+    with pytest.raises(ValueError, match="does not fit"):
+        tiny_encoder()(torch.randn(1, 1, 6, 16, 16))
+
+
+def test_token_grid_errors_name_the_values():
+    with pytest.raises(ValueError, match="img_size=60 is not divisible by patch_size=8"):
+        model.token_grid(16, 60, 8, 2)
+    with pytest.raises(ValueError, match="num_frames=15 is not divisible by tubelet_size=2"):
+        model.token_grid(15, 64, 8, 2)
+
+
+def test_predictor_shapes_and_mask_tokens():
+    enc, pred = model.build_models(4, 16, 4, 2, 1, 24, 2, 3, 12, 2, num_masks=2)
+    assert all(not t.detach().any() for t in pred.mask_tokens)  # zero-initialised
+    x = torch.randn(3, 1, 4, 16, 16)
+    ctx = torch.tensor([[0, 5, 9]] * 3)
+    tgt = torch.tensor([[1, 2, 3, 4, 6, 7, 30]] * 3)
+    out = pred(enc(x, keep=ctx), ctx, tgt, mask_id=1)
+    assert out.shape == (3, 7, 24)
+    with torch.no_grad():
+        pred.mask_tokens[1].fill_(1.0)
+    assert not torch.allclose(pred(enc(x, keep=ctx), ctx, tgt, 1),
+                              pred(enc(x, keep=ctx), ctx, tgt, 0))
+
+
+def test_parameter_names_follow_the_release():
+    enc, pred = model.build_models(4, 16, 4, 2, 3, 24, 2, 3, 12, 2)
+    enc_keys, pred_keys = set(enc.state_dict()), set(pred.state_dict())
+    block = ["norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"]
+    expected_enc = {"pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
+                    "norm.weight", "norm.bias"}
+    expected_enc |= {f"blocks.{i}.{m}.{w}" for i in range(2) for m in block
+                     for w in ("weight", "bias")}
+    assert enc_keys == expected_enc
+    expected_pred = {"predictor_pos_embed", "mask_tokens.0", "mask_tokens.1",
+                     "predictor_embed.weight", "predictor_embed.bias", "predictor_norm.weight",
+                     "predictor_norm.bias", "predictor_proj.weight", "predictor_proj.bias"}
+    expected_pred |= {f"predictor_blocks.{i}.{m}.{w}" for i in range(2) for m in block
+                      for w in ("weight", "bias")}
+    assert pred_keys == expected_pred
+    assert enc.state_dict()["patch_embed.proj.weight"].shape == (24, 3, 2, 4, 4)
+    assert enc.state_dict()["pos_embed"].shape == (1, 2 * 4 * 4, 24)
+
+
+def test_depth_scaled_init():
+    """Output projections of block l have std 0.02 / sqrt(2 (l+1)); qkv keeps 0.02."""
+    torch.manual_seed(0)
+    enc = model.VisionTransformer(2, 16, 4, 2, 1, dim=256, depth=3, heads=4)
+    for layer, block in enumerate(enc.blocks):
+        expected = 0.02 / math.sqrt(2 * (layer + 1))
+        assert abs(float(block.attn.proj.weight.std()) / expected - 1) < 0.05
+        assert abs(float(block.mlp.fc2.weight.std()) / expected - 1) < 0.05
+        assert abs(float(block.attn.qkv.weight.std()) / 0.02 - 1) < 0.05
+
+
+def test_load_strict_names_what_does_not_match():
+    enc = tiny_encoder()
+    sd = dict(enc.state_dict())
+    sd["blocks.0.attn.qkv.weightX"] = sd.pop("blocks.0.attn.qkv.weight")
+    with pytest.raises(ValueError, match=r"missing \['blocks.0.attn.qkv.weight'\]"):
+        model.load_strict(tiny_encoder(), sd, "ckpt")
+    sd = dict(enc.state_dict())
+    sd["norm.bias"] = torch.zeros(7)
+    with pytest.raises(ValueError, match="wrong shape.*norm.bias"):
+        model.load_strict(tiny_encoder(), sd, "ckpt")
+    released = model.to_release(enc.state_dict())
+    assert all(k.startswith("module.backbone.") for k in released)
+    other = tiny_encoder()
+    model.load_strict(other, model.from_release(released), "ckpt")
+    x = torch.randn(1, 1, 4, 16, 16)
+    assert torch.equal(other(x), enc(x))

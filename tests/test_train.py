@@ -1,0 +1,173 @@
+"""train.py: schedules, EMA, config parsing, short real runs, resume, torchrun, bad input."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--num_frames", "4", "--img_size", "32", "--patch_size", "8", "--enc_dim", "32",
+        "--enc_depth", "2", "--enc_heads", "2", "--pred_dim", "16", "--pred_depth", "1",
+        "--batch_size", "4", "--val_clips", "8", "--num_digits", "1", "--dtype", "float32"]
+
+
+def read_log(out):
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def run_cli(*args, env=None):
+    """train.py as a user runs it: (exit code, stderr)."""
+    p = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, **(env or {})})
+    return p.returncode, p.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# pure pieces
+
+def test_schedule_end_points():
+    cfg = train.Config(max_steps=1000, warmup_steps=100, start_lr=2e-4, lr=6e-4, final_lr=1e-6,
+                       weight_decay=0.04, final_weight_decay=0.4, ema_start=0.998, ema_end=1.0,
+                       ipe_scale=1.0)
+    assert train.schedules(cfg, 0) == pytest.approx((2e-4, 0.04, 0.998))
+    assert train.schedules(cfg, 50)[0] == pytest.approx(4e-4)  # half-way through warm-up
+    assert train.schedules(cfg, 100)[0] == pytest.approx(6e-4)
+    assert train.schedules(cfg, 550)[0] == pytest.approx(1e-6 + (6e-4 - 1e-6) / 2)  # cos(pi/2)
+    assert train.schedules(cfg, 1000) == pytest.approx((1e-6, 0.4, 1.0))
+    # ipe_scale 1.25: computed for 1250 steps and truncated at 1000
+    cfg.ipe_scale = 1.25
+    lr, wd, m = train.schedules(cfg, 1000)
+    assert lr == pytest.approx(1e-6 + (6e-4 - 1e-6) * 0.5 * (1 + math.cos(math.pi * 900 / 1150)))
+    assert wd == pytest.approx(0.04 + 0.36 * 0.8) and m == pytest.approx(0.998 + 0.002 * 0.8)
+
+
+def test_ema_update_against_the_formula():
+    a, b = torch.nn.Linear(3, 4), torch.nn.Linear(3, 4)
+    before = [p.detach().clone() for p in a.parameters()]
+    train.ema_update(a, b, 0.9)
+    for t0, t1, e in zip(before, a.parameters(), b.parameters()):
+        assert torch.allclose(t1, 0.9 * t0 + 0.1 * e, atol=1e-7)
+
+
+def test_rankme_closed_forms():
+    q, _ = torch.linalg.qr(torch.randn(50, 10))  # 10 equal singular values
+    assert train.rankme(q) == pytest.approx(10, rel=1e-4)
+    rank_one = torch.randn(50, 1) @ torch.randn(1, 10)
+    assert train.rankme(rank_one) == pytest.approx(1, rel=1e-3)
+
+
+def test_no_weight_decay_on_biases_and_1d_parameters():
+    groups = train.param_groups(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4)))
+    assert [p.shape for p in groups[0]["params"]] == [(4, 3)]
+    assert groups[1]["weight_decay"] == 0 and len(groups[1]["params"]) == 3
+
+
+def test_parse_config():
+    cfg = train.parse_config(["--lr", "1e-3", "--enc_depth=3", "--resume", "true"])
+    assert (cfg.lr, cfg.enc_depth, cfg.resume) == (1e-3, 3, True)
+    cfg = train.parse_config(["--preset", "vitl16"])
+    assert (cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.img_size) == (1024, 24, 16, 224)
+    assert (cfg.pred_dim, cfg.pred_depth, cfg.max_steps, cfg.warmup_steps) == (384, 12, 90000, 12000)
+    assert train.parse_config(["--preset", "vith16_384"]).img_size == 384
+
+
+# ----------------------------------------------------------------------------------------------
+# real runs
+
+def test_tiny_run_loss_falls(tmp_path, mnist_args):
+    out = str(tmp_path / "run")
+    train.main(TINY + mnist_args + ["--max_steps", "50", "--warmup_steps", "5", "--lr", "2e-3",
+                                    "--log_every", "5", "--out_dir", out])
+    log = read_log(out)
+    assert [r["step"] for r in log] == list(range(5, 55, 5))
+    first, last = log[0]["loss"], sum(r["loss"] for r in log[-3:]) / 3
+    assert last < 0.5 * first, (first, last)
+    state = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)
+    for key in ("encoder", "predictor", "target_encoder", "opt", "scaler", "epoch", "loss",
+                "batch_size", "world_size", "lr", "config", "step", "rng"):
+        assert key in state
+    assert state["step"] == 50
+    assert all(k.startswith("module.backbone.") for k in state["target_encoder"])
+
+
+def test_resume_is_exact(tmp_path, mnist_args):
+    """N steps, stop, resume to 2N == 2N straight, loss for loss."""
+    common = TINY + mnist_args + ["--max_steps", "12", "--log_every", "2", "--ckpt_every", "4",
+                                  "--val_clips", "0"]
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    train.main(common + ["--out_dir", straight])
+    train.main(common + ["--out_dir", split, "--stop_at", "6"])
+    assert [r["step"] for r in read_log(split)] == [2, 4, 6]
+    train.main(common + ["--out_dir", split, "--resume", "true"])
+    a, b = read_log(straight), read_log(split)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(2, 14, 2))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+
+
+def test_torchrun_two_processes(tmp_path, mnist_args):
+    out = str(tmp_path / "ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=2", "train.py", *TINY, *mnist_args, "--max_steps", "4",
+                        "--log_every", "2", "--out_dir", out], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    log = read_log(out)
+    assert [r["step"] for r in log] == [2, 4] and all(math.isfinite(r["loss"]) for r in log)
+    assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["world_size"] == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input: one line naming the value, exit code 2, no traceback
+
+@pytest.mark.parametrize("args,expected", [
+    (["--img_size", "60"], "img_size=60 is not divisible by patch_size=8"),
+    (["--num_frames", "15"], "num_frames=15 is not divisible by tubelet_size=2"),
+    (["--mask", "random_tube", "--mask_ratio", "1.0"], "mask_ratio=1.0"),
+    (["--mask", "future", "--mask_ctx_frames", "16"], "mask_ctx_frames=16"),
+    (["--preset", "vitxl"], "unknown preset 'vitxl'"),
+    (["--learning_rate", "1"], "unknown config key --learning_rate"),
+    (["--lr", "fast"], "--lr expects a float, got 'fast'"),
+    (["--resume", "maybe"], "--resume expects a bool, got 'maybe'"),
+    (["--loss", "l7"], "--loss 'l7' is not a function in losses.py"),
+])
+def test_bad_config_is_one_clear_line(args, expected):
+    code, err = run_cli(*args, "--out_dir", "/nonexistent/never-written")
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().startswith("error:") and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_mnist_dirs(tmp_path):
+    code, err = run_cli("--mnist_dir", str(tmp_path), "--out_dir", str(tmp_path / "o"))
+    assert code == 2 and "no MNIST files in mnist_dir" in err and "Traceback" not in err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for kind in ("images-idx3", "labels-idx1"):
+        (broken / f"train-{kind}-ubyte.gz").write_bytes(b"not a gzip file")
+    code, err = run_cli("--mnist_dir", str(broken), "--out_dir", str(tmp_path / "o"))
+    assert code == 2 and "is corrupt" in err and "Traceback" not in err
+
+
+def test_resume_errors_and_non_finite_loss(tmp_path, mnist_args):
+    out = str(tmp_path / "run")
+    code, err = run_cli(*TINY, "--out_dir", out, "--resume", "true")
+    assert code == 2 and "no checkpoint" in err and "Traceback" not in err
+    code, err = run_cli(*TINY, *mnist_args, "--out_dir", out, "--max_steps", "4",
+                        "--stop_at", "2", "--val_clips", "0")
+    assert code == 0, err
+    code, err = run_cli(*TINY, *mnist_args, "--out_dir", out, "--resume", "true",
+                        "--enc_dim", "64")
+    assert code == 2 and "another architecture: enc_dim=32" in err and "Traceback" not in err
+    # a blown-up learning rate: the run stops and the step-2 checkpoint stays
+    code, err = run_cli(*TINY, *mnist_args, "--out_dir", out, "--resume", "true",
+                        "--max_steps", "4", "--log_every", "1", "--lr", "1e38",
+                        "--warmup_steps", "0", "--grad_clip", "0")
+    assert code == 2 and "non-finite loss" in err and "Traceback" not in err
+    assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["step"] == 2

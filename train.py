@@ -1,0 +1,472 @@
+"""Train V-JEPA: predict the EMA target encoder's features of masked tubes from the visible ones.
+
+One process (CPU or one GPU), the laptop preset on synthetic MovingMNIST, about 10 minutes:
+    python train.py
+Any config key can be overridden, and a preset picks a set of them:
+    python train.py --max_steps 200 --batch_size 16 --out_dir out/short
+    python train.py --preset vitl16 --data_path /data/videos
+Data parallel on one node (gloo on CPU, nccl on GPU), batch_size is per process:
+    torchrun --standalone --nproc_per_node=8 train.py --preset vitl16 --data_path /data/videos
+Several nodes (run on each, with its own --node_rank):
+    torchrun --nnodes=16 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d \
+        --rdzv_endpoint=HOST:29500 train.py --preset vitl16 --data_path /data/videos
+Resume a run from OUT_DIR/ckpt.pt (same config):
+    python train.py --out_dir out/laptop --resume true
+"""
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+import losses
+import masks
+import model
+
+
+@dataclass
+class Config:
+    preset: str = "laptop"
+    out_dir: str = "out/laptop"
+    # data
+    dataset: str = "movingmnist"  # movingmnist | mmnist_file (mnist_test_seq.npy) | video_folder
+    data_path: str = ""  # the .npy file or the video folder
+    mnist_dir: str = ""  # MNIST IDX files; empty: $MNIST_DIR, else download, else procedural
+    num_digits: int = 2  # digits per MovingMNIST clip
+    num_workers: int = 0  # DataLoader worker processes
+    # clip geometry and tokens
+    num_frames: int = 16
+    img_size: int = 64
+    in_chans: int = 1
+    patch_size: int = 8
+    tubelet_size: int = 2
+    uniform_power: bool = True  # positional code widths as in the released configs
+    # networks
+    enc_dim: int = 192
+    enc_depth: int = 6
+    enc_heads: int = 3
+    pred_dim: int = 96
+    pred_depth: int = 4
+    # masks
+    mask: str = "multiblock"  # multiblock | random_tube | causal | future
+    mask_ratio: float = 0.9  # random_tube: share of spatial positions removed
+    mask_ctx_frames: int = 8  # causal / future: frames the context may come from
+    # objective
+    loss: str = "vjepa_l1"  # the name of a function in losses.py
+    # optimisation (batch_size per process; global batch = batch_size * world size)
+    batch_size: int = 8
+    max_steps: int = 600
+    warmup_steps: int = 60
+    start_lr: float = 2e-4
+    lr: float = 6.25e-4
+    final_lr: float = 1e-6
+    weight_decay: float = 0.04
+    final_weight_decay: float = 0.4
+    ema_start: float = 0.998
+    ema_end: float = 1.0
+    ipe_scale: float = 1.25  # schedules are computed for ipe_scale * max_steps, then truncated
+    grad_clip: float = 10.0  # 0 disables
+    dtype: str = "auto"  # auto (bf16 where the device supports it) | bfloat16 | float32
+    # run
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+    log_every: int = 20
+    ckpt_every: int = 100
+    stop_at: int = 0  # stop (and checkpoint) at this step; 0: run to max_steps
+    resume: bool = False  # continue from OUT_DIR/ckpt.pt
+    val_clips: int = 256  # clips of the fixed validation set for the final collapse monitors
+
+
+# The paper's recipe (V-JEPA Table 8) for VideoMix2M-like folders of real video. batch_size is
+# per GPU: 24 x 128 GPUs = 3072 for ViT-L/16 and ViT-H/16, 10 x 240 = 2400 for ViT-H/16_384.
+_PAPER = dict(dataset="video_folder", num_frames=16, img_size=224, in_chans=3, patch_size=16,
+              tubelet_size=2, pred_dim=384, pred_depth=12, batch_size=24, max_steps=90_000,
+              warmup_steps=12_000, start_lr=2e-4, lr=6.25e-4, final_lr=1e-6, weight_decay=0.04,
+              final_weight_decay=0.4, ema_start=0.998, ema_end=1.0, ipe_scale=1.25,
+              grad_clip=10.0, num_workers=8, log_every=50, ckpt_every=1000, val_clips=0)
+
+
+def _size(name):
+    dim, depth, heads = model.VIT_SIZES[name]
+    return dict(enc_dim=dim, enc_depth=depth, enc_heads=heads)
+
+
+PRESETS = {
+    "laptop": {},  # the defaults above: ViT 192/6/3 on 16x64x64 MovingMNIST
+    "vitl16": {**_PAPER, **_size("large"), "out_dir": "out/vitl16"},
+    "vith16": {**_PAPER, **_size("huge"), "out_dir": "out/vith16"},
+    "vith16_384": {**_PAPER, **_size("huge"), "img_size": 384, "batch_size": 10,
+                   "out_dir": "out/vith16_384"},
+}
+ARCH_KEYS = ("num_frames", "img_size", "in_chans", "patch_size", "tubelet_size", "uniform_power",
+             "enc_dim", "enc_depth", "enc_heads", "pred_dim", "pred_depth", "mask")
+
+
+def parse_config(argv):
+    """`--key value` (or `--key=value`) pairs -> Config: preset values first, then overrides."""
+    pairs = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("--"):
+            raise ValueError(f"unexpected argument {arg!r}; expected --key value")
+        key, _, value = arg[2:].partition("=")
+        if not _:
+            if not args:
+                raise ValueError(f"--{key} needs a value")
+            value = args.pop(0)
+        pairs.append((key.replace("-", "_"), value))
+    fields = {f.name: f.type for f in dataclasses.fields(Config)}
+    preset = dict(pairs).get("preset", Config.preset)
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    values = dict(PRESETS[preset])
+    for key, value in pairs:
+        if key not in fields:
+            raise ValueError(f"unknown config key --{key}; known keys: {', '.join(fields)}")
+        values[key] = _convert(key, value, fields[key])
+    return Config(**values)
+
+
+def _convert(key, value, kind):
+    kind = {"int": int, "float": float, "bool": bool, "str": str}.get(kind, kind)
+    if kind is bool:
+        if value.lower() in ("1", "true", "yes"):
+            return True
+        if value.lower() in ("0", "false", "no"):
+            return False
+    else:
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise ValueError(f"--{key} expects a {kind.__name__}, got {value!r}")
+
+
+def check_config(cfg):
+    """Raise ValueError naming the first bad value; returns the token grid."""
+    grid = model.token_grid(cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size)
+    masks.MaskSampler(cfg.mask, grid, cfg.tubelet_size, cfg.mask_ratio, cfg.mask_ctx_frames)
+    for dim, what in ((cfg.enc_dim, "enc_dim"), (cfg.pred_dim, "pred_dim")):
+        if dim % cfg.enc_heads:
+            raise ValueError(f"{what}={dim} is not divisible by enc_heads={cfg.enc_heads}")
+    if not callable(getattr(losses, cfg.loss, None)) or cfg.loss.startswith("_"):
+        raise ValueError(f"--loss {cfg.loss!r} is not a function in losses.py")
+    choices = {"dataset": ("movingmnist", "mmnist_file", "video_folder"),
+               "dtype": ("auto", "bfloat16", "float32"), "device": ("auto", "cpu", "cuda")}
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise ValueError(f"--{key} {getattr(cfg, key)!r}: expected one of {allowed}")
+    if cfg.dataset != "video_folder" and cfg.in_chans != 1:
+        raise ValueError(f"in_chans={cfg.in_chans}: MovingMNIST clips have 1 channel")
+    if cfg.dataset != "movingmnist" and not cfg.data_path:
+        raise ValueError(f"dataset={cfg.dataset} needs --data_path")
+    for key in ("batch_size", "max_steps", "log_every", "ckpt_every"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"--{key} must be at least 1, got {getattr(cfg, key)}")
+    return grid
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedules, EMA, monitors
+
+def schedules(cfg, step):
+    """(lr, weight decay, EMA momentum) at `step`, computed over ipe_scale * max_steps steps.
+    lr: linear warm-up start_lr -> lr, then cosine to final_lr. Weight decay and momentum:
+    linear (the paper, appendix B; the original code uses a cosine for the weight decay)."""
+    total = cfg.ipe_scale * cfg.max_steps
+    if step < cfg.warmup_steps:
+        lr = cfg.start_lr + (cfg.lr - cfg.start_lr) * step / cfg.warmup_steps
+    else:
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1.0, total - cfg.warmup_steps))
+        lr = cfg.final_lr + (cfg.lr - cfg.final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    frac = min(1.0, step / total)
+    wd = cfg.weight_decay + (cfg.final_weight_decay - cfg.weight_decay) * frac
+    momentum = cfg.ema_start + (cfg.ema_end - cfg.ema_start) * frac
+    return lr, wd, momentum
+
+
+@torch.no_grad()
+def ema_update(target, online, momentum):
+    """target <- m * target + (1 - m) * online, for every parameter."""
+    t, o = list(target.parameters()), list(online.parameters())
+    torch._foreach_lerp_(t, o, 1.0 - momentum)
+
+
+def rankme(emb, eps=1e-7):
+    """RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values of an
+    [N, D] embedding matrix; between 1 and min(N, D)."""
+    s = torch.linalg.svdvals(emb.float())
+    p = s / s.sum() + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def collapse_monitors(h, grid):
+    """h: [B, N, D] target-encoder output. Mean per-channel std over all tokens of the batch,
+    and RankMe of the embeddings pooled over space per (clip, time step): B*T' rows."""
+    B, N, D = h.shape
+    pooled = h.float().view(B, grid[0], -1, D).mean(2).reshape(-1, D)
+    return float(h.float().reshape(-1, D).std(0).mean()), rankme(pooled)
+
+
+# ----------------------------------------------------------------------------------------------
+# Setup
+
+def setup_distributed(cfg):
+    """(rank, world size, device). Data parallelism switches on when torchrun's variables are set."""
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def pick_dtype(cfg, device):
+    if cfg.dtype != "auto":
+        return getattr(torch, cfg.dtype)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return torch.bfloat16 if native else torch.float32
+
+
+def make_source(cfg, part="train"):
+    if cfg.dataset == "movingmnist":
+        images, labels = data.split_digits(*data.load_digits(cfg.mnist_dir), part)
+        return data.MovingMNIST(images, labels, cfg.num_frames, cfg.img_size, cfg.num_digits)
+    if cfg.dataset == "mmnist_file":
+        return data.MovingMNISTFile(cfg.data_path, cfg.num_frames)
+    return data.VideoFolder(cfg.data_path, cfg.num_frames, cfg.img_size, cfg.in_chans)
+
+
+def param_groups(module):
+    """AdamW groups: no weight decay on biases and other 1-D parameters."""
+    decay = [p for p in module.parameters() if p.ndim > 1]
+    no_decay = [p for p in module.parameters() if p.ndim <= 1]
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "no_decay": True}]
+
+
+def save_checkpoint(path, jepa, target, opt, cfg, step, loss, world):
+    """Release-format checkpoint (SPEC section 5) plus config, step and RNG states; written
+    to a temporary file and renamed, so a crash never leaves half a checkpoint."""
+    state = {
+        "encoder": model.to_release(jepa.encoder.state_dict()),
+        "predictor": model.to_release(jepa.predictor.state_dict()),
+        "target_encoder": model.to_release(target.state_dict()),
+        "opt": opt.state_dict(), "scaler": None,
+        "epoch": 0,  # batches are indexed by step, not by epoch; kept for the release format
+        "loss": loss, "batch_size": cfg.batch_size, "world_size": world,
+        "lr": schedules(cfg, step)[0],
+        "config": dataclasses.asdict(cfg), "step": step,
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                "python": random.getstate()},
+    }
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, jepa, target, opt, cfg):
+    """Strict resume: same architecture, every tensor present and of the same shape."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises several kinds for a damaged file
+        raise ValueError(f"--resume: cannot read {path} ({e})") from None
+    saved = state.get("config", {})
+    diff = [f"{k}={saved.get(k)!r} (this run: {getattr(cfg, k)!r})" for k in ARCH_KEYS
+            if saved.get(k) != getattr(cfg, k)]
+    if diff:
+        raise ValueError(f"--resume: {path} is from another architecture: {', '.join(diff)}")
+    model.load_strict(jepa.encoder, model.from_release(state["encoder"]), f"{path} encoder")
+    model.load_strict(jepa.predictor, model.from_release(state["predictor"]), f"{path} predictor")
+    model.load_strict(target, model.from_release(state["target_encoder"]), f"{path} target_encoder")
+    opt.load_state_dict(state["opt"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    return state["step"]
+
+
+def trim_log(path, step):
+    """Drop log lines written after the checkpoint we resume from."""
+    if os.path.exists(path):
+        with open(path) as f:
+            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        with open(path, "w") as f:
+            f.writelines(keep)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def main(argv):
+    cfg = parse_config(argv)
+    grid = check_config(cfg)
+    rank, world, device = setup_distributed(cfg)
+    master = rank == 0
+    dtype = pick_dtype(cfg, device)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+
+    encoder, predictor = model.build_models(
+        cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size, cfg.in_chans,
+        cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.pred_dim, cfg.pred_depth,
+        num_masks=2, uniform_power=cfg.uniform_power)
+    jepa = model.JEPA(encoder, predictor).to(device)
+    target = copy.deepcopy(jepa.encoder).requires_grad_(False)  # the EMA y-encoder
+    opt = torch.optim.AdamW(param_groups(jepa), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sampler = masks.MaskSampler(cfg.mask, grid, cfg.tubelet_size, cfg.mask_ratio,
+                                cfg.mask_ctx_frames)
+    loss_fn = getattr(losses, cfg.loss)
+
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    log_path = os.path.join(cfg.out_dir, "log.jsonl")
+    start = 0
+    if cfg.resume:
+        start = load_checkpoint(ckpt_path, jepa, target, opt, cfg)
+        if master:
+            trim_log(log_path, start)
+    elif master and os.path.exists(log_path):
+        os.remove(log_path)  # a fresh run starts a fresh log
+    net = jepa
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            jepa, device_ids=[device.index] if device.type == "cuda" else None)
+
+    source = make_source(cfg, "train")
+    end = min(cfg.max_steps, cfg.stop_at or cfg.max_steps)
+    loader = torch.utils.data.DataLoader(
+        data.StepBatches(source, cfg.batch_size, cfg.seed, rank), batch_size=None,
+        sampler=range(start, end), num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda", persistent_workers=False)
+
+    # SIGTERM (a cluster's pre-emption) or Ctrl-C: finish the step, checkpoint, stop.
+    stop = {"asked": False}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.update(asked=True))
+
+    if master:
+        n_params = sum(p.numel() for p in jepa.parameters())
+        print(f"V-JEPA {cfg.preset}: {n_params / 1e6:.2f}M parameters, grid {grid}, "
+              f"{world} process(es) on {device}, {str(dtype).replace('torch.', '')}, "
+              f"steps {start}->{end}")
+    bar = tqdm(total=end, initial=start, disable=not master, dynamic_ncols=True, unit="step")
+    loss_sum = torch.zeros((), device=device)
+    bad = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since last check
+    n_logged, t_log, t_start, last = 0, time.perf_counter(), time.perf_counter(), None
+    step = start
+    for clips, _ in loader:
+        lr, wd, momentum = schedules(cfg, step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+            if not group.get("no_decay"):
+                group["weight_decay"] = wd
+        clips = clips.to(device, non_blocking=True)
+        g = torch.Generator().manual_seed(data.step_seed(cfg.seed, rank, step, stream=1))
+        step_masks = [(c.to(device), t.to(device)) for c, t in sampler(cfg.batch_size, g)]
+
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            with torch.no_grad():
+                h = target(clips)  # (B, N, D): once per clip, shared by all masks
+                targets = [model.gather_tokens(F.layer_norm(h.float(), h.shape[-1:]), tgt)
+                           for _, tgt in step_masks]
+            preds = net(clips, step_masks)
+            loss = loss_fn(preds, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = (torch.nn.utils.clip_grad_norm_(jepa.parameters(), cfg.grad_clip)
+                     if cfg.grad_clip > 0 else torch.zeros(()))
+        opt.step()
+        ema_update(target, jepa.encoder, momentum)
+        step += 1
+        bar.update(1)
+        loss_sum += loss.detach()
+        bad |= ~torch.isfinite(loss.detach())
+        n_logged += 1
+
+        log_now = step % cfg.log_every == 0 or step == end
+        ckpt_now = step % cfg.ckpt_every == 0 or step == end or stop["asked"]
+        if log_now or ckpt_now:  # the only host syncs of the loop
+            if world > 1:
+                dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+            if bad:
+                raise NonFiniteLoss(f"non-finite loss by step {step}; stopped. The last good "
+                                    f"checkpoint (if any) is {ckpt_path}")
+        if log_now:
+            if world > 1:
+                dist.all_reduce(loss_sum)
+            last = float(loss_sum) / (n_logged * world)
+            dt = (time.perf_counter() - t_log) / n_logged
+            emb_std, rank_me = collapse_monitors(h, grid)
+            record = {"step": step, "loss": last, "lr": lr, "wd": wd, "momentum": momentum,
+                      "grad_norm": float(grad_norm), "step_time_s": dt,
+                      "clips_per_s": cfg.batch_size * world / dt, "emb_std": emb_std,
+                      "rankme": rank_me}
+            if master:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                bar.set_postfix(loss=f"{last:.4f}", std=f"{emb_std:.3f}", rankme=f"{rank_me:.1f}")
+            loss_sum.zero_()
+            n_logged, t_log = 0, time.perf_counter()
+        if ckpt_now and master:
+            save_checkpoint(ckpt_path, jepa, target, opt, cfg, step, last, world)
+        if stop["asked"]:
+            break
+    bar.close()
+    wall = time.perf_counter() - t_start
+
+    if master:
+        summary = {"steps": step, "wall_s": round(wall, 1), "final_loss": last,
+                   "clips_per_s": round((step - start) * cfg.batch_size * world / wall, 2)}
+        if cfg.val_clips:
+            val_clips, _ = data.fixed_set(make_source(cfg, "val"), cfg.val_clips, seed=12345)
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype,
+                                                 enabled=dtype != torch.float32):
+                h = torch.cat([target(c.to(device)) for c in val_clips.split(32)]).float()
+            summary["val_emb_std"] = round(float(h.reshape(-1, h.shape[-1]).std(0).mean()), 4)
+            summary["val_rankme"] = round(rankme(h.mean(1)), 2)  # one pooled vector per clip
+            summary["val_rankme_max"] = min(h.shape[0], h.shape[-1])
+        with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f)
+        stopped = " (stopped early)" if step < cfg.max_steps else ""
+        print(f"done{stopped}: {step} steps in {wall / 60:.1f} min, "
+              f"{summary['clips_per_s']} clips/s, final loss {last:.4f}")
+        if cfg.val_clips:
+            print(f"target encoder on {cfg.val_clips} validation clips: per-channel std "
+                  f"{summary['val_emb_std']}, RankMe {summary['val_rankme']} of at most "
+                  f"{summary['val_rankme_max']}")
+        print(f"checkpoint {ckpt_path}, log {log_path}, summary "
+              f"{os.path.join(cfg.out_dir, 'summary.json')}")
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileNotFoundError, NonFiniteLoss) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
