@@ -12,6 +12,7 @@ from digits drawn procedurally here, with a one-line warning.
 """
 import gzip
 import hashlib
+import http.client
 import math
 import os
 import shutil
@@ -80,12 +81,16 @@ def _download(directory):
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
         target = os.path.join(directory, name)
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".part")
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(MNIST_URL + name, timeout=20) as r:
-            shutil.copyfileobj(r, out)
-        if md5(tmp) != MNIST_MD5[name]:
-            os.remove(tmp)
-            raise OSError(f"downloaded {name} does not match its published MD5")
-        os.replace(tmp, target)
+        try:
+            with os.fdopen(fd, "wb") as out, \
+                    urllib.request.urlopen(MNIST_URL + name, timeout=20) as r:
+                shutil.copyfileobj(r, out)
+            if md5(tmp) != MNIST_MD5[name]:
+                raise OSError(f"downloaded {name} does not match its published MD5")
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def load_digits(mnist_dir=""):
@@ -95,21 +100,22 @@ def load_digits(mnist_dir=""):
     Otherwise the default cache, filled by a download on first use; offline (or with
     $VJEPA_OFFLINE=1) the procedural digits of `procedural_digits`."""
     explicit = mnist_dir or os.environ.get("MNIST_DIR", "")
+    offline = os.environ.get("VJEPA_OFFLINE", "0") not in ("", "0")
     directory = explicit or DEFAULT_CACHE
     files = _split_files(directory)
     if files is None and explicit:
         raise FileNotFoundError(f"no MNIST files in mnist_dir={directory!r}: expected "
                                 "train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz "
                                 "(or the t10k-* pair)")
-    if files is None and not os.environ.get("VJEPA_OFFLINE"):
+    if files is None and not offline:
         try:
             _download(directory)
             files = _split_files(directory)
-        except OSError as e:
+        except (OSError, http.client.HTTPException) as e:
             print(f"warning: MNIST download failed ({e}); using procedural digits",
                   file=sys.stderr)
     if files is None:
-        if os.environ.get("VJEPA_OFFLINE"):
+        if offline:
             print("warning: no MNIST files and VJEPA_OFFLINE is set; using procedural digits",
                   file=sys.stderr)
         return procedural_digits()
@@ -123,6 +129,8 @@ def load_digits(mnist_dir=""):
 def split_digits(images, labels, part):
     """The paper's split: the last 1/12 of the digits is held out ('val'), the rest is 'train'
     (55,000 / 5,000 for the MNIST training set)."""
+    if part not in ("train", "val"):
+        raise ValueError(f"part={part!r}: expected 'train' or 'val'")
     cut = len(images) - len(images) // 12
     return (images[:cut], labels[:cut]) if part == "train" else (images[cut:], labels[cut:])
 
@@ -186,6 +194,8 @@ def procedural_digits(per_class=600, seed=0):
 def bounce(x, low, high):
     """Positions on a straight line folded into [low, high] as if reflected by walls."""
     span = high - low
+    if span == 0:  # a canvas the size of the digit: it cannot move
+        return torch.full_like(x, low)
     m = torch.remainder(x - low, 2 * span)
     return low + span - (span - m).abs()
 

@@ -74,7 +74,7 @@ class Config:
     final_lr: float = 1e-6
     weight_decay: float = 0.04
     final_weight_decay: float = 0.4
-    ema_start: float = 0.998
+    ema_start: float = 0.9995  # the paper's 0.998 collapses this short laptop run (README)
     ema_end: float = 1.0
     ipe_scale: float = 1.25  # schedules are computed for ipe_scale * max_steps, then truncated
     grad_clip: float = 10.0  # 0 disables
@@ -247,9 +247,11 @@ def pick_dtype(cfg, device):
     return torch.bfloat16 if native else torch.float32
 
 
-def make_source(cfg, part="train"):
+def make_source(cfg, part="train", digits=None):
+    """The clip source of cfg.dataset; for MovingMNIST, `digits` (images, labels) saves
+    loading them again."""
     if cfg.dataset == "movingmnist":
-        images, labels = data.split_digits(*data.load_digits(cfg.mnist_dir), part)
+        images, labels = data.split_digits(*(digits or data.load_digits(cfg.mnist_dir)), part)
         return data.MovingMNIST(images, labels, cfg.num_frames, cfg.img_size, cfg.num_digits)
     if cfg.dataset == "mmnist_file":
         return data.MovingMNISTFile(cfg.data_path, cfg.num_frames)
@@ -356,7 +358,8 @@ def main(argv):
         net = torch.nn.parallel.DistributedDataParallel(
             jepa, device_ids=[device.index] if device.type == "cuda" else None)
 
-    source = make_source(cfg, "train")
+    digits = data.load_digits(cfg.mnist_dir) if cfg.dataset == "movingmnist" else None
+    source = make_source(cfg, "train", digits)
     end = min(cfg.max_steps, cfg.stop_at or cfg.max_steps)
     loader = torch.utils.data.DataLoader(
         data.StepBatches(source, cfg.batch_size, cfg.seed, rank), batch_size=None,
@@ -442,7 +445,8 @@ def main(argv):
         summary = {"steps": step, "wall_s": round(wall, 1), "final_loss": last,
                    "clips_per_s": round((step - start) * cfg.batch_size * world / wall, 2)}
         if cfg.val_clips:
-            val_clips, _ = data.fixed_set(make_source(cfg, "val"), cfg.val_clips, seed=12345)
+            val_clips, _ = data.fixed_set(make_source(cfg, "val", digits), cfg.val_clips,
+                                         seed=12345)  # the same clips in every run
             with torch.no_grad(), torch.autocast(device.type, dtype=dtype,
                                                  enabled=dtype != torch.float32):
                 h = torch.cat([target(c.to(device)) for c in val_clips.split(32)]).float()

@@ -316,12 +316,16 @@ def test_moving_mnist_shapes_values_and_seeding(small_digits):
     assert not torch.equal(lab["velocity"], lab3["velocity"])
 
 
+def squares(levels):
+    """'Digits' that are full 28x28 squares of the given grey levels."""
+    return torch.stack([torch.full((28, 28), v, dtype=torch.uint8) for v in levels])
+
+
 def test_moving_mnist_digit_labels():
     """labels['digits'] are the labels of the images drawn: each image is a square of its own
     grey level, so the grey levels in a clip tell which images were drawn."""
     perm = [3, 7, 0, 9, 1, 5, 2, 8, 4, 6]
-    images = torch.stack([torch.full((28, 28), 25 * (i + 1), dtype=torch.uint8)
-                          for i in range(10)])
+    images = squares([25 * (i + 1) for i in range(10)])
     labels = torch.tensor(perm)
     level_of_label = {perm[i]: 25 * (i + 1) for i in range(10)}
     mm = data.MovingMNIST(images, labels, num_frames=6, img_size=64, num_digits=2)
@@ -331,33 +335,68 @@ def test_moving_mnist_digit_labels():
         assert levels == {level_of_label[d] for d in lab["digits"][b].tolist()}
 
 
-def test_moving_mnist_motion_matches_brute_force():
-    """One all-ones square 'digit': its top-left in each frame (bounding box of ink) follows a
-    point moving with the label velocity (vy, vx) and reflected off the walls [0, 64-28],
-    rounded. The exact sub-pixel start is unknown (frame 0 gives it rounded), so we check that
-    some start within half a pixel of frame 0's top-left explains every frame."""
-    images = torch.full((1, 28, 28), 255, dtype=torch.uint8)
-    mm = data.MovingMNIST(images, torch.tensor([4]), num_frames=40, img_size=64, num_digits=1,
-                          speed=(2.0, 4.0))
-    B, room = 6, 64 - 28
+@pytest.mark.parametrize("num_digits", [1, 2])
+def test_moving_mnist_motion_matches_brute_force(num_digits):
+    """Each 'digit' is a full square of its own grey level, so the brightest one drawn in a clip
+    is fully visible and its top-left in each frame is the bounding box of its level. That
+    top-left must follow a point moving with that digit's label velocity (vy, vx), reflected
+    off the walls [0, 64-28] and rounded. The exact sub-pixel start is unknown (frame 0 shows it
+    rounded), so we check that some start within half a pixel of frame 0's top-left explains
+    every frame. With two digits this also ties the order of 'digits' to that of 'velocity'."""
+    perm = [3, 7, 0, 9, 1, 5, 2, 8, 4, 6]
+    level_of_label = {perm[i]: 25 * (i + 1) for i in range(10)}
+    mm = data.MovingMNIST(squares([25 * (i + 1) for i in range(10)]), torch.tensor(perm),
+                          num_frames=40, img_size=64, num_digits=num_digits, speed=(2.0, 4.0))
+    B, T, room = 10, 40, 64 - 28
     clips, lab = mm.sample(B, gen(3))
-    top_left = np.zeros((B, 40, 2), dtype=np.int64)
+    grey = (clips[:, 0] * 255).round().long().numpy()
+    top_left, velocity = [], []
     for b in range(B):
-        for t in range(40):
-            ys, xs = np.nonzero(clips[b, 0, t].numpy())
-            assert ys.max() - ys.min() == 27 and xs.max() - xs.min() == 27
-            assert len(ys) == 28 * 28  # a full, unclipped square
-            top_left[b, t] = ys.min(), xs.min()
+        levels = [level_of_label[d] for d in lab["digits"][b].tolist()]
+        if len(set(levels)) < num_digits:
+            continue  # the same image twice: cannot tell which velocity is whose
+        k = int(np.argmax(levels))
+        tl = np.zeros((T, 2), dtype=np.int64)
+        for t in range(T):
+            ys, xs = np.nonzero(grey[b, t] == levels[k])
+            assert len(ys) == 28 * 28 and ys.max() - ys.min() == 27 and xs.max() - xs.min() == 27
+            tl[t] = ys.min(), xs.min()
+        top_left.append(tl)
+        velocity.append(lab["velocity"][b, k].double().numpy())
+    assert len(top_left) >= B - 2
+    top_left, velocity = np.stack(top_left), np.stack(velocity)  # (b, T, 2), (b, 2) as (vy, vx)
     assert top_left.min() >= 0 and top_left.max() <= room
-    velocity = lab["velocity"][:, 0].double().numpy()  # (B, 2) as (vy, vx)
     offsets = np.linspace(-0.5, 0.5, 2001)
-    starts = top_left[:, 0, :, None] + offsets  # (B, 2, G)
-    paths = brute_bounce(starts, velocity[:, :, None], 40, 0.0, float(room), substeps=20)
+    starts = top_left[:, 0, :, None] + offsets  # (b, 2, G)
+    paths = brute_bounce(starts, velocity[:, :, None], T, 0.0, float(room), substeps=20)
     consistent = (np.round(paths) == top_left.transpose(0, 2, 1)[:, :, None, :]).all(-1)
     assert consistent.any(-1).all(), consistent.any(-1)
     # the test is only meaningful if the squares did bounce
     direction_changes = np.diff(np.sign(np.diff(top_left, axis=1)), axis=1)
     assert (np.abs(direction_changes) == 2).any()
+
+
+def test_moving_mnist_start_and_velocity_distribution():
+    """Over many clips: the start (top-left in frame 0) covers the whole range [0, 64-28] with
+    mean at its middle, speeds are uniform in the range (mean in the middle), and directions are
+    uniform (a quarter in each quadrant)."""
+    mm = data.MovingMNIST(squares([255]), torch.tensor([1]), num_frames=1, img_size=64,
+                          num_digits=1, speed=(1.0, 4.0))
+    N, room = 4000, 36
+    clips, lab = mm.sample(N, gen(11))
+    ink = clips[:, 0, 0] > 0  # (N, 64, 64)
+    y0 = ink.any(2).float().argmax(1)
+    x0 = ink.any(1).float().argmax(1)
+    for c in (y0, x0):
+        assert c.min() == 0 and c.max() == room
+        assert abs(c.float().mean().item() - room / 2) < 0.6  # sd of the mean: 0.16
+    speed = lab["speed"][:, 0]
+    assert speed.min() >= 1.0 and speed.max() <= 4.0
+    assert abs(speed.mean().item() - 2.5) < 0.06  # sd of the mean: 0.014
+    vy, vx = lab["velocity"][:, 0].unbind(-1)
+    for qy in (vy > 0, vy <= 0):
+        for qx in (vx > 0, vx <= 0):
+            assert abs((qy & qx).float().mean().item() - 0.25) < 0.03  # sd: 0.007
 
 
 def test_moving_mnist_too_small_canvas(small_digits):
