@@ -169,6 +169,8 @@ def check_config(cfg):
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"--{key} {getattr(cfg, key)!r}: expected one of {allowed}")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but this machine has no CUDA device")
     if cfg.dataset != "video_folder" and cfg.in_chans != 1:
         raise ValueError(f"in_chans={cfg.in_chans}: MovingMNIST clips have 1 channel")
     if cfg.dataset != "movingmnist" and not cfg.data_path:

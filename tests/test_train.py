@@ -137,7 +137,8 @@ def test_torchrun_two_processes(tmp_path, mnist_args):
     (["--lr", "fast"], "--lr expects a float, got 'fast'"),
     (["--resume", "maybe"], "--resume expects a bool, got 'maybe'"),
     (["--loss", "l7"], "--loss 'l7' is not a function in losses.py"),
-])
+    (["--dataset", "kinetics"], "--dataset 'kinetics': expected one of"),
+] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device")]))
 def test_bad_config_is_one_clear_line(args, expected):
     code, err = run_cli(*args, "--out_dir", "/nonexistent/never-written")
     assert code == 2 and "Traceback" not in err
@@ -171,3 +172,26 @@ def test_resume_errors_and_non_finite_loss(tmp_path, mnist_args):
                         "--warmup_steps", "0", "--grad_clip", "0")
     assert code == 2 and "non-finite loss" in err and "Traceback" not in err
     assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["step"] == 2
+
+
+@pytest.mark.parametrize("extra", [
+    ["--dataset", "mmnist_file", "--mask", "causal", "--mask_ctx_frames", "2"],
+    ["--dataset", "mmnist_file", "--mask", "future", "--mask_ctx_frames", "2",
+     "--uniform_power", "false"],
+    ["--dataset", "video_folder", "--in_chans", "3", "--mask", "random_tube",
+     "--num_workers", "1"],
+])
+def test_other_datasets_and_masks_train(tmp_path, extra):
+    """Every dataset, mask strategy and worker setting runs end to end for a few steps."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "mnist_test_seq.npy", rng.integers(0, 255, (20, 6, 32, 32), dtype=np.uint8))
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    np.save(videos / "a.npy", rng.integers(0, 255, (12, 40, 48, 3), dtype=np.uint8))
+    path = tmp_path / ("videos" if "video_folder" in extra else "mnist_test_seq.npy")
+    out = str(tmp_path / "run")
+    train.main(TINY + extra + ["--data_path", str(path), "--max_steps", "4", "--log_every", "2",
+                               "--out_dir", out])
+    assert [r["step"] for r in read_log(out)] == [2, 4]
+    assert all(math.isfinite(r["loss"]) for r in read_log(out))
