@@ -1,10 +1,13 @@
 """Losses, one pure function of tensors each.
 
-A loss takes the predictor outputs and the targets, one tensor per mask configuration, and
-returns a scalar. To try another loss, write a function here with the same signature and pass
-its name: `python train.py --loss my_loss`.
+A prediction loss takes the predictions and the targets as two lists (one entry per mask
+configuration; VJ-VCR has a single one) and returns a scalar. To try another one, write a
+function here with the same signature and name it: `python train.py --loss my_loss`
+(README, "Adding a loss").
 """
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 
 
 def vjepa_l1(preds, targets):
@@ -17,3 +20,69 @@ def vjepa_l1(preds, targets):
     channels; the masks then count equally."""
     per_mask = [(p.float() - t.float()).abs().mean() for p, t in zip(preds, targets)]
     return torch.stack(per_mask).mean()
+
+
+def mse(preds, targets):
+    """VJ-VCR prediction term D(h~_y, h_y) of eq. 5 (Drozdov et al. 2024), the mean squared
+    error, averaged over the list entries: L = 1/M sum_m mean (h~_y - h_y)^2.
+    Gradients flow into both sides (the same encoder makes h_x and h_y; no EMA)."""
+    per_mask = [(p.float() - t.float()).pow(2).mean() for p, t in zip(preds, targets)]
+    return torch.stack(per_mask).mean()
+
+
+def pixel_mse(recon, frames):
+    """Reconstruction term D(Dec(h~_y), y) of eq. 5 and the generative energy of eq. 7:
+    the mean squared error between decoded and true target frames [B, C, T, H, W]."""
+    return (recon.float() - frames.float()).pow(2).mean()
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums, over ranks, the gradients each rank computed for each
+    slice and hands every rank its own (an all-reduce: simple, any backend, and the embeddings
+    are small). Every rank must hold the same number of rows. (torch.distributed.nn's
+    all_gather gave wrong gradients on gloo here, cf. pytorch/pytorch#120386.)"""
+
+    @staticmethod
+    def forward(ctx, h):
+        parts = [torch.empty_like(h) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, h.contiguous())
+        ctx.rows = h.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
+def gather_batch(h):
+    """Concatenate `h` [n, ...] over all data-parallel ranks along dim 0, keeping gradients.
+    A no-op in a single process. Each rank's loss then sees the global batch, and each rank
+    gets world_size x the gradient of its slice, which DDP's averaging turns back into the
+    single-process gradient."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return h
+    return _GatherWithGrad.apply(h)
+
+
+def vcr_terms(h, tau=1.0, eps=1e-4):
+    """Variance-covariance regularisation of VJ-VCR (Drozdov et al. 2024, eq. 1-3).
+
+    h: [N, T, d], one d-vector per time step for each of N clips; under data parallelism the
+    statistics are over the global batch. With Var and Cov the unbiased 1/(N-1) estimators:
+
+        l_var = 1/(T d) sum_t sum_k max(0, tau - sqrt(Var(H_{t,k}) + eps))          (eq. 1)
+        C_t   = Cov(H_{t,:}) in R^{d x d}                                            (eq. 2)
+        l_cov = 1/(T d) sum_t sum_{i != j} C_t[i, j]^2                               (eq. 3)
+
+    Returns (l_var, l_cov) as scalar tensors."""
+    h = gather_batch(h).float()
+    N, T, d = h.shape
+    centred = h - h.mean(dim=0)  # (N, T, d)
+    var = centred.pow(2).sum(dim=0) / (N - 1)  # (T, d)
+    l_var = F.relu(tau - torch.sqrt(var + eps)).sum() / (T * d)
+    cov = torch.einsum("ntd,nte->tde", centred, centred) / (N - 1)  # (T, d, d)
+    off_diagonal = cov.pow(2).sum() - cov.diagonal(dim1=1, dim2=2).pow(2).sum()
+    return l_var, off_diagonal / (T * d)
