@@ -273,3 +273,72 @@ def load_strict(module, state_dict, what):
     if problems:
         raise ValueError(f"{what} does not match this architecture: " + "; ".join(problems))
     module.load_state_dict(state_dict, strict=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# VJ-VCR's MovingMNIST networks (Drozdov et al. 2024, sec. 4.4): one d-vector per frame.
+
+def _conv_bn_relu(cin, cout, kernel, stride, padding, transpose=False):
+    conv = (nn.ConvTranspose3d if transpose else nn.Conv3d)(cin, cout, kernel, stride, padding,
+                                                            bias=False)
+    return nn.Sequential(conv, nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
+
+
+class ConvEncoder(nn.Module):
+    """3 spatial convolutions (kernel 1x4x4, stride 2: 64 -> 32 -> 16 -> 8 pixels), 2 temporal
+    ones (kernel 3x1x1, 'same' in time), each with BatchNorm and ReLU, then the average over
+    space. [B, C, T, H, W] -> [B, T, dim]."""
+
+    def __init__(self, in_chans=1, dim=128, width=32):
+        super().__init__()
+        spatial = dict(kernel=(1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1))
+        temporal = dict(kernel=(3, 1, 1), stride=1, padding=(1, 0, 0))
+        self.layers = nn.Sequential(
+            _conv_bn_relu(in_chans, width, **spatial),
+            _conv_bn_relu(width, 2 * width, **spatial),
+            _conv_bn_relu(2 * width, dim, **spatial),
+            _conv_bn_relu(dim, dim, **temporal),
+            _conv_bn_relu(dim, dim, **temporal))
+
+    def forward(self, x):
+        return self.layers(x).mean(dim=(3, 4)).transpose(1, 2)  # (B, T, dim)
+
+
+class MLPPredictor(nn.Module):
+    """All target steps at once from the context steps: an MLP with 2 hidden layers.
+    [B, T_ctx, dim] -> [B, T_tgt, dim]."""
+
+    def __init__(self, ctx_steps=3, tgt_steps=12, dim=128, hidden=1024):
+        super().__init__()
+        self.tgt_steps, self.dim = tgt_steps, dim
+        self.net = nn.Sequential(
+            nn.Linear(ctx_steps * dim, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, tgt_steps * dim))
+
+    def forward(self, h_x):
+        return self.net(h_x.flatten(1)).view(-1, self.tgt_steps, self.dim)
+
+
+class ConvDecoder(nn.Module):
+    """The encoder mirrored: a linear map undoes the spatial average (dim -> dim x 8 x 8), 2
+    temporal convolutions, then 3 transposed spatial ones (8 -> 16 -> 32 -> 64 pixels) and a
+    sigmoid for pixels in [0, 1]. [B, T, dim] -> [B, C, T, H, W]."""
+
+    def __init__(self, in_chans=1, dim=128, width=32, img_size=64):
+        super().__init__()
+        self.dim, self.side = dim, img_size // 8
+        self.unpool = nn.Linear(dim, dim * self.side ** 2)
+        spatial = dict(kernel=(1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1), transpose=True)
+        temporal = dict(kernel=(3, 1, 1), stride=1, padding=(1, 0, 0))
+        self.layers = nn.Sequential(
+            _conv_bn_relu(dim, dim, **temporal),
+            _conv_bn_relu(dim, dim, **temporal),
+            _conv_bn_relu(dim, 2 * width, **spatial),
+            _conv_bn_relu(2 * width, width, **spatial),
+            nn.ConvTranspose3d(width, in_chans, (1, 4, 4), (1, 2, 2), (0, 1, 1)))
+
+    def forward(self, h):
+        B, T, _ = h.shape
+        x = self.unpool(h).view(B, T, self.dim, self.side, self.side).transpose(1, 2)
+        return torch.sigmoid(self.layers(x))  # (B, C, T, H, W)

@@ -1,4 +1,6 @@
-"""Train V-JEPA: predict the EMA target encoder's features of masked tubes from the visible ones.
+"""Train V-JEPA (predict the EMA target encoder's features of masked tubes from the visible
+ones) or VJ-VCR (predict the features of future frames, with variance-covariance
+regularisation against collapse) and its generative baseline.
 
 One process (CPU or one GPU), the laptop preset on synthetic MovingMNIST, about 10 minutes:
     python train.py
@@ -10,6 +12,8 @@ Data parallel on one node (gloo on CPU, nccl on GPU), batch_size is per process:
 Several nodes (run on each, with its own --node_rank):
     torchrun --nnodes=16 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d \
         --rdzv_endpoint=HOST:29500 train.py --preset vitl16 --data_path /data/videos
+VJ-VCR and the generative baseline on MovingMNIST (3 frames -> 12), Table 1 of the paper:
+    python train.py --preset vjvcr        # also vjvcr_dec, generative_vcr, generative
 Resume a run from OUT_DIR/ckpt.pt (same config):
     python train.py --out_dir out/laptop --resume true
 """
@@ -64,7 +68,11 @@ class Config:
     mask_ratio: float = 0.9  # random_tube: share of spatial positions removed
     mask_ctx_frames: int = 8  # causal / future: frames the context may come from
     # objective
-    loss: str = "vjepa_l1"  # the name of a function in losses.py
+    objective: str = "vjepa"  # vjepa | vjvcr | generative
+    loss: str = "vjepa_l1"  # the prediction loss: the name of a function in losses.py
+    vcr_alpha: float = 0.5  # vjvcr / generative: weight of the variance term (eq. 1)
+    vcr_beta: float = 0.1  # weight of the covariance term (eq. 3)
+    vcr_gamma: float = 0.0  # vjvcr: weight of the pixel reconstruction term (0: no decoder)
     # optimisation (batch_size per process; global batch = batch_size * world size)
     batch_size: int = 8
     max_steps: int = 600
@@ -77,6 +85,7 @@ class Config:
     ema_start: float = 0.9995  # the paper's 0.998 collapses this short laptop run (README)
     ema_end: float = 1.0
     ipe_scale: float = 1.25  # schedules are computed for ipe_scale * max_steps, then truncated
+    optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 penalty, VJ-VCR)
     grad_clip: float = 10.0  # 0 disables
     dtype: str = "auto"  # auto (bf16 where the device supports it) | bfloat16 | float32
     # run
@@ -103,15 +112,31 @@ def _size(name):
     return dict(enc_dim=dim, enc_depth=depth, enc_heads=heads)
 
 
+# VJ-VCR on MovingMNIST (Drozdov et al. 2024, sec. 4.4 and appendix B): conv encoder, MLP
+# predictor, one digit, 3 context frames -> 12 targets, Adam at a constant 1e-3. The paper
+# trains 100 epochs of 55,000 clips at batch 256; these presets fit 15 minutes on 2 CPU cores.
+_VCR = dict(objective="vjvcr", loss="mse", num_digits=1, num_frames=15, mask_ctx_frames=3,
+            enc_dim=128, batch_size=64, max_steps=500, optimizer="adam", start_lr=1e-3,
+            lr=1e-3, final_lr=1e-3, warmup_steps=0, weight_decay=0.0, final_weight_decay=0.0,
+            ema_start=1.0, ema_end=1.0, ipe_scale=1.0, grad_clip=0.0, log_every=50,
+            ckpt_every=250, vcr_alpha=0.5, vcr_beta=0.1)
+_GENERATIVE = dict(_VCR, objective="generative", weight_decay=1e-6, final_weight_decay=1e-6)
+
 PRESETS = {
     "laptop": {},  # the defaults above: ViT 192/6/3 on 16x64x64 MovingMNIST
+    # the four rows of VJ-VCR's Table 1
+    "vjvcr": {**_VCR, "out_dir": "out/vjvcr"},
+    "vjvcr_dec": {**_VCR, "vcr_gamma": 1.0, "out_dir": "out/vjvcr_dec"},
+    "generative_vcr": {**_GENERATIVE, "out_dir": "out/generative_vcr"},
+    "generative": {**_GENERATIVE, "vcr_alpha": 0.0, "vcr_beta": 0.0, "out_dir": "out/generative"},
     "vitl16": {**_PAPER, **_size("large"), "out_dir": "out/vitl16"},
     "vith16": {**_PAPER, **_size("huge"), "out_dir": "out/vith16"},
     "vith16_384": {**_PAPER, **_size("huge"), "img_size": 384, "batch_size": 10,
                    "out_dir": "out/vith16_384"},
 }
-ARCH_KEYS = ("num_frames", "img_size", "in_chans", "patch_size", "tubelet_size", "uniform_power",
-             "enc_dim", "enc_depth", "enc_heads", "pred_dim", "pred_depth", "mask")
+ARCH_KEYS = ("objective", "num_frames", "img_size", "in_chans", "patch_size", "tubelet_size",
+             "uniform_power", "enc_dim", "enc_depth", "enc_heads", "pred_dim", "pred_depth",
+             "mask", "mask_ctx_frames")
 
 
 def parse_config(argv):
@@ -156,16 +181,25 @@ def _convert(key, value, kind):
 
 
 def check_config(cfg):
-    """Raise ValueError naming the first bad value; returns the token grid."""
-    grid = model.token_grid(cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size)
-    masks.MaskSampler(cfg.mask, grid, cfg.tubelet_size, cfg.mask_ratio, cfg.mask_ctx_frames)
-    for dim, what in ((cfg.enc_dim, "enc_dim"), (cfg.pred_dim, "pred_dim")):
-        if dim % cfg.enc_heads:
-            raise ValueError(f"{what}={dim} is not divisible by enc_heads={cfg.enc_heads}")
+    """Raise ValueError naming the first bad value; returns the token grid (V-JEPA) or None."""
+    grid = None
+    if cfg.objective == "vjepa":
+        grid = model.token_grid(cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size)
+        masks.MaskSampler(cfg.mask, grid, cfg.tubelet_size, cfg.mask_ratio, cfg.mask_ctx_frames)
+        for dim, what in ((cfg.enc_dim, "enc_dim"), (cfg.pred_dim, "pred_dim")):
+            if dim % cfg.enc_heads:
+                raise ValueError(f"{what}={dim} is not divisible by enc_heads={cfg.enc_heads}")
+    else:
+        if not 0 < cfg.mask_ctx_frames < cfg.num_frames:
+            raise ValueError(f"mask_ctx_frames={cfg.mask_ctx_frames} leaves no context or no "
+                             f"target among num_frames={cfg.num_frames}")
+        if cfg.img_size % 8:
+            raise ValueError(f"img_size={cfg.img_size}: the conv encoder needs a multiple of 8")
     if not callable(getattr(losses, cfg.loss, None)) or cfg.loss.startswith("_"):
         raise ValueError(f"--loss {cfg.loss!r} is not a function in losses.py")
     choices = {"dataset": ("movingmnist", "mmnist_file", "video_folder"),
-               "dtype": ("auto", "bfloat16", "float32"), "device": ("auto", "cpu", "cuda")}
+               "dtype": ("auto", "bfloat16", "float32"), "device": ("auto", "cpu", "cuda"),
+               "objective": ("vjepa", "vjvcr", "generative"), "optimizer": ("adamw", "adam")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"--{key} {getattr(cfg, key)!r}: expected one of {allowed}")
@@ -215,11 +249,12 @@ def rankme(emb, eps=1e-7):
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-def collapse_monitors(h, grid):
-    """h: [B, N, D] target-encoder output. Mean per-channel std over all tokens of the batch,
-    and RankMe of the embeddings pooled over space per (clip, time step): B*T' rows."""
+def collapse_monitors(h, steps):
+    """h: [B, N, D] target embeddings, N = steps x (tokens per step). Mean per-channel std over
+    all tokens of the batch, and RankMe of the embeddings pooled over space per (clip, time
+    step): B*steps rows."""
     B, N, D = h.shape
-    pooled = h.float().view(B, grid[0], -1, D).mean(2).reshape(-1, D)
+    pooled = h.float().view(B, steps, -1, D).mean(2).reshape(-1, D)
     return float(h.float().reshape(-1, D).std(0).mean()), rankme(pooled)
 
 
@@ -267,13 +302,12 @@ def param_groups(module):
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "no_decay": True}]
 
 
-def save_checkpoint(path, jepa, target, opt, cfg, step, loss, world):
+def save_checkpoint(path, nets, opt, cfg, step, loss, world):
     """Release-format checkpoint (SPEC section 5) plus config, step and RNG states; written
-    to a temporary file and renamed, so a crash never leaves half a checkpoint."""
+    to a temporary file and renamed, so a crash never leaves half a checkpoint.
+    nets: {"encoder", "predictor", "target_encoder"[, "decoder"]} -> modules."""
     state = {
-        "encoder": model.to_release(jepa.encoder.state_dict()),
-        "predictor": model.to_release(jepa.predictor.state_dict()),
-        "target_encoder": model.to_release(target.state_dict()),
+        **{name: model.to_release(net.state_dict()) for name, net in nets.items()},
         "opt": opt.state_dict(), "scaler": None,
         "epoch": 0,  # batches are indexed by step, not by epoch; kept for the release format
         "loss": loss, "batch_size": cfg.batch_size, "world_size": world,
@@ -287,7 +321,7 @@ def save_checkpoint(path, jepa, target, opt, cfg, step, loss, world):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, jepa, target, opt, cfg):
+def load_checkpoint(path, nets, opt, cfg):
     """Strict resume: same architecture, every tensor present and of the same shape."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"--resume: no checkpoint at {path}")
@@ -300,9 +334,10 @@ def load_checkpoint(path, jepa, target, opt, cfg):
             if saved.get(k) != getattr(cfg, k)]
     if diff:
         raise ValueError(f"--resume: {path} is from another architecture: {', '.join(diff)}")
-    model.load_strict(jepa.encoder, model.from_release(state["encoder"]), f"{path} encoder")
-    model.load_strict(jepa.predictor, model.from_release(state["predictor"]), f"{path} predictor")
-    model.load_strict(target, model.from_release(state["target_encoder"]), f"{path} target_encoder")
+    for name, net in nets.items():
+        if name not in state:
+            raise ValueError(f"--resume: {path} has no {name!r}")
+        model.load_strict(net, model.from_release(state[name]), f"{path} {name}")
     opt.load_state_dict(state["opt"])
     torch.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])
@@ -326,6 +361,67 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+class VCRObjective(torch.nn.Module):
+    """VJ-VCR energy (Drozdov et al. 2024, eq. 5) or the generative one (eq. 7) as one module,
+    so data parallelism wraps a single forward. x = the first n frames, y = the rest.
+
+    vjvcr:      D(h~_y, h_y) + alpha l_var([h_x, h_y]) + beta l_cov([h_x, h_y])
+                + gamma |Dec(h~_y) - y|^2, with h_x, h_y from the same encoder.
+    generative: |Dec(h~_y) - y|^2 + alpha l_var([h_x, h~_y]) + beta l_cov([h_x, h~_y]); y is
+                never encoded, so VCR acts on what the model does compute.
+    forward(clips) -> (energy, {term: value}, embeddings [B, T, d] for the monitors)."""
+
+    def __init__(self, cfg, loss_fn):
+        super().__init__()
+        n = cfg.mask_ctx_frames
+        self.cfg, self.loss_fn = cfg, loss_fn
+        self.encoder = model.ConvEncoder(cfg.in_chans, cfg.enc_dim)
+        self.predictor = model.MLPPredictor(n, cfg.num_frames - n, cfg.enc_dim)
+        has_decoder = cfg.objective == "generative" or cfg.vcr_gamma > 0
+        self.decoder = (model.ConvDecoder(cfg.in_chans, cfg.enc_dim, img_size=cfg.img_size)
+                        if has_decoder else None)
+
+    def forward(self, clips):
+        cfg, n = self.cfg, self.cfg.mask_ctx_frames
+        x, y = clips[:, :, :n], clips[:, :, n:]
+        h_x = self.encoder(x)  # (B, n, d)
+        pred = self.predictor(h_x)  # (B, T - n, d)
+        terms = {}
+        if cfg.objective == "vjvcr":
+            h_y = self.encoder(y)
+            terms["pred"] = self.loss_fn([pred], [h_y])
+            h = torch.cat([h_x, h_y], dim=1)
+        else:
+            h = torch.cat([h_x, pred], dim=1)
+        if self.decoder is not None:
+            weight = cfg.vcr_gamma if cfg.objective == "vjvcr" else 1.0
+            terms["pixel"] = weight * losses.pixel_mse(self.decoder(pred), y)
+        if cfg.vcr_alpha or cfg.vcr_beta:
+            l_var, l_cov = losses.vcr_terms(h)
+            terms["var"], terms["cov"] = cfg.vcr_alpha * l_var, cfg.vcr_beta * l_cov
+        return sum(terms.values()), terms, h
+
+
+def build(cfg, grid, device):
+    """-> (trainable module, {checkpoint name: module}, EMA target encoder or None)."""
+    loss_fn = getattr(losses, cfg.loss)
+    if cfg.objective != "vjepa":
+        net = VCRObjective(cfg, loss_fn).to(device)
+        nets = {"encoder": net.encoder, "predictor": net.predictor,
+                "target_encoder": net.encoder}  # one encoder for x and y; probes read this key
+        if net.decoder is not None:
+            nets["decoder"] = net.decoder
+        return net, nets, None
+    encoder, predictor = model.build_models(
+        cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size, cfg.in_chans,
+        cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.pred_dim, cfg.pred_depth,
+        num_masks=2, uniform_power=cfg.uniform_power)
+    net = model.JEPA(encoder, predictor).to(device)
+    target = copy.deepcopy(net.encoder).requires_grad_(False)  # the EMA y-encoder
+    return net, {"encoder": net.encoder, "predictor": net.predictor,
+                 "target_encoder": target}, target
+
+
 def main(argv):
     cfg = parse_config(argv)
     grid = check_config(cfg)
@@ -334,31 +430,29 @@ def main(argv):
     dtype = pick_dtype(cfg, device)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
 
-    encoder, predictor = model.build_models(
-        cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size, cfg.in_chans,
-        cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.pred_dim, cfg.pred_depth,
-        num_masks=2, uniform_power=cfg.uniform_power)
-    jepa = model.JEPA(encoder, predictor).to(device)
-    target = copy.deepcopy(jepa.encoder).requires_grad_(False)  # the EMA y-encoder
-    opt = torch.optim.AdamW(param_groups(jepa), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = masks.MaskSampler(cfg.mask, grid, cfg.tubelet_size, cfg.mask_ratio,
-                                cfg.mask_ctx_frames)
+    module, nets, target = build(cfg, grid, device)
+    optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    opt = optimizer(param_groups(module), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = getattr(losses, cfg.loss)
+    sampler = None
+    if cfg.objective == "vjepa":
+        sampler = masks.MaskSampler(cfg.mask, grid, cfg.tubelet_size, cfg.mask_ratio,
+                                    cfg.mask_ctx_frames)
 
     os.makedirs(cfg.out_dir, exist_ok=True)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     log_path = os.path.join(cfg.out_dir, "log.jsonl")
     start = 0
     if cfg.resume:
-        start = load_checkpoint(ckpt_path, jepa, target, opt, cfg)
+        start = load_checkpoint(ckpt_path, nets, opt, cfg)
         if master:
             trim_log(log_path, start)
     elif master and os.path.exists(log_path):
         os.remove(log_path)  # a fresh run starts a fresh log
-    net = jepa
+    net = module
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
-            jepa, device_ids=[device.index] if device.type == "cuda" else None)
+            module, device_ids=[device.index] if device.type == "cuda" else None)
 
     digits = data.load_digits(cfg.mnist_dir) if cfg.dataset == "movingmnist" else None
     source = make_source(cfg, "train", digits)
@@ -374,8 +468,8 @@ def main(argv):
         signal.signal(sig, lambda *_: stop.update(asked=True))
 
     if master:
-        n_params = sum(p.numel() for p in jepa.parameters())
-        print(f"V-JEPA {cfg.preset}: {n_params / 1e6:.2f}M parameters, grid {grid}, "
+        n_params = sum(p.numel() for p in module.parameters())
+        print(f"{cfg.objective} ({cfg.preset}): {n_params / 1e6:.2f}M parameters, grid {grid}, "
               f"{world} process(es) on {device}, {str(dtype).replace('torch.', '')}, "
               f"steps {start}->{end}")
     bar = tqdm(total=end, initial=start, disable=not master, dynamic_ncols=True, unit="step")
@@ -390,22 +484,28 @@ def main(argv):
             if not group.get("no_decay"):
                 group["weight_decay"] = wd
         clips = clips.to(device, non_blocking=True)
-        g = torch.Generator().manual_seed(data.step_seed(cfg.seed, rank, step, stream=1))
-        step_masks = [(c.to(device), t.to(device)) for c, t in sampler(cfg.batch_size, g)]
 
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            with torch.no_grad():
-                h = target(clips)  # (B, N, D): once per clip, shared by all masks
-                targets = [model.gather_tokens(F.layer_norm(h.float(), h.shape[-1:]), tgt)
-                           for _, tgt in step_masks]
-            preds = net(clips, step_masks)
-            loss = loss_fn(preds, targets)
+            if target is not None:  # V-JEPA
+                g = torch.Generator().manual_seed(data.step_seed(cfg.seed, rank, step, stream=1))
+                step_masks = [(c.to(device), t.to(device)) for c, t in sampler(cfg.batch_size, g)]
+                with torch.no_grad():
+                    h = target(clips)  # (B, N, D): once per clip, shared by all masks
+                    targets = [model.gather_tokens(F.layer_norm(h.float(), h.shape[-1:]), tgt)
+                               for _, tgt in step_masks]
+                preds = net(clips, step_masks)
+                loss, terms = loss_fn(preds, targets), {}
+                steps_per_clip = grid[0]
+            else:  # VJ-VCR or generative
+                loss, terms, h = net(clips)
+                steps_per_clip = h.shape[1]
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = (torch.nn.utils.clip_grad_norm_(jepa.parameters(), cfg.grad_clip)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
                      if cfg.grad_clip > 0 else torch.zeros(()))
         opt.step()
-        ema_update(target, jepa.encoder, momentum)
+        if target is not None:
+            ema_update(target, module.encoder, momentum)
         step += 1
         bar.update(1)
         loss_sum += loss.detach()
@@ -425,8 +525,9 @@ def main(argv):
                 dist.all_reduce(loss_sum)
             last = float(loss_sum) / (n_logged * world)
             dt = (time.perf_counter() - t_log) / n_logged
-            emb_std, rank_me = collapse_monitors(h, grid)
-            record = {"step": step, "loss": last, "lr": lr, "wd": wd, "momentum": momentum,
+            emb_std, rank_me = collapse_monitors(h.detach(), steps_per_clip)
+            record = {"step": step, "loss": last, **{k: float(v.detach()) for k, v in terms.items()},
+                      "lr": lr, "wd": wd, "momentum": momentum,
                       "grad_norm": float(grad_norm), "step_time_s": dt,
                       "clips_per_s": cfg.batch_size * world / dt, "emb_std": emb_std,
                       "rankme": rank_me}
@@ -437,7 +538,7 @@ def main(argv):
             loss_sum.zero_()
             n_logged, t_log = 0, time.perf_counter()
         if ckpt_now and master:
-            save_checkpoint(ckpt_path, jepa, target, opt, cfg, step, last, world)
+            save_checkpoint(ckpt_path, nets, opt, cfg, step, last, world)
         if stop["asked"]:
             break
     bar.close()
@@ -449,9 +550,10 @@ def main(argv):
         if cfg.val_clips:
             val_clips, _ = data.fixed_set(make_source(cfg, "val", digits), cfg.val_clips,
                                          seed=12345)  # the same clips in every run
+            encoder = nets["target_encoder"].eval()
             with torch.no_grad(), torch.autocast(device.type, dtype=dtype,
                                                  enabled=dtype != torch.float32):
-                h = torch.cat([target(c.to(device)) for c in val_clips.split(32)]).float()
+                h = torch.cat([encoder(c.to(device)) for c in val_clips.split(32)]).float()
             summary["val_emb_std"] = round(float(h.reshape(-1, h.shape[-1]).std(0).mean()), 4)
             summary["val_rankme"] = round(rankme(h.mean(1)), 2)  # one pooled vector per clip
             summary["val_rankme_max"] = min(h.shape[0], h.shape[-1])

@@ -163,3 +163,20 @@ def test_load_strict_names_what_does_not_match():
     model.load_strict(other, model.from_release(released), "ckpt")
     x = torch.randn(1, 1, 4, 16, 16)
     assert torch.equal(other(x), enc(x))
+
+
+def test_vjvcr_conv_modules_shapes():
+    """Encoder: one vector per frame; predictor: 3 context steps -> 12 targets at once;
+    decoder: back to frames in [0, 1]."""
+    enc = model.ConvEncoder(in_chans=1, dim=16, width=4)
+    pred = model.MLPPredictor(ctx_steps=3, tgt_steps=12, dim=16, hidden=32)
+    dec = model.ConvDecoder(in_chans=1, dim=16, width=4, img_size=64)
+    x = torch.rand(2, 1, 3, 64, 64)
+    h_x = enc(x)
+    assert h_x.shape == (2, 3, 16)
+    assert enc(torch.rand(2, 1, 12, 64, 64)).shape == (2, 12, 16)
+    h_y = pred(h_x)
+    assert h_y.shape == (2, 12, 16)
+    frames = dec(h_y)
+    assert frames.shape == (2, 1, 12, 64, 64) and frames.min() >= 0 and frames.max() <= 1
+    assert dec.__class__(1, 16, 4, img_size=32)(h_y).shape == (2, 1, 12, 32, 32)

@@ -195,3 +195,55 @@ def test_other_datasets_and_masks_train(tmp_path, extra):
                                "--out_dir", out])
     assert [r["step"] for r in read_log(out)] == [2, 4]
     assert all(math.isfinite(r["loss"]) for r in read_log(out))
+
+
+VCR_TINY = ["--preset", "vjvcr", "--img_size", "32", "--num_frames", "6", "--enc_dim", "32",
+            "--batch_size", "32", "--val_clips", "0", "--dtype", "float32"]
+
+
+def test_vcr_prevents_the_collapse_of_a_short_run(tmp_path, mnist_args):
+    """The same 150 steps with and without variance-covariance regularisation: without it
+    the embedding std shrinks towards 0; with it, it does not."""
+    stds = {}
+    for name, extra in (("plain", ["--vcr_alpha", "0", "--vcr_beta", "0"]), ("vcr", [])):
+        out = str(tmp_path / name)
+        train.main(VCR_TINY + mnist_args + extra + ["--max_steps", "150", "--log_every", "1",
+                                                    "--out_dir", out])
+        log = read_log(out)
+        stds[name] = (log[0]["emb_std"], log[-1]["emb_std"])
+    assert stds["plain"][0] == stds["vcr"][0]  # the same start
+    assert stds["plain"][1] < 0.3 * stds["plain"][0], stds
+    assert stds["vcr"][1] > stds["vcr"][0], stds
+
+
+def test_generative_and_decoder_objectives_log_their_terms(tmp_path, mnist_args):
+    for preset, terms in (("vjvcr_dec", {"pred", "pixel", "var", "cov"}),
+                          ("generative", {"pixel"}), ("generative_vcr", {"pixel", "var", "cov"})):
+        out = str(tmp_path / preset)
+        train.main(VCR_TINY + mnist_args + ["--preset", preset, "--max_steps", "2",
+                                            "--log_every", "1", "--out_dir", out])
+        record = read_log(out)[-1]
+        assert terms <= set(record) and math.isfinite(record["loss"])
+        assert record["loss"] == pytest.approx(sum(record[t] for t in terms), rel=1e-4)
+        assert not ({"pred", "pixel", "var", "cov"} - terms) & set(record)  # no other term
+        state = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)
+        assert "decoder" in state
+
+
+def test_the_readme_loss_example_runs(tmp_path, mnist_args, monkeypatch):
+    """README "Adding a loss": its code, added to losses.py, trains with --loss smooth_l1."""
+    import re
+    import losses
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Adding a loss", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace = dict(vars(losses))
+    exec(code, namespace)
+    monkeypatch.setattr(losses, "smooth_l1", namespace["smooth_l1"], raising=False)
+    p, t = torch.randn(4, 3, 5), torch.randn(4, 3, 5)
+    expected = torch.nn.functional.smooth_l1_loss(p, t)  # the reference it should equal
+    assert torch.allclose(losses.smooth_l1([p], [t]), expected)
+    out = str(tmp_path / "smooth")
+    train.main(VCR_TINY + mnist_args + ["--loss", "smooth_l1", "--max_steps", "3",
+                                        "--log_every", "1", "--out_dir", out])
+    assert all(math.isfinite(r["pred"]) for r in read_log(out))
