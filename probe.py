@@ -1,0 +1,199 @@
+"""Frozen evaluation of a VJ-VCR or generative checkpoint on MovingMNIST (VJ-VCR paper,
+sec. 4.3.1 and appendix B.2).
+
+    python probe.py --ckpt out/vjvcr/ckpt.pt
+
+- Speed probe: a linear (ridge) regression from the predicted target representation h~_y
+  (all 12 predicted steps, flattened) to the digit's speed, fitted on clips of the training
+  digits, scored (MSE, R^2) on clips of the held-out digits; beside it the predict-the-mean
+  baseline and the same probe on a randomly initialised network.
+- Decoder PSNR of the predicted frames: the model's own decoder when it has one, else a decoder
+  trained here on the frozen predictions.
+- RankMe and the singular-value spectrum of h~_y, saved as JSON and drawn as a PNG, and a GIF
+  of target frames beside decoded predicted frames.
+Results go to OUT_DIR/probe/ (OUT_DIR = the checkpoint's folder) and to stdout as JSON.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+import data
+import losses
+import model
+import train
+
+
+def ridge_fit(x, y, lams=(1e-3, 1e-2, 1e-1, 1.0, 10.0)):
+    """Linear regression with an L2 penalty picked on the last 20% of the fitting data.
+    x: [N, F], y: [N] -> predict(x_new) -> [M]. Features are standardised first."""
+    x, y = x.double(), y.double()
+    mean, std = x.mean(0), x.std(0) + 1e-8
+
+    def solve(xs, ys, lam):
+        xs = torch.cat([(xs - mean) / std, torch.ones(len(xs), 1, dtype=xs.dtype)], 1)
+        reg = lam * len(xs) * torch.eye(xs.shape[1], dtype=xs.dtype)
+        reg[-1, -1] = 0  # no penalty on the intercept
+        return torch.linalg.solve(xs.T @ xs + reg, xs.T @ ys)
+
+    def apply(w, xs):
+        return torch.cat([(xs.double() - mean) / std, torch.ones(len(xs), 1).double()], 1) @ w
+
+    cut = int(0.8 * len(x))
+    errors = [float((apply(solve(x[:cut], y[:cut], lam), x[cut:]) - y[cut:]).pow(2).mean())
+              for lam in lams]
+    w = solve(x, y, lams[int(np.argmin(errors))])
+    return lambda xs: apply(w, xs).float()
+
+
+def regression_scores(pred, y):
+    mse = float((pred - y).pow(2).mean())
+    return {"mse": round(mse, 5), "r2": round(1 - mse / float(y.var(unbiased=False)), 4)}
+
+
+def psnr(recon, frames):
+    """Mean over clips of 10 log10(1 / MSE) for pixels in [0, 1]. recon, frames: [B, ...]."""
+    mse = (recon.float() - frames.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return float((10 * torch.log10(1 / mse)).mean())
+
+
+def spectrum(emb):
+    """Singular values of an [N, d] embedding matrix (centred) and the cumulative share of
+    variance that the first k directions explain."""
+    s = torch.linalg.svdvals((emb - emb.mean(0)).double())
+    explained = (s ** 2).cumsum(0) / (s ** 2).sum()
+    return s.float(), explained.float()
+
+
+def draw_spectrum(s, explained, path):
+    """PNG: log singular values (left) and cumulative explained variance (right)."""
+    from PIL import Image, ImageDraw
+
+    W, H, pad = 360, 240, 30
+    img = Image.new("RGB", (2 * W, H), "white")
+    draw = ImageDraw.Draw(img)
+    logs = torch.log10(s.clamp_min(1e-12))
+    for panel, (ys, lo, hi, title) in enumerate(
+            [(logs, float(logs.min()), float(logs.max()), "log10 singular value"),
+             (explained, 0.0, 1.0, "cumulative explained variance")]):
+        x0 = panel * W
+        draw.rectangle([x0 + pad, pad, x0 + W - pad, H - pad], outline="black")
+        draw.text((x0 + pad, 8), title, fill="black")
+        n = len(ys)
+        points = [(x0 + pad + (W - 2 * pad) * i / max(1, n - 1),
+                   H - pad - (H - 2 * pad) * (float(v) - lo) / max(hi - lo, 1e-12))
+                  for i, v in enumerate(ys)]
+        draw.line(points, fill="blue", width=2)
+        draw.text((x0 + pad, H - pad + 4), f"1 .. {n} (index)", fill="black")
+    img.save(path)
+
+
+def save_gif(targets, recon, path, clips=4):
+    """Rows: clips; left half the target frames, right half the decoded predictions."""
+    import imageio.v3 as iio
+
+    t = targets[:clips, 0].clamp(0, 1)  # (n, T, H, W)
+    r = recon[:clips, 0].clamp(0, 1)
+    frames = torch.cat([torch.cat([t[i], r[i]], dim=2) for i in range(len(t))], dim=1)
+    iio.imwrite(path, (frames.numpy() * 255).astype(np.uint8), duration=200, loop=0)
+
+
+@torch.no_grad()
+def predict(net, clips, batch=128):
+    """Frozen h~_y [N, T_tgt, d] for clips [N, C, T, H, W]."""
+    n = net.cfg.mask_ctx_frames
+    return torch.cat([net.predictor(net.encoder(c[:, :, :n])) for c in clips.split(batch)])
+
+
+def train_decoder(cfg, h, frames, steps, seed=0):
+    """A decoder fitted to frozen predictions h [N, T, d] -> frames [N, C, T, H, W]."""
+    torch.manual_seed(seed)
+    dec = model.ConvDecoder(cfg.in_chans, cfg.enc_dim, img_size=cfg.img_size)
+    opt = torch.optim.Adam(dec.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        i = torch.randint(len(h), (64,), generator=g)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = losses.pixel_mse(dec(h[i]), frames[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return dec.eval()
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--train_clips", type=int, default=4096, help="clips to fit the probes on")
+    p.add_argument("--test_clips", type=int, default=1024, help="held-out clips to score on")
+    p.add_argument("--decoder_steps", type=int, default=300,
+                   help="steps of the decoder trained on frozen predictions (models without one)")
+    p.add_argument("--mnist_dir", default="")
+    a = p.parse_args(argv)
+    if not os.path.exists(a.ckpt):
+        raise FileNotFoundError(f"--ckpt {a.ckpt} does not exist")
+    state = torch.load(a.ckpt, map_location="cpu", weights_only=False)
+    cfg = train.Config(**{**state["config"], "mnist_dir": a.mnist_dir or state["config"]["mnist_dir"]})
+    if cfg.objective == "vjepa":
+        raise ValueError(f"{a.ckpt} is a V-JEPA checkpoint; probe.py evaluates VJ-VCR and "
+                         "generative ones (objective vjvcr or generative)")
+    out_dir = os.path.join(os.path.dirname(os.path.abspath(a.ckpt)), "probe")
+    os.makedirs(out_dir, exist_ok=True)
+
+    digits = data.load_digits(cfg.mnist_dir)
+    fit_clips, fit_labels = data.fixed_set(train.make_source(cfg, "train", digits),
+                                           a.train_clips, seed=1)
+    test_clips, test_labels = data.fixed_set(train.make_source(cfg, "val", digits),
+                                             a.test_clips, seed=2)
+    speed_fit, speed_test = fit_labels["speed"][:, 0], test_labels["speed"][:, 0]
+    n = cfg.mask_ctx_frames
+    y_fit, y_test = fit_clips[:, :, n:], test_clips[:, :, n:]
+
+    trained, _, _ = train.build(cfg, None, torch.device("cpu"))
+    for name in ("encoder", "predictor", "decoder"):
+        if getattr(trained, name) is not None:
+            model.load_strict(getattr(trained, name), model.from_release(state[name]),
+                              f"{a.ckpt} {name}")
+    torch.manual_seed(cfg.seed + 1)
+    random_net, _, _ = train.build(cfg, None, torch.device("cpu"))
+
+    results = {"ckpt": a.ckpt, "preset": cfg.preset, "objective": cfg.objective,
+               "speed_mean_baseline": regression_scores(
+                   torch.full_like(speed_test, float(speed_fit.mean())), speed_test)}
+    for name, net in (("trained", trained.eval()), ("random_init", random_net.eval())):
+        h_fit, h_test = predict(net, fit_clips), predict(net, test_clips)
+        probe = ridge_fit(h_fit.flatten(1), speed_fit)
+        results[f"speed_{name}"] = regression_scores(probe(h_test.flatten(1)), speed_test)
+        if name == "trained":
+            flat = h_test.flatten(1)
+            results["rankme"] = round(train.rankme(flat), 2)
+            results["rankme_max"] = min(flat.shape)
+            s, explained = spectrum(flat)
+            decoder = net.decoder
+            if decoder is None:
+                decoder = train_decoder(cfg, h_fit, y_fit, a.decoder_steps)
+                results["decoder"] = f"trained on frozen predictions, {a.decoder_steps} steps"
+            else:
+                results["decoder"] = "the model's own"
+            with torch.no_grad():
+                recon = torch.cat([decoder(h) for h in h_test.split(128)])
+            results["psnr"] = round(psnr(recon, y_test), 2)
+    with open(os.path.join(out_dir, "spectrum.json"), "w") as f:
+        json.dump({"singular_values": s.tolist(), "cumulative_explained": explained.tolist()}, f)
+    draw_spectrum(s, explained, os.path.join(out_dir, "spectrum.png"))
+    save_gif(y_test, recon, os.path.join(out_dir, "predictions.gif"))
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(json.dumps(results))
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
