@@ -141,6 +141,23 @@ def gather_tokens(x, idx):
 # ----------------------------------------------------------------------------------------------
 # Encoder and predictor
 
+def patchify(x, patch_size, tubelet_size):
+    """Pixels of each tubelet, in token order. [B, C, T, H, W] -> [B, N, C*t*p*p], each row
+    flattened as (C, t, p, p) like the Conv3d weights of PatchEmbed3D."""
+    B, C, T, H, W = x.shape
+    t, p = tubelet_size, patch_size
+    x = x.reshape(B, C, T // t, t, H // p, p, W // p, p)
+    return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B, (T // t) * (H // p) * (W // p), -1)
+
+
+def unpatchify(tokens, grid, channels, patch_size, tubelet_size):
+    """The inverse of patchify. tokens: [B, T'*H'*W', C*t*p*p] -> [B, C, T, H, W]."""
+    B = tokens.shape[0]
+    (Tg, Hg, Wg), t, p = grid, tubelet_size, patch_size
+    x = tokens.reshape(B, Tg, Hg, Wg, channels, t, p, p)
+    return x.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(B, channels, Tg * t, Hg * p, Wg * p)
+
+
 class PatchEmbed3D(nn.Module):
     """Tubelets of t x p x p pixels -> tokens. [B, C, T, H, W] -> [B, T/t * H/p * W/p, D]."""
 
@@ -342,3 +359,15 @@ class ConvDecoder(nn.Module):
         B, T, _ = h.shape
         x = self.unpool(h).view(B, T, self.dim, self.side, self.side).transpose(1, 2)
         return torch.sigmoid(self.layers(x))  # (B, C, T, H, W)
+
+
+class PixelDecoder(nn.Module):
+    """Per-token pixel decoder for the ViT route of VJ-VCR: each predicted token -> the pixels
+    of its tubelet (a linear map, as in MAE). [B, K, D] -> [B, K, C*t*p*p]."""
+
+    def __init__(self, dim, in_chans, patch_size, tubelet_size):
+        super().__init__()
+        self.proj = nn.Linear(dim, in_chans * tubelet_size * patch_size ** 2)
+
+    def forward(self, tokens):
+        return self.proj(tokens)

@@ -4,7 +4,8 @@ sec. 4.3.1 and appendix B.2).
     python probe.py --ckpt out/vjvcr/ckpt.pt
 
 - Speed probe: a linear (ridge) regression from the predicted target representation h~_y
-  (all 12 predicted steps, flattened) to the digit's speed, fitted on clips of the training
+  (all 12 predicted steps, flattened; the ViT route's tokens averaged per step) to the digit's
+  speed, fitted on clips of the training
   digits, scored (MSE, R^2) on clips of the held-out digits; beside it the predict-the-mean
   baseline and the same probe on a randomly initialised network.
 - Decoder PSNR of the predicted frames: the model's own decoder when it has one, else a decoder
@@ -12,6 +13,10 @@ sec. 4.3.1 and appendix B.2).
 - RankMe and the singular-value spectrum of h~_y, saved as JSON and drawn as a PNG, and a GIF
   of target frames beside decoded predicted frames.
 Results go to OUT_DIR/probe/ (OUT_DIR = the checkpoint's folder) and to stdout as JSON.
+
+    python probe.py --table out/vjvcr out/vjvcr_dec out/generative_vcr out/generative
+
+prints the probed runs side by side with the paper's Table 1.
 """
 import argparse
 import json
@@ -101,11 +106,44 @@ def save_gif(targets, recon, path, clips=4):
     iio.imwrite(path, (frames.numpy() * 255).astype(np.uint8), duration=200, loop=0)
 
 
+# VJ-VCR Table 1, MovingMNIST: speed-probe MSE and decoder PSNR per row.
+PAPER_TABLE1 = {"vjvcr": (0.04, 19.5), "vjvcr_dec": (0.04, 21.2), "generative_vcr": (0.10, 22.9),
+                "generative": (0.15, 22.8)}
+
+
+def table(out_dirs):
+    """A markdown table of probed runs (OUT_DIR/summary.json and OUT_DIR/probe/results.json)."""
+    lines = ["| row | speed MSE (paper) | speed R^2 | MSE, random init | MSE, predict the mean "
+             "| PSNR dB (paper) | RankMe | train min |", "|" + " --- |" * 8]
+    for d in out_dirs:
+        paths = [os.path.join(d, "summary.json"), os.path.join(d, "probe", "results.json")]
+        for path in paths:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"{path} is missing: train and probe {d} first")
+        with open(paths[0]) as f:
+            summary = json.load(f)
+        with open(paths[1]) as f:
+            r = json.load(f)
+        mse, db = PAPER_TABLE1.get(r["preset"], ("-", "-"))
+        lines.append(f"| {r['preset']} | {r['speed_trained']['mse']:.3f} ({mse}) | "
+                     f"{r['speed_trained']['r2']:.3f} | {r['speed_random_init']['mse']:.3f} | "
+                     f"{r['speed_mean_baseline']['mse']:.3f} | {r['psnr']:.1f} ({db}) | "
+                     f"{r['rankme']:.1f} | {summary['wall_s'] / 60:.1f} |")
+    return "\n".join(lines)
+
+
 @torch.no_grad()
 def predict(net, clips, batch=128):
-    """Frozen h~_y [N, T_tgt, d] for clips [N, C, T, H, W]."""
-    n = net.cfg.mask_ctx_frames
-    return torch.cat([net.predictor(net.encoder(c[:, :, :n])) for c in clips.split(batch)])
+    """Frozen predictions for clips [N, C, T, H, W]: h~_y per target step [N, T_tgt, d] (the
+    ViT route averages each step's tokens), and the frames the model's own decoder makes of
+    them (None without a decoder)."""
+    steps, recon = [], []
+    for c in clips.split(batch):
+        _, pred, pred_steps = net.predict(c)
+        steps.append(pred_steps)
+        if net.decoder is not None:
+            recon.append(net.decode(pred))
+    return torch.cat(steps), (torch.cat(recon) if recon else None)
 
 
 def train_decoder(cfg, h, frames, steps, seed=0):
@@ -126,13 +164,19 @@ def train_decoder(cfg, h, frames, steps, seed=0):
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", required=True)
+    p.add_argument("--ckpt", help="checkpoint to probe")
+    p.add_argument("--table", nargs="+", metavar="OUT_DIR", help="print probed runs as a table")
     p.add_argument("--train_clips", type=int, default=4096, help="clips to fit the probes on")
     p.add_argument("--test_clips", type=int, default=1024, help="held-out clips to score on")
     p.add_argument("--decoder_steps", type=int, default=300,
                    help="steps of the decoder trained on frozen predictions (models without one)")
     p.add_argument("--mnist_dir", default="")
     a = p.parse_args(argv)
+    if a.table:
+        print(table(a.table))
+        return None
+    if not a.ckpt:
+        raise ValueError("give --ckpt OUT_DIR/ckpt.pt (or --table OUT_DIR ...)")
     if not os.path.exists(a.ckpt):
         raise FileNotFoundError(f"--ckpt {a.ckpt} does not exist")
     state = torch.load(a.ckpt, map_location="cpu", weights_only=False)
@@ -164,7 +208,7 @@ def main(argv):
                "speed_mean_baseline": regression_scores(
                    torch.full_like(speed_test, float(speed_fit.mean())), speed_test)}
     for name, net in (("trained", trained.eval()), ("random_init", random_net.eval())):
-        h_fit, h_test = predict(net, fit_clips), predict(net, test_clips)
+        (h_fit, _), (h_test, decoded) = predict(net, fit_clips), predict(net, test_clips)
         probe = ridge_fit(h_fit.flatten(1), speed_fit)
         results[f"speed_{name}"] = regression_scores(probe(h_test.flatten(1)), speed_test)
         if name == "trained":
@@ -172,14 +216,14 @@ def main(argv):
             results["rankme"] = round(train.rankme(flat), 2)
             results["rankme_max"] = min(flat.shape)
             s, explained = spectrum(flat)
-            decoder = net.decoder
-            if decoder is None:
+            recon = decoded
+            if recon is None:
                 decoder = train_decoder(cfg, h_fit, y_fit, a.decoder_steps)
                 results["decoder"] = f"trained on frozen predictions, {a.decoder_steps} steps"
+                with torch.no_grad():
+                    recon = torch.cat([decoder(h) for h in h_test.split(128)])
             else:
                 results["decoder"] = "the model's own"
-            with torch.no_grad():
-                recon = torch.cat([decoder(h) for h in h_test.split(128)])
             results["psnr"] = round(psnr(recon, y_test), 2)
     with open(os.path.join(out_dir, "spectrum.json"), "w") as f:
         json.dump({"singular_values": s.tolist(), "cumulative_explained": explained.tolist()}, f)

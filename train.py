@@ -73,6 +73,7 @@ class Config:
     vcr_alpha: float = 0.5  # vjvcr / generative: weight of the variance term (eq. 1)
     vcr_beta: float = 0.1  # weight of the covariance term (eq. 3)
     vcr_gamma: float = 0.0  # vjvcr: weight of the pixel reconstruction term (0: no decoder)
+    vcr_arch: str = "conv"  # vjvcr / generative networks: conv (the paper's) | vit
     # optimisation (batch_size per process; global batch = batch_size * world size)
     batch_size: int = 8
     max_steps: int = 600
@@ -129,6 +130,9 @@ PRESETS = {
     "vjvcr_dec": {**_VCR, "vcr_gamma": 1.0, "out_dir": "out/vjvcr_dec"},
     "generative_vcr": {**_GENERATIVE, "out_dir": "out/generative_vcr"},
     "generative": {**_GENERATIVE, "vcr_alpha": 0.0, "vcr_beta": 0.0, "out_dir": "out/generative"},
+    # VJ-VCR with the V-JEPA networks: 4 context frames -> 12 target frames, tubelets of 2
+    "vjvcr_vit": {**_VCR, "vcr_arch": "vit", "num_frames": 16, "mask_ctx_frames": 4,
+                  "enc_dim": 192, "batch_size": 32, "out_dir": "out/vjvcr_vit"},
     "vitl16": {**_PAPER, **_size("large"), "out_dir": "out/vitl16"},
     "vith16": {**_PAPER, **_size("huge"), "out_dir": "out/vith16"},
     "vith16_384": {**_PAPER, **_size("huge"), "img_size": 384, "batch_size": 10,
@@ -136,7 +140,7 @@ PRESETS = {
 }
 ARCH_KEYS = ("objective", "num_frames", "img_size", "in_chans", "patch_size", "tubelet_size",
              "uniform_power", "enc_dim", "enc_depth", "enc_heads", "pred_dim", "pred_depth",
-             "mask", "mask_ctx_frames")
+             "mask", "mask_ctx_frames", "vcr_arch")
 
 
 def parse_config(argv):
@@ -183,23 +187,25 @@ def _convert(key, value, kind):
 def check_config(cfg):
     """Raise ValueError naming the first bad value; returns the token grid (V-JEPA) or None."""
     grid = None
-    if cfg.objective == "vjepa":
+    if cfg.objective == "vjepa" or cfg.vcr_arch == "vit":
         grid = model.token_grid(cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size)
-        masks.MaskSampler(cfg.mask, grid, cfg.tubelet_size, cfg.mask_ratio, cfg.mask_ctx_frames)
+        strategy = cfg.mask if cfg.objective == "vjepa" else "future"
+        masks.MaskSampler(strategy, grid, cfg.tubelet_size, cfg.mask_ratio, cfg.mask_ctx_frames)
         for dim, what in ((cfg.enc_dim, "enc_dim"), (cfg.pred_dim, "pred_dim")):
             if dim % cfg.enc_heads:
                 raise ValueError(f"{what}={dim} is not divisible by enc_heads={cfg.enc_heads}")
-    else:
+    if cfg.objective != "vjepa":
         if not 0 < cfg.mask_ctx_frames < cfg.num_frames:
             raise ValueError(f"mask_ctx_frames={cfg.mask_ctx_frames} leaves no context or no "
                              f"target among num_frames={cfg.num_frames}")
-        if cfg.img_size % 8:
+        if cfg.vcr_arch == "conv" and cfg.img_size % 8:
             raise ValueError(f"img_size={cfg.img_size}: the conv encoder needs a multiple of 8")
     if not callable(getattr(losses, cfg.loss, None)) or cfg.loss.startswith("_"):
         raise ValueError(f"--loss {cfg.loss!r} is not a function in losses.py")
     choices = {"dataset": ("movingmnist", "mmnist_file", "video_folder"),
                "dtype": ("auto", "bfloat16", "float32"), "device": ("auto", "cpu", "cuda"),
-               "objective": ("vjepa", "vjvcr", "generative"), "optimizer": ("adamw", "adam")}
+               "objective": ("vjepa", "vjvcr", "generative"), "optimizer": ("adamw", "adam"),
+               "vcr_arch": ("conv", "vit")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"--{key} {getattr(cfg, key)!r}: expected one of {allowed}")
@@ -369,33 +375,82 @@ class VCRObjective(torch.nn.Module):
                 + gamma |Dec(h~_y) - y|^2, with h_x, h_y from the same encoder.
     generative: |Dec(h~_y) - y|^2 + alpha l_var([h_x, h~_y]) + beta l_cov([h_x, h~_y]); y is
                 never encoded, so VCR acts on what the model does compute.
-    forward(clips) -> (energy, {term: value}, embeddings [B, T, d] for the monitors)."""
+
+    Two routes (vcr_arch). conv: the paper's MovingMNIST networks, one vector per frame.
+    vit: the V-JEPA encoder and predictor on future-prediction masks (mask tokens at the
+    target frames), VCR on each time step's spatially averaged tokens, and a per-token pixel
+    decoder. forward(clips) -> (energy, {term: value}, per-step embeddings [B, T, d])."""
 
     def __init__(self, cfg, loss_fn):
         super().__init__()
         n = cfg.mask_ctx_frames
         self.cfg, self.loss_fn = cfg, loss_fn
-        self.encoder = model.ConvEncoder(cfg.in_chans, cfg.enc_dim)
-        self.predictor = model.MLPPredictor(n, cfg.num_frames - n, cfg.enc_dim)
         has_decoder = cfg.objective == "generative" or cfg.vcr_gamma > 0
-        self.decoder = (model.ConvDecoder(cfg.in_chans, cfg.enc_dim, img_size=cfg.img_size)
-                        if has_decoder else None)
+        self.decoder = None
+        if cfg.vcr_arch == "conv":
+            self.encoder = model.ConvEncoder(cfg.in_chans, cfg.enc_dim)
+            self.predictor = model.MLPPredictor(n, cfg.num_frames - n, cfg.enc_dim)
+            if has_decoder:
+                self.decoder = model.ConvDecoder(cfg.in_chans, cfg.enc_dim, img_size=cfg.img_size)
+            return
+        self.encoder, self.predictor = model.build_models(
+            cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size, cfg.in_chans,
+            cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.pred_dim, cfg.pred_depth,
+            num_masks=1, uniform_power=cfg.uniform_power)
+        if has_decoder:
+            self.decoder = model.PixelDecoder(cfg.enc_dim, cfg.in_chans, cfg.patch_size,
+                                              cfg.tubelet_size)
+        # context = the tokens of the first n frames, target = the others (time-major order)
+        ctx, tgt = masks.future(1, self.encoder.grid, n // cfg.tubelet_size)
+        self.register_buffer("ctx_idx", ctx, persistent=False)
+        self.register_buffer("tgt_idx", tgt, persistent=False)
+
+    def per_step(self, tokens):
+        """[B, K, D] tokens of whole time steps -> their spatial average [B, K / S, D]."""
+        B, K, D = tokens.shape
+        S = self.encoder.grid[1] * self.encoder.grid[2]
+        return tokens.view(B, K // S, S, D).mean(dim=2)
+
+    def predict(self, clips):
+        """-> (h_x, h~_y, per-step h~_y), h_x and h~_y per step (conv) or per token (vit)."""
+        n = self.cfg.mask_ctx_frames
+        if self.cfg.vcr_arch == "conv":
+            h_x = self.encoder(clips[:, :, :n])  # (B, n, d)
+            pred = self.predictor(h_x)  # (B, T - n, d)
+            return h_x, pred, pred
+        B = clips.shape[0]
+        ctx, tgt = self.ctx_idx.expand(B, -1), self.tgt_idx.expand(B, -1)
+        h_x = self.encoder(clips, keep=ctx)  # (B, K_ctx, D)
+        pred = self.predictor(h_x, ctx, tgt)  # (B, K_tgt, D)
+        return h_x, pred, self.per_step(pred)
+
+    def decode(self, pred):
+        """Predicted representation -> frames [B, C, T - n, H, W]."""
+        if self.cfg.vcr_arch == "conv":
+            return self.decoder(pred)
+        cfg = self.cfg
+        grid = (pred.shape[1] // (self.encoder.grid[1] * self.encoder.grid[2]),
+                *self.encoder.grid[1:])
+        return model.unpatchify(self.decoder(pred), grid, cfg.in_chans, cfg.patch_size,
+                                cfg.tubelet_size)
 
     def forward(self, clips):
         cfg, n = self.cfg, self.cfg.mask_ctx_frames
-        x, y = clips[:, :, :n], clips[:, :, n:]
-        h_x = self.encoder(x)  # (B, n, d)
-        pred = self.predictor(h_x)  # (B, T - n, d)
+        vit = cfg.vcr_arch == "vit"
+        h_x, pred, pred_steps = self.predict(clips)
+        x_steps = self.per_step(h_x) if vit else h_x
         terms = {}
         if cfg.objective == "vjvcr":
-            h_y = self.encoder(y)
+            B = clips.shape[0]
+            h_y = (self.encoder(clips, keep=self.tgt_idx.expand(B, -1)) if vit
+                   else self.encoder(clips[:, :, n:]))  # y encoded on its own
             terms["pred"] = self.loss_fn([pred], [h_y])
-            h = torch.cat([h_x, h_y], dim=1)
+            h = torch.cat([x_steps, self.per_step(h_y) if vit else h_y], dim=1)
         else:
-            h = torch.cat([h_x, pred], dim=1)
+            h = torch.cat([x_steps, pred_steps], dim=1)
         if self.decoder is not None:
             weight = cfg.vcr_gamma if cfg.objective == "vjvcr" else 1.0
-            terms["pixel"] = weight * losses.pixel_mse(self.decoder(pred), y)
+            terms["pixel"] = weight * losses.pixel_mse(self.decode(pred), clips[:, :, n:])
         if cfg.vcr_alpha or cfg.vcr_beta:
             l_var, l_cov = losses.vcr_terms(h)
             terms["var"], terms["cov"] = cfg.vcr_alpha * l_var, cfg.vcr_beta * l_cov

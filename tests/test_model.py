@@ -180,3 +180,13 @@ def test_vjvcr_conv_modules_shapes():
     frames = dec(h_y)
     assert frames.shape == (2, 1, 12, 64, 64) and frames.min() >= 0 and frames.max() <= 1
     assert dec.__class__(1, 16, 4, img_size=32)(h_y).shape == (2, 1, 12, 32, 32)
+
+
+def test_patchify_matches_the_tubelet_embedding_and_unpatchify_inverts_it():
+    embed = model.PatchEmbed3D(2, 7, patch_size=4, tubelet_size=2)
+    x = torch.randn(3, 2, 4, 8, 12)
+    tokens = model.patchify(x, 4, 2)  # (B, N, C*t*p*p)
+    assert tokens.shape == (3, 2 * 2 * 3, 2 * 2 * 4 * 4)
+    linear = tokens @ embed.proj.weight.reshape(7, -1).T + embed.proj.bias
+    assert torch.allclose(linear, embed(x), atol=1e-5)
+    assert torch.equal(model.unpatchify(tokens, (2, 2, 3), 2, 4, 2), x)

@@ -55,3 +55,18 @@ def test_probe_end_to_end(tmp_path, mnist_args):
 def test_probe_refuses_what_it_cannot_evaluate(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         probe.main(["--ckpt", str(tmp_path / "none.pt")])
+
+
+def test_table_lists_each_run_beside_the_paper(tmp_path, capsys):
+    run = tmp_path / "vjvcr"
+    (run / "probe").mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"wall_s": 90.0}))
+    (run / "probe" / "results.json").write_text(json.dumps({
+        "preset": "vjvcr", "speed_trained": {"mse": 0.05, "r2": 0.9},
+        "speed_random_init": {"mse": 0.3}, "speed_mean_baseline": {"mse": 0.75}, "psnr": 18.25,
+        "rankme": 12.5}))
+    probe.main(["--table", str(run)])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert row == "| vjvcr | 0.050 (0.04) | 0.900 | 0.300 | 0.750 | 18.2 (19.5) | 12.5 | 1.5 |"
+    with pytest.raises(FileNotFoundError, match="train and probe"):
+        probe.main(["--table", str(tmp_path / "missing")])

@@ -247,3 +247,20 @@ def test_the_readme_loss_example_runs(tmp_path, mnist_args, monkeypatch):
     train.main(VCR_TINY + mnist_args + ["--loss", "smooth_l1", "--max_steps", "3",
                                         "--log_every", "1", "--out_dir", out])
     assert all(math.isfinite(r["pred"]) for r in read_log(out))
+
+
+def test_vit_route_of_vjvcr(tmp_path, mnist_args):
+    """VJ-VCR with the V-JEPA networks: future-prediction masks, VCR on per-step averages,
+    per-token pixel decoder; trains, checkpoints and probes."""
+    import probe
+    out = str(tmp_path / "vit")
+    train.main(["--preset", "vjvcr_vit", "--img_size", "32", "--patch_size", "8",
+                "--num_frames", "8", "--mask_ctx_frames", "2", "--enc_dim", "32",
+                "--enc_depth", "1", "--enc_heads", "2", "--pred_dim", "16", "--pred_depth", "1",
+                "--batch_size", "8", "--vcr_gamma", "1.0", "--max_steps", "3", "--log_every", "1",
+                "--val_clips", "8", "--dtype", "float32", "--out_dir", out] + mnist_args)
+    record = read_log(out)[-1]
+    assert {"pred", "pixel", "var", "cov"} <= set(record)
+    results = probe.main(["--ckpt", os.path.join(out, "ckpt.pt"), "--train_clips", "64",
+                          "--test_clips", "16"])
+    assert results["decoder"] == "the model's own" and math.isfinite(results["psnr"])
