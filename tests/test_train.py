@@ -211,6 +211,7 @@ def test_vcr_prevents_the_collapse_of_a_short_run(tmp_path, mnist_args):
                                                     "--out_dir", out])
         log = read_log(out)
         stds[name] = (log[0]["emb_std"], log[-1]["emb_std"])
+    print(f"embedding std (first, last logged step): {stds}")  # shown with pytest -s
     assert stds["plain"][0] == stds["vcr"][0]  # the same start
     assert stds["plain"][1] < 0.3 * stds["plain"][0], stds
     assert stds["vcr"][1] > stds["vcr"][0], stds
