@@ -264,8 +264,8 @@ class MovingMNISTFile:
 
     def sample(self, batch, generator):
         idx = torch.randint(self.seqs.shape[1], (batch,), generator=generator).sort().values
-        clips = np.stack([self.seqs[: self.num_frames, i] for i in idx.tolist()])  # IO per clip
-        return torch.from_numpy(clips).float().div_(255)[:, None], {"index": idx}
+        clips = self.seqs[: self.num_frames, idx.numpy()].transpose(1, 0, 2, 3)  # (B, T, H, W)
+        return torch.from_numpy(np.ascontiguousarray(clips)).float().div_(255)[:, None], {"index": idx}
 
 
 class VideoFolder:

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Named sizes: (width, depth, heads). The first five are the standard ViTs; the last two are
-# small enough to train on a laptop CPU in minutes.
+# Named sizes: (width, depth, heads). The first five are the standard ViTs; the last is small
+# enough to train on a laptop CPU in minutes (the laptop preset).
 VIT_SIZES = {
     "tiny": (192, 12, 3),
     "small": (384, 12, 6),
@@ -21,7 +21,6 @@ VIT_SIZES = {
     "large": (1024, 24, 16),
     "huge": (1280, 32, 16),
     "cpu_small": (192, 6, 3),
-    "cpu_micro": (96, 4, 3),
 }
 
 

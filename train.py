@@ -124,7 +124,7 @@ _VCR = dict(objective="vjvcr", loss="mse", num_digits=1, num_frames=15, mask_ctx
 _GENERATIVE = dict(_VCR, objective="generative", weight_decay=1e-6, final_weight_decay=1e-6)
 
 PRESETS = {
-    "laptop": {},  # the defaults above: ViT 192/6/3 on 16x64x64 MovingMNIST
+    "laptop": {**_size("cpu_small")},  # the defaults above: ViT 192/6/3, 16x64x64 MovingMNIST
     # the four rows of VJ-VCR's Table 1
     "vjvcr": {**_VCR, "out_dir": "out/vjvcr"},
     "vjvcr_dec": {**_VCR, "vcr_gamma": 1.0, "out_dir": "out/vjvcr_dec"},
