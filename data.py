@@ -249,6 +249,46 @@ class MovingMNIST:
         return clips[:, None], labels  # (B, 1, T, S, S)
 
 
+class SwitchingMovingMNIST:
+    """VJ-VCR's stochastic MovingMNIST (Drozdov et al. 2024, appendix A): one digit starts at
+    the centre of the canvas and moves right for the first `switch_at` frames (3), then turns
+    to one of `options` (5) directions psi_k = 2 pi k / options, chosen at random, for the rest.
+    psi is measured counter-clockwise from "right" with the y axis pointing up the screen, so
+    psi = pi / 2 is "up"; k = 0 keeps going right. Nothing in the first frames tells k.
+
+    Labels: k [B], psi [B], digit identity [B], and the exact (unrounded) top-left corner per
+    frame, pos [B, T, 2] as (y, x); the digit is drawn at the rounded corner."""
+
+    def __init__(self, images, labels, num_frames=6, img_size=64, speed=3.0, switch_at=3,
+                 options=5):
+        room = img_size - images.shape[-1]
+        reach = room / 2 - speed * (num_frames - 1)  # the farthest corner stays on the canvas
+        if not 0 < switch_at < num_frames or reach < 0:
+            raise ValueError(f"a switch after frame {switch_at} of {num_frames} at speed {speed} "
+                             f"does not fit a {img_size}-pixel canvas")
+        self.images, self.labels = images, labels
+        self.num_frames, self.img_size, self.speed = num_frames, img_size, speed
+        self.switch_at, self.options = switch_at, options
+
+    def sample(self, batch, generator):
+        T, s = self.num_frames, self.speed
+        which = torch.randint(len(self.images), (batch,), generator=generator)
+        k = torch.randint(self.options, (batch,), generator=generator)
+        psi = 2 * math.pi * k.double() / self.options
+        t = torch.arange(T, dtype=torch.float64)
+        before = t.clamp(max=self.switch_at - 1)  # frames spent moving right
+        after = (t - (self.switch_at - 1)).clamp(min=0)  # frames spent in direction psi
+        # (y, x) with y down the screen: "right" is (0, 1), direction psi is (-sin, cos)
+        direction = torch.stack([-psi.sin(), psi.cos()], -1)  # (B, 2)
+        centre = (self.img_size - self.images.shape[-1]) / 2
+        pos = (centre + s * before[None, :, None] * torch.tensor([0.0, 1.0], dtype=torch.float64)
+               + s * after[None, :, None] * direction[:, None])  # (B, T, 2)
+        digits = self.images[which].float()[:, None] / 255
+        clips = paste(self.img_size, digits, pos.round().long()[:, None])  # (B, T, S, S)
+        labels = {"k": k, "psi": psi.float(), "digits": self.labels[which], "pos": pos.float()}
+        return clips[:, None], labels
+
+
 class MovingMNISTFile:
     """The public `mnist_test_seq.npy` (20, N, 64, 64) uint8: two digits a clip, no labels.
     Clips are the first `num_frames` frames of randomly chosen sequences."""

@@ -322,18 +322,44 @@ class ConvEncoder(nn.Module):
 
 class MLPPredictor(nn.Module):
     """All target steps at once from the context steps: an MLP with 2 hidden layers.
-    [B, T_ctx, dim] -> [B, T_tgt, dim]."""
+    [B, T_ctx, dim] -> [B, T_tgt, dim].
 
-    def __init__(self, ctx_steps=3, tgt_steps=12, dim=128, hidden=1024):
+    Optionally conditioned on a latent z (VJ-VCR sec. 3.1) that carries what the context cannot:
+    - "discrete": z one-hot [B, K]; the last linear layer has K copies (stacked in one Linear)
+      and z picks one. `options(h_x)` gives all K predictions [B, K, T_tgt, dim].
+    - "sparse": z [B, k] (k = 20 in the paper), kept sparse by an L1 penalty at inference."""
+
+    def __init__(self, ctx_steps=3, tgt_steps=12, dim=128, hidden=1024, latent="none",
+                 latent_dim=0):
         super().__init__()
-        self.tgt_steps, self.dim = tgt_steps, dim
+        self.tgt_steps, self.dim, self.latent = tgt_steps, dim, latent
+        copies = latent_dim if latent == "discrete" else 1
         self.net = nn.Sequential(
             nn.Linear(ctx_steps * dim, hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, tgt_steps * dim))
+            nn.Linear(hidden, copies * tgt_steps * dim))
+        if latent == "sparse":
+            # z shifts the last hidden layer (after its ReLU) along a dictionary with unit-norm
+            # columns, so the prediction is affine in z: E(z) is a convex quadratic and FISTA
+            # solves a Lasso problem per clip to its global minimum (z before a ReLU would give
+            # kinks and local minima). Unit norm: the L1 penalty cannot be dodged by shrinking z
+            # and growing the weights. z = 0 leaves the plain MLP.
+            self.z_in = nn.Parameter(torch.randn(hidden, latent_dim) / hidden ** 0.5)
 
-    def forward(self, h_x):
-        return self.net(h_x.flatten(1)).view(-1, self.tgt_steps, self.dim)
+    def options(self, h_x):
+        """Discrete latent: the prediction under every option, [B, K, T_tgt, dim]."""
+        return self.net(h_x.flatten(1)).view(len(h_x), -1, self.tgt_steps, self.dim)
+
+    def forward(self, h_x, z=None):
+        if self.latent == "discrete":
+            return torch.einsum("bk,bktd->btd", z.to(h_x.dtype), self.options(h_x))
+        x = h_x.flatten(1)
+        if self.latent == "sparse":
+            hidden = self.net[:-1](x) + z.to(x.dtype) @ F.normalize(self.z_in, dim=0).T.to(x.dtype)
+            x = self.net[-1](hidden)
+        else:
+            x = self.net(x)
+        return x.view(-1, self.tgt_steps, self.dim)
 
 
 class ConvDecoder(nn.Module):

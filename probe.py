@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -114,7 +115,7 @@ PAPER_TABLE1 = {"vjvcr": (0.04, 19.5), "vjvcr_dec": (0.04, 21.2), "generative_vc
 def table(out_dirs):
     """A markdown table of probed runs (OUT_DIR/summary.json and OUT_DIR/probe/results.json)."""
     lines = ["| row | speed MSE (paper) | speed R^2 | MSE, random init | MSE, predict the mean "
-             "| PSNR dB (paper) | RankMe | train min |", "|" + " --- |" * 8]
+             "| PSNR dB (paper) | RankMe | train min | probe min |", "|" + " --- |" * 9]
     for d in out_dirs:
         paths = [os.path.join(d, "summary.json"), os.path.join(d, "probe", "results.json")]
         for path in paths:
@@ -128,7 +129,8 @@ def table(out_dirs):
         lines.append(f"| {r['preset']} | {r['speed_trained']['mse']:.3f} ({mse}) | "
                      f"{r['speed_trained']['r2']:.3f} | {r['speed_random_init']['mse']:.3f} | "
                      f"{r['speed_mean_baseline']['mse']:.3f} | {r['psnr']:.1f} ({db}) | "
-                     f"{r['rankme']:.1f} | {summary['wall_s'] / 60:.1f} |")
+                     f"{r['rankme']:.1f} | {summary['wall_s'] / 60:.1f} | "
+                     f"{r['probe_s'] / 60:.1f} |")
     return "\n".join(lines)
 
 
@@ -162,6 +164,24 @@ def train_decoder(cfg, h, frames, steps, seed=0):
     return dec.eval()
 
 
+def load_run(path, mnist_dir=""):
+    """A VJ-VCR or generative checkpoint -> (its Config, its networks as one
+    train.VCRObjective in eval mode). mnist_dir overrides the one it was trained with."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--ckpt {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = train.Config(**{**state["config"], "mnist_dir": mnist_dir or state["config"]["mnist_dir"]})
+    if cfg.objective == "vjepa":
+        raise ValueError(f"{path} is a V-JEPA checkpoint; this evaluates VJ-VCR and "
+                         "generative ones (objective vjvcr or generative)")
+    net, _, _ = train.build(cfg, None, torch.device("cpu"))
+    for name in ("encoder", "predictor", "decoder"):
+        if getattr(net, name) is not None:
+            model.load_strict(getattr(net, name), model.from_release(state[name]),
+                              f"{path} {name}")
+    return cfg, net.eval()
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", help="checkpoint to probe")
@@ -177,13 +197,11 @@ def main(argv):
         return None
     if not a.ckpt:
         raise ValueError("give --ckpt OUT_DIR/ckpt.pt (or --table OUT_DIR ...)")
-    if not os.path.exists(a.ckpt):
-        raise FileNotFoundError(f"--ckpt {a.ckpt} does not exist")
-    state = torch.load(a.ckpt, map_location="cpu", weights_only=False)
-    cfg = train.Config(**{**state["config"], "mnist_dir": a.mnist_dir or state["config"]["mnist_dir"]})
-    if cfg.objective == "vjepa":
-        raise ValueError(f"{a.ckpt} is a V-JEPA checkpoint; probe.py evaluates VJ-VCR and "
-                         "generative ones (objective vjvcr or generative)")
+    start = time.time()
+    cfg, trained = load_run(a.ckpt, a.mnist_dir)
+    if cfg.latent != "none":
+        raise ValueError(f"{a.ckpt} has a {cfg.latent} latent; evaluate it with "
+                         f"python infer_latent.py --ckpt {a.ckpt}")
     out_dir = os.path.join(os.path.dirname(os.path.abspath(a.ckpt)), "probe")
     os.makedirs(out_dir, exist_ok=True)
 
@@ -196,18 +214,13 @@ def main(argv):
     n = cfg.mask_ctx_frames
     y_fit, y_test = fit_clips[:, :, n:], test_clips[:, :, n:]
 
-    trained, _, _ = train.build(cfg, None, torch.device("cpu"))
-    for name in ("encoder", "predictor", "decoder"):
-        if getattr(trained, name) is not None:
-            model.load_strict(getattr(trained, name), model.from_release(state[name]),
-                              f"{a.ckpt} {name}")
     torch.manual_seed(cfg.seed + 1)
     random_net, _, _ = train.build(cfg, None, torch.device("cpu"))
 
     results = {"ckpt": a.ckpt, "preset": cfg.preset, "objective": cfg.objective,
                "speed_mean_baseline": regression_scores(
                    torch.full_like(speed_test, float(speed_fit.mean())), speed_test)}
-    for name, net in (("trained", trained.eval()), ("random_init", random_net.eval())):
+    for name, net in (("trained", trained), ("random_init", random_net.eval())):
         (h_fit, _), (h_test, decoded) = predict(net, fit_clips), predict(net, test_clips)
         probe = ridge_fit(h_fit.flatten(1), speed_fit)
         results[f"speed_{name}"] = regression_scores(probe(h_test.flatten(1)), speed_test)
@@ -229,6 +242,7 @@ def main(argv):
         json.dump({"singular_values": s.tolist(), "cumulative_explained": explained.tolist()}, f)
     draw_spectrum(s, explained, os.path.join(out_dir, "spectrum.png"))
     save_gif(y_test, recon, os.path.join(out_dir, "predictions.gif"))
+    results["probe_s"] = round(time.time() - start, 1)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(json.dumps(results))

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import infer_latent
 import losses
 import masks
 import model
@@ -45,7 +46,8 @@ class Config:
     preset: str = "laptop"
     out_dir: str = "out/laptop"
     # data
-    dataset: str = "movingmnist"  # movingmnist | mmnist_file (mnist_test_seq.npy) | video_folder
+    dataset: str = "movingmnist"  # movingmnist | switching_mnist (stochastic) | mmnist_file
+    #                               (mnist_test_seq.npy) | video_folder
     data_path: str = ""  # the .npy file or the video folder
     mnist_dir: str = ""  # MNIST IDX files; empty: $MNIST_DIR, else download, else procedural
     num_digits: int = 2  # digits per MovingMNIST clip
@@ -74,6 +76,10 @@ class Config:
     vcr_beta: float = 0.1  # weight of the covariance term (eq. 3)
     vcr_gamma: float = 0.0  # vjvcr: weight of the pixel reconstruction term (0: no decoder)
     vcr_arch: str = "conv"  # vjvcr / generative networks: conv (the paper's) | vit
+    latent: str = "none"  # vjvcr (conv): none | discrete (one-hot, K options) | sparse (L1)
+    latent_dim: int = 0  # K options (discrete) or the size of z (sparse)
+    latent_lam: float = 0.0  # sparse: the L1 weight lambda in E(z) + lambda |z|_1
+    latent_steps: int = 20  # sparse: FISTA iterations per training batch
     # optimisation (batch_size per process; global batch = batch_size * world size)
     batch_size: int = 8
     max_steps: int = 600
@@ -121,6 +127,8 @@ _VCR = dict(objective="vjvcr", loss="mse", num_digits=1, num_frames=15, mask_ctx
             lr=1e-3, final_lr=1e-3, warmup_steps=0, weight_decay=0.0, final_weight_decay=0.0,
             ema_start=1.0, ema_end=1.0, ipe_scale=1.0, grad_clip=0.0, log_every=50,
             ckpt_every=250, vcr_alpha=0.5, vcr_beta=0.1)
+# Stochastic MovingMNIST: 3 frames moving right -> 3 frames in one of 5 directions.
+_SWITCH = dict(_VCR, dataset="switching_mnist", num_frames=6, max_steps=600)
 _GENERATIVE = dict(_VCR, objective="generative", weight_decay=1e-6, final_weight_decay=1e-6)
 
 PRESETS = {
@@ -131,6 +139,14 @@ PRESETS = {
     "generative_vcr": {**_GENERATIVE, "out_dir": "out/generative_vcr"},
     "generative": {**_GENERATIVE, "vcr_alpha": 0.0, "vcr_beta": 0.0, "out_dir": "out/generative"},
     # VJ-VCR with the V-JEPA networks: 4 context frames -> 12 target frames, tubelets of 2
+    # VJ-VCR with a latent on stochastic MovingMNIST (Table 2, Figure 3); none: the same without
+    "switch_none": {**_SWITCH, "out_dir": "out/switch_none"},
+    "switch_discrete": {**_SWITCH, "latent": "discrete", "latent_dim": 5,
+                        "out_dir": "out/switch_discrete"},
+    "switch_sparse80": {**_SWITCH, "latent": "sparse", "latent_dim": 20, "latent_lam": 1e-2,
+                        "out_dir": "out/switch_sparse80"},
+    "switch_sparse20": {**_SWITCH, "latent": "sparse", "latent_dim": 20, "latent_lam": 1e-3,
+                        "out_dir": "out/switch_sparse20"},
     "vjvcr_vit": {**_VCR, "vcr_arch": "vit", "num_frames": 16, "mask_ctx_frames": 4,
                   "enc_dim": 192, "batch_size": 32, "out_dir": "out/vjvcr_vit"},
     "vitl16": {**_PAPER, **_size("large"), "out_dir": "out/vitl16"},
@@ -140,7 +156,7 @@ PRESETS = {
 }
 ARCH_KEYS = ("objective", "num_frames", "img_size", "in_chans", "patch_size", "tubelet_size",
              "uniform_power", "enc_dim", "enc_depth", "enc_heads", "pred_dim", "pred_depth",
-             "mask", "mask_ctx_frames", "vcr_arch")
+             "mask", "mask_ctx_frames", "vcr_arch", "latent", "latent_dim")
 
 
 def parse_config(argv):
@@ -202,10 +218,18 @@ def check_config(cfg):
             raise ValueError(f"img_size={cfg.img_size}: the conv encoder needs a multiple of 8")
     if not callable(getattr(losses, cfg.loss, None)) or cfg.loss.startswith("_"):
         raise ValueError(f"--loss {cfg.loss!r} is not a function in losses.py")
-    choices = {"dataset": ("movingmnist", "mmnist_file", "video_folder"),
+    if cfg.latent != "none":
+        if cfg.objective != "vjvcr" or cfg.vcr_arch != "conv" or cfg.vcr_gamma:
+            raise ValueError(f"--latent {cfg.latent} needs --objective vjvcr, --vcr_arch conv "
+                             "and --vcr_gamma 0 (E(z) is the feature prediction error)")
+        if cfg.latent_dim < (2 if cfg.latent == "discrete" else 1) or cfg.latent_lam < 0:
+            raise ValueError(f"--latent {cfg.latent}: latent_dim={cfg.latent_dim}, latent_lam="
+                             f"{cfg.latent_lam}; expected latent_dim >= 2 (discrete) or >= 1 "
+                             "(sparse) and latent_lam >= 0")
+    choices = {"dataset": ("movingmnist", "switching_mnist", "mmnist_file", "video_folder"),
                "dtype": ("auto", "bfloat16", "float32"), "device": ("auto", "cpu", "cuda"),
                "objective": ("vjepa", "vjvcr", "generative"), "optimizer": ("adamw", "adam"),
-               "vcr_arch": ("conv", "vit")}
+               "vcr_arch": ("conv", "vit"), "latent": ("none", "discrete", "sparse")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"--{key} {getattr(cfg, key)!r}: expected one of {allowed}")
@@ -213,7 +237,7 @@ def check_config(cfg):
         raise ValueError("--device cuda, but this machine has no CUDA device")
     if cfg.dataset != "video_folder" and cfg.in_chans != 1:
         raise ValueError(f"in_chans={cfg.in_chans}: MovingMNIST clips have 1 channel")
-    if cfg.dataset != "movingmnist" and not cfg.data_path:
+    if cfg.dataset in ("mmnist_file", "video_folder") and not cfg.data_path:
         raise ValueError(f"dataset={cfg.dataset} needs --data_path")
     for key in ("batch_size", "max_steps", "log_every", "ckpt_every"):
         if getattr(cfg, key) < 1:
@@ -293,8 +317,11 @@ def pick_dtype(cfg, device):
 def make_source(cfg, part="train", digits=None):
     """The clip source of cfg.dataset; for MovingMNIST, `digits` (images, labels) saves
     loading them again."""
-    if cfg.dataset == "movingmnist":
+    if cfg.dataset in ("movingmnist", "switching_mnist"):
         images, labels = data.split_digits(*(digits or data.load_digits(cfg.mnist_dir)), part)
+        if cfg.dataset == "switching_mnist":
+            return data.SwitchingMovingMNIST(images, labels, cfg.num_frames, cfg.img_size,
+                                             switch_at=cfg.mask_ctx_frames)
         return data.MovingMNIST(images, labels, cfg.num_frames, cfg.img_size, cfg.num_digits)
     if cfg.dataset == "mmnist_file":
         return data.MovingMNISTFile(cfg.data_path, cfg.num_frames)
@@ -373,6 +400,8 @@ class VCRObjective(torch.nn.Module):
 
     vjvcr:      D(h~_y, h_y) + alpha l_var([h_x, h_y]) + beta l_cov([h_x, h_y])
                 + gamma |Dec(h~_y) - y|^2, with h_x, h_y from the same encoder.
+                With a latent, h~_y = Pred(h_x, z*): z* minimises the energy with the networks
+                frozen (sec. 3.3), then the networks are updated with z* held fixed.
     generative: |Dec(h~_y) - y|^2 + alpha l_var([h_x, h~_y]) + beta l_cov([h_x, h~_y]); y is
                 never encoded, so VCR acts on what the model does compute.
 
@@ -389,7 +418,8 @@ class VCRObjective(torch.nn.Module):
         self.decoder = None
         if cfg.vcr_arch == "conv":
             self.encoder = model.ConvEncoder(cfg.in_chans, cfg.enc_dim)
-            self.predictor = model.MLPPredictor(n, cfg.num_frames - n, cfg.enc_dim)
+            self.predictor = model.MLPPredictor(n, cfg.num_frames - n, cfg.enc_dim,
+                                                latent=cfg.latent, latent_dim=cfg.latent_dim)
             if has_decoder:
                 self.decoder = model.ConvDecoder(cfg.in_chans, cfg.enc_dim, img_size=cfg.img_size)
             return
@@ -411,12 +441,17 @@ class VCRObjective(torch.nn.Module):
         S = self.encoder.grid[1] * self.encoder.grid[2]
         return tokens.view(B, K // S, S, D).mean(dim=2)
 
-    def predict(self, clips):
-        """-> (h_x, h~_y, per-step h~_y), h_x and h~_y per step (conv) or per token (vit)."""
+    def predict(self, clips, h_y=None):
+        """-> (h_x, h~_y, per-step h~_y), h_x and h~_y per step (conv) or per token (vit).
+        With a latent, h~_y = Pred(h_x, z*), z* inferred against the encoded targets h_y."""
         n = self.cfg.mask_ctx_frames
         if self.cfg.vcr_arch == "conv":
             h_x = self.encoder(clips[:, :, :n])  # (B, n, d)
-            pred = self.predictor(h_x)  # (B, T - n, d)
+            z = None
+            if self.cfg.latent != "none":
+                z = infer_latent.infer_z(self.predictor, h_x, h_y, self.cfg.latent,
+                                         self.cfg.latent_lam, self.cfg.latent_steps)
+            pred = self.predictor(h_x, z)  # (B, T - n, d)
             return h_x, pred, pred
         B = clips.shape[0]
         ctx, tgt = self.ctx_idx.expand(B, -1), self.tgt_idx.expand(B, -1)
@@ -437,13 +472,14 @@ class VCRObjective(torch.nn.Module):
     def forward(self, clips):
         cfg, n = self.cfg, self.cfg.mask_ctx_frames
         vit = cfg.vcr_arch == "vit"
-        h_x, pred, pred_steps = self.predict(clips)
+        h_y = None
+        if cfg.objective == "vjvcr":  # y encoded on its own
+            h_y = (self.encoder(clips, keep=self.tgt_idx.expand(len(clips), -1)) if vit
+                   else self.encoder(clips[:, :, n:]))
+        h_x, pred, pred_steps = self.predict(clips, h_y)
         x_steps = self.per_step(h_x) if vit else h_x
         terms = {}
         if cfg.objective == "vjvcr":
-            B = clips.shape[0]
-            h_y = (self.encoder(clips, keep=self.tgt_idx.expand(B, -1)) if vit
-                   else self.encoder(clips[:, :, n:]))  # y encoded on its own
             terms["pred"] = self.loss_fn([pred], [h_y])
             h = torch.cat([x_steps, self.per_step(h_y) if vit else h_y], dim=1)
         else:
@@ -509,7 +545,8 @@ def main(argv):
         net = torch.nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None)
 
-    digits = data.load_digits(cfg.mnist_dir) if cfg.dataset == "movingmnist" else None
+    digits = (data.load_digits(cfg.mnist_dir)
+              if cfg.dataset in ("movingmnist", "switching_mnist") else None)
     source = make_source(cfg, "train", digits)
     end = min(cfg.max_steps, cfg.stop_at or cfg.max_steps)
     loader = torch.utils.data.DataLoader(

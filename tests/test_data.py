@@ -621,3 +621,69 @@ def test_fixed_set(small_digits):
         assert torch.equal(lab[k], torch.cat([p[1][k] for p in parts]))
     clips3, _ = data.fixed_set(src, 70, seed=8, chunk=32)
     assert not torch.equal(clips, clips3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stochastic (switching) MovingMNIST
+
+def test_switching_mnist_directions_and_first_frames(small_digits):
+    images, labels = small_digits
+    src = data.SwitchingMovingMNIST(images, labels, num_frames=6, img_size=64, speed=3.0,
+                                    switch_at=3)
+    clips, lab = src.sample(500, gen(3))
+    assert clips.shape == (500, 1, 6, 64, 64)
+    pos, k = lab["pos"].double(), lab["k"]
+    assert set(k.tolist()) == {0, 1, 2, 3, 4}
+    assert torch.equal(lab["psi"], (2 * math.pi * k.double() / 5).float())
+    assert torch.allclose(pos[:, 0], torch.full((500, 2), 18.0, dtype=torch.float64))  # centre
+    step = pos[:, 1:] - pos[:, :-1]  # (B, 5, 2) as (dy, dx)
+    # the first 3 frames move right by exactly 3 pixels a frame
+    assert torch.allclose(step[:, :2], torch.tensor([0.0, 3.0], dtype=torch.float64), atol=1e-5)
+    # then every step has length 3 and angle 2 pi k / 5, counter-clockwise with y up
+    assert torch.allclose(step[:, 2:].norm(dim=-1), torch.full((500, 3), 3.0, dtype=torch.float64),
+                          atol=1e-5)
+    angle = torch.remainder(torch.atan2(-step[:, 2:, 0], step[:, 2:, 1]), 2 * math.pi)
+    want = (2 * math.pi * k / 5).double()[:, None].expand(-1, 3)
+    gap = torch.remainder(angle - want + math.pi, 2 * math.pi) - math.pi
+    assert gap.abs().max() < 1e-5
+    # k = 1 (72 degrees) goes up the screen (y decreases)
+    assert (step[k == 1, 2:, 0] < 0).all()
+
+
+def test_switching_mnist_pixels_match_loop(small_digits):
+    images, labels = small_digits
+    src = data.SwitchingMovingMNIST(images, labels)
+    clips, lab = src.sample(6, gen(4))
+    for b in range(6):
+        for t in range(6):
+            y, x = (int(v) for v in lab["pos"][b, t].round())
+            frame = clips[b, 0, t].numpy()
+            # the frame is black outside the 28 x 28 window at the rounded corner
+            outside = frame.copy()
+            outside[y:y + 28, x:x + 28] = 0
+            assert outside.max() == 0
+            assert frame[y:y + 28, x:x + 28].max() > 0
+        # the digit is the same image in every frame (only moved)
+        y0, x0 = (int(v) for v in lab["pos"][b, 0].round())
+        y5, x5 = (int(v) for v in lab["pos"][b, 5].round())
+        first = clips[b, 0, 0, y0:y0 + 28, x0:x0 + 28]
+        assert np.array_equal(first.numpy(), clips[b, 0, 5, y5:y5 + 28, x5:x5 + 28].numpy())
+        # ... and one of the images whose label is the clip's digit label
+        same_label = images[labels == lab["digits"][b]].float() / 255
+        assert (same_label - first).abs().flatten(1).max(1).values.min() < 1e-6
+
+
+def test_switching_mnist_k_uniform_and_seeded(small_digits):
+    images, labels = small_digits
+    src = data.SwitchingMovingMNIST(images, labels)
+    _, lab = src.sample(5000, gen(5))
+    counts = torch.bincount(lab["k"], minlength=5).double() / 5000
+    assert (counts - 0.2).abs().max() < 0.03
+    a, b = src.sample(8, gen(6)), src.sample(8, gen(6))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1]["k"], b[1]["k"])
+
+
+def test_switching_mnist_too_fast_for_canvas(small_digits):
+    images, labels = small_digits
+    with pytest.raises(ValueError, match="does not fit"):
+        data.SwitchingMovingMNIST(images, labels, num_frames=6, img_size=64, speed=4.0)

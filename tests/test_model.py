@@ -190,3 +190,43 @@ def test_patchify_matches_the_tubelet_embedding_and_unpatchify_inverts_it():
     linear = tokens @ embed.proj.weight.reshape(7, -1).T + embed.proj.bias
     assert torch.allclose(linear, embed(x), atol=1e-5)
     assert torch.equal(model.unpatchify(tokens, (2, 2, 3), 2, 4, 2), x)
+
+
+# ----------------------------------------------------------------------------------------------
+# VJ-VCR predictor with a latent
+
+def test_discrete_latent_selects_one_copy_of_the_last_layer():
+    torch.manual_seed(0)
+    pred = model.MLPPredictor(3, 3, dim=8, hidden=16, latent="discrete", latent_dim=5)
+    h = torch.randn(4, 3, 8)
+    last = pred.net[-1]
+    assert last.out_features == 5 * 3 * 8  # K copies of the last linear layer
+    hidden = pred.net[:-1](h.flatten(1))
+    for k in range(5):
+        rows = slice(k * 24, (k + 1) * 24)  # copy k: its own weights and bias
+        want = (hidden @ last.weight[rows].T + last.bias[rows]).view(4, 3, 8)
+        z = F.one_hot(torch.full((4,), k), 5).float()
+        assert torch.allclose(pred(h, z), want, atol=1e-6)
+        assert torch.allclose(pred.options(h)[:, k], want, atol=1e-6)
+
+
+def test_sparse_latent_zero_is_plain_mlp_and_dictionary_is_normalised():
+    torch.manual_seed(0)
+    pred = model.MLPPredictor(3, 3, dim=8, hidden=16, latent="sparse", latent_dim=20)
+    h = torch.randn(4, 3, 8)
+    plain = pred.net(h.flatten(1)).view(4, 3, 8)
+    assert torch.allclose(pred(h, torch.zeros(4, 20)), plain, atol=1e-6)
+    z = torch.zeros(4, 20)
+    z[:, 3] = 2.0
+    # z shifts the last hidden layer (after its ReLU) by z @ (unit-norm columns)^T
+    col = pred.z_in[:, 3] / pred.z_in[:, 3].norm()
+    hidden = pred.net[:-1](h.flatten(1)) + 2.0 * col
+    want = pred.net[-1](hidden).view(4, 3, 8)
+    assert torch.allclose(pred(h, z), want, atol=1e-5)
+    # ... so the prediction is affine in z: the midpoint of two codes predicts the midpoint
+    z2 = torch.randn(4, 20)
+    assert torch.allclose(pred(h, (z + z2) / 2), (pred(h, z) + pred(h, z2)) / 2, atol=1e-5)
+    assert not torch.allclose(pred(h, z), plain, atol=1e-3)
+    with torch.no_grad():
+        pred.z_in.mul_(7.0)  # rescaling the dictionary changes nothing
+    assert torch.allclose(pred(h, z), want, atol=1e-5)

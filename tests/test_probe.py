@@ -64,9 +64,9 @@ def test_table_lists_each_run_beside_the_paper(tmp_path, capsys):
     (run / "probe" / "results.json").write_text(json.dumps({
         "preset": "vjvcr", "speed_trained": {"mse": 0.05, "r2": 0.9},
         "speed_random_init": {"mse": 0.3}, "speed_mean_baseline": {"mse": 0.75}, "psnr": 18.25,
-        "rankme": 12.5}))
+        "rankme": 12.5, "probe_s": 30.0}))
     probe.main(["--table", str(run)])
     row = capsys.readouterr().out.strip().splitlines()[-1]
-    assert row == "| vjvcr | 0.050 (0.04) | 0.900 | 0.300 | 0.750 | 18.2 (19.5) | 12.5 | 1.5 |"
+    assert row == "| vjvcr | 0.050 (0.04) | 0.900 | 0.300 | 0.750 | 18.2 (19.5) | 12.5 | 1.5 | 0.5 |"
     with pytest.raises(FileNotFoundError, match="train and probe"):
         probe.main(["--table", str(tmp_path / "missing")])
