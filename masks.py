@@ -34,19 +34,25 @@ def block_mask(batch, hw, num_blocks, scale, generator, aspect=ASPECT):
     w = (scale * H * W / a).sqrt().round().clamp(1, W).long()
     top = (torch.rand(batch, num_blocks, generator=generator) * (H - h + 1)).long()
     left = (torch.rand(batch, num_blocks, generator=generator) * (W - w + 1)).long()
-    rows = torch.arange(H)[:, None]  # (H, 1)
-    cols = torch.arange(W)[None, :]  # (1, W)
-    top, h, left, w = (v[..., None, None] for v in (top, h, left, w))  # (B, n, 1, 1)
-    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)  # (B,n,H,W)
-    return inside.any(dim=1).flatten(1)
+    top, h, left, w = (v[..., None] for v in (top, h, left, w))  # (B, n, 1)
+    rows = torch.arange(H)
+    cols = torch.arange(W)
+    in_rows = ((rows >= top) & (rows < top + h)).float()  # (B, n, H): rows each block covers
+    in_cols = ((cols >= left) & (cols < left + w)).float()  # (B, n, W)
+    # (i, j) is masked when some block covers row i and column j: a count of blocks > 0
+    return (in_rows.transpose(1, 2) @ in_cols > 0).flatten(1)
 
 
-def random_subset(member, k, generator):
-    """A uniformly random k-subset of each row's True entries. member: [B, N] bool -> [B, k]
-    sorted indices. Keys: members draw from [0, 1), the rest from [1, 2), so argsort puts
-    members first in random order."""
-    keys = torch.rand(member.shape, generator=generator) + (~member).float()
-    return keys.argsort(dim=1)[:, :k].sort(dim=1).values
+def random_split(target, n_ctx, n_tgt, generator):
+    """Uniformly random subsets of each row: n_ctx of its False entries (context candidates)
+    and n_tgt of its True entries (target candidates). target: [B, N] bool -> (ctx [B, n_ctx],
+    tgt [B, n_tgt]) sorted indices. One sort serves both: context candidates draw keys from
+    [0, 1) and targets from [1, 2), so the smallest keys are random context candidates and the
+    largest random targets."""
+    B, N = target.shape
+    keys = torch.rand(target.shape, generator=generator) + target
+    order = keys.argsort(dim=1)
+    return order[:, :n_ctx].sort(dim=1).values, order[:, N - n_tgt:].sort(dim=1).values
 
 
 def tubes(pos, T, S):
@@ -72,9 +78,8 @@ def multiblock(batch, grid, num_blocks, scale, generator):
     """V-JEPA multi-block: the target is a union of spatial blocks spanning all time steps."""
     T, H, W = grid
     masked = _blocks_with_context(batch, (H, W), num_blocks, scale, generator)  # (B, S)
-    n_ctx, n_tgt = int((~masked).sum(1).min()), int(masked.sum(1).min())
-    ctx = random_subset(~masked, n_ctx, generator)
-    tgt = random_subset(masked, n_tgt, generator)
+    n_tgt = masked.sum(1)
+    ctx, tgt = random_split(masked, int((H * W - n_tgt).min()), int(n_tgt.min()), generator)
     return tubes(ctx, T, H * W), tubes(tgt, T, H * W)
 
 
@@ -105,9 +110,9 @@ def causal_multiblock(batch, grid, ctx_steps, num_blocks, scale, generator):
     S = H * W
     masked = _blocks_with_context(batch, (H, W), num_blocks, scale, generator)  # (B, S)
     early = (torch.arange(T) < ctx_steps).repeat_interleave(S)  # (T*S,) time-major
-    in_ctx = early[None, :] & ~masked.repeat(1, T)  # (B, T*S)
-    n_ctx, n_tgt = int(in_ctx.sum(1).min()), int((~in_ctx).sum(1).min())
-    return random_subset(in_ctx, n_ctx, generator), random_subset(~in_ctx, n_tgt, generator)
+    in_tgt = ~early[None, :] | masked.repeat(1, T)  # (B, T*S)
+    n_tgt = in_tgt.sum(1)
+    return random_split(in_tgt, int((T * S - n_tgt).min()), int(n_tgt.min()), generator)
 
 
 def future(batch, grid, ctx_steps):

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 # Named sizes: (width, depth, heads). The first five are the standard ViTs; the last is small
 # enough to train on a laptop CPU in minutes (the laptop preset).
@@ -61,6 +62,16 @@ def sincos_3d(dim, grid, uniform_power=True):
 # ----------------------------------------------------------------------------------------------
 # Transformer pieces
 
+def attention(q, k, v):
+    """softmax(q k^T / sqrt(Dh)) v over the last two dims. PyTorch's fused kernels, except on
+    CPUs in bfloat16, where the fused kernel is about 2.5x slower than the two matrix products
+    written out (tests/benchmark.py; the [N, N] scores then sit in memory, fine at CPU sizes)."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        return scores.softmax(dim=-1) @ v
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class Attention(nn.Module):
     def __init__(self, dim, heads):
         super().__init__()
@@ -74,7 +85,7 @@ class Attention(nn.Module):
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, Dh)
-        x = F.scaled_dot_product_attention(q, k, v)  # fused kernels on GPU
+        x = attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
@@ -132,6 +143,17 @@ def token_grid(num_frames, img_size, patch_size, tubelet_size):
     return num_frames // tubelet_size, img_size // patch_size, img_size // patch_size
 
 
+def run_blocks(blocks, x, grad_checkpoint=False):
+    """x through the blocks; with grad_checkpoint (and gradients on), each block's activations
+    are recomputed in the backward pass instead of being stored."""
+    for block in blocks:
+        if grad_checkpoint and torch.is_grad_enabled():
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        else:
+            x = block(x)
+    return x
+
+
 def gather_tokens(x, idx):
     """x: [B, N, D], idx: [B, K] token indices -> [B, K, D]."""
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
@@ -183,6 +205,7 @@ class VisionTransformer(nn.Module):
         self.register_buffer("pos_embed", sincos_3d(dim, self.grid, uniform_power)[None])
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.grad_checkpoint = False  # recompute blocks in the backward pass (saves memory)
         init_weights(self, self.blocks)
 
     @property
@@ -198,9 +221,7 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(x) + self.pos_embed  # positions are added before tokens are dropped
         if keep is not None:
             x = gather_tokens(x, keep)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
+        return self.norm(run_blocks(self.blocks, x, self.grad_checkpoint))
 
 
 class Predictor(nn.Module):
@@ -221,6 +242,7 @@ class Predictor(nn.Module):
         self.predictor_blocks = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
         self.predictor_norm = nn.LayerNorm(dim, eps=1e-6)
         self.predictor_proj = nn.Linear(dim, enc_dim)
+        self.grad_checkpoint = False
         init_weights(self, self.predictor_blocks)
 
     def forward(self, z, ctx_idx, tgt_idx, mask_id=0):
@@ -230,9 +252,7 @@ class Predictor(nn.Module):
         pos = self.predictor_pos_embed.expand(B, -1, -1)
         ctx = self.predictor_embed(z) + gather_tokens(pos, ctx_idx)  # (B, Kc, Dp)
         tgt = self.mask_tokens[mask_id] + gather_tokens(pos, tgt_idx)  # (B, Kt, Dp)
-        x = torch.cat([ctx, tgt], dim=1)
-        for block in self.predictor_blocks:
-            x = block(x)
+        x = run_blocks(self.predictor_blocks, torch.cat([ctx, tgt], dim=1), self.grad_checkpoint)
         return self.predictor_proj(self.predictor_norm(x[:, Kc:]))
 
 
@@ -349,6 +369,12 @@ class MLPPredictor(nn.Module):
     def options(self, h_x):
         """Discrete latent: the prediction under every option, [B, K, T_tgt, dim]."""
         return self.net(h_x.flatten(1)).view(len(h_x), -1, self.tgt_steps, self.dim)
+
+    def latent_map(self):
+        """Sparse latent: the prediction is affine in z, Pred(h_x, z) = Pred(h_x, 0) + z M, with
+        M = (W_last D)^T [k, T_tgt * dim] (D the unit-norm dictionary). Inference uses it to
+        evaluate E(z) without running the MLP again."""
+        return (self.net[-1].weight @ F.normalize(self.z_in, dim=0)).T
 
     def forward(self, h_x, z=None):
         if self.latent == "discrete":

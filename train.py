@@ -17,6 +17,7 @@ VJ-VCR and the generative baseline on MovingMNIST (3 frames -> 12), Table 1 of t
 Resume a run from OUT_DIR/ckpt.pt (same config):
     python train.py --out_dir out/laptop --resume true
 """
+import contextlib
 import copy
 import dataclasses
 import json
@@ -94,7 +95,13 @@ class Config:
     ipe_scale: float = 1.25  # schedules are computed for ipe_scale * max_steps, then truncated
     optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 penalty, VJ-VCR)
     grad_clip: float = 10.0  # 0 disables
+    accum_steps: int = 1  # micro-batches per optimizer step: global batch = batch_size x
+    #                       world size x accum_steps (the paper's 3072 on a few GPUs)
     dtype: str = "auto"  # auto (bf16 where the device supports it) | bfloat16 | float32
+    compile: bool = False  # torch.compile the networks (first steps compile; needs a C++
+    #                        compiler on CPU)
+    grad_checkpoint: bool = False  # recompute each transformer block in the backward pass:
+    #                                less activation memory for about 1/3 more compute
     # run
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
@@ -111,7 +118,8 @@ _PAPER = dict(dataset="video_folder", num_frames=16, img_size=224, in_chans=3, p
               tubelet_size=2, pred_dim=384, pred_depth=12, batch_size=24, max_steps=90_000,
               warmup_steps=12_000, start_lr=2e-4, lr=6.25e-4, final_lr=1e-6, weight_decay=0.04,
               final_weight_decay=0.4, ema_start=0.998, ema_end=1.0, ipe_scale=1.25,
-              grad_clip=10.0, num_workers=8, log_every=50, ckpt_every=1000, val_clips=0)
+              grad_clip=10.0, num_workers=8, log_every=50, ckpt_every=1000, val_clips=0,
+              grad_checkpoint=True)  # 24 clips of 1568 tokens through ViT-L/H per GPU
 
 
 def _size(name):
@@ -138,15 +146,15 @@ PRESETS = {
     "vjvcr_dec": {**_VCR, "vcr_gamma": 1.0, "out_dir": "out/vjvcr_dec"},
     "generative_vcr": {**_GENERATIVE, "out_dir": "out/generative_vcr"},
     "generative": {**_GENERATIVE, "vcr_alpha": 0.0, "vcr_beta": 0.0, "out_dir": "out/generative"},
-    # VJ-VCR with the V-JEPA networks: 4 context frames -> 12 target frames, tubelets of 2
     # VJ-VCR with a latent on stochastic MovingMNIST (Table 2, Figure 3); none: the same without
     "switch_none": {**_SWITCH, "out_dir": "out/switch_none"},
     "switch_discrete": {**_SWITCH, "latent": "discrete", "latent_dim": 5,
                         "out_dir": "out/switch_discrete"},
-    "switch_sparse80": {**_SWITCH, "latent": "sparse", "latent_dim": 20, "latent_lam": 1e-2,
+    "switch_sparse80": {**_SWITCH, "latent": "sparse", "latent_dim": 20, "latent_lam": 4e-3,
                         "out_dir": "out/switch_sparse80"},
-    "switch_sparse20": {**_SWITCH, "latent": "sparse", "latent_dim": 20, "latent_lam": 1e-3,
+    "switch_sparse20": {**_SWITCH, "latent": "sparse", "latent_dim": 20, "latent_lam": 1.5e-4,
                         "out_dir": "out/switch_sparse20"},
+    # VJ-VCR with the V-JEPA networks: 4 context frames -> 12 target frames, tubelets of 2
     "vjvcr_vit": {**_VCR, "vcr_arch": "vit", "num_frames": 16, "mask_ctx_frames": 4,
                   "enc_dim": 192, "batch_size": 32, "out_dir": "out/vjvcr_vit"},
     "vitl16": {**_PAPER, **_size("large"), "out_dir": "out/vitl16"},
@@ -239,7 +247,7 @@ def check_config(cfg):
         raise ValueError(f"in_chans={cfg.in_chans}: MovingMNIST clips have 1 channel")
     if cfg.dataset in ("mmnist_file", "video_folder") and not cfg.data_path:
         raise ValueError(f"dataset={cfg.dataset} needs --data_path")
-    for key in ("batch_size", "max_steps", "log_every", "ckpt_every"):
+    for key in ("batch_size", "max_steps", "log_every", "ckpt_every", "accum_steps"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"--{key} must be at least 1, got {getattr(cfg, key)}")
     return grid
@@ -451,6 +459,7 @@ class VCRObjective(torch.nn.Module):
             if self.cfg.latent != "none":
                 z = infer_latent.infer_z(self.predictor, h_x, h_y, self.cfg.latent,
                                          self.cfg.latent_lam, self.cfg.latent_steps)
+                self.last_z = z  # for the log
             pred = self.predictor(h_x, z)  # (B, T - n, d)
             return h_x, pred, pred
         B = clips.shape[0]
@@ -513,45 +522,138 @@ def build(cfg, grid, device):
                  "target_encoder": target}, target
 
 
-def main(argv):
-    cfg = parse_config(argv)
-    grid = check_config(cfg)
-    rank, world, device = setup_distributed(cfg)
-    master = rank == 0
-    dtype = pick_dtype(cfg, device)
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+@dataclass
+class Run:
+    """Everything one training process holds: the config, the networks, the optimizer."""
+    cfg: Config
+    module: torch.nn.Module  # the trainable module (parameters, attributes)
+    net: torch.nn.Module  # what the step calls: module, wrapped by DDP and/or compiled
+    nets: dict  # {checkpoint name: module}
+    target: torch.nn.Module  # V-JEPA's EMA target encoder (None for VJ-VCR)
+    opt: torch.optim.Optimizer
+    sampler: masks.MaskSampler  # V-JEPA's masks (None for VJ-VCR)
+    grid: tuple
+    rank: int
+    world: int
+    device: torch.device
+    dtype: torch.dtype
 
+
+def setup(cfg, rank=0, world=1, device=torch.device("cpu")):
+    """Build the networks, optimizer and masks of a checked config -> Run."""
+    grid = check_config(cfg)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     module, nets, target = build(cfg, grid, device)
+    for part in (module, target):
+        for m in part.modules() if part is not None else ():
+            if hasattr(m, "grad_checkpoint"):
+                m.grad_checkpoint = cfg.grad_checkpoint
     optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     opt = optimizer(param_groups(module), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = getattr(losses, cfg.loss)
     sampler = None
     if cfg.objective == "vjepa":
         sampler = masks.MaskSampler(cfg.mask, grid, cfg.tubelet_size, cfg.mask_ratio,
                                     cfg.mask_ctx_frames)
+    net = module
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:  # mask sizes change every step: dynamic shapes instead of recompiling
+        net = torch.compile(net, dynamic=True)
+    return Run(cfg, module, net, nets, target, opt, sampler, grid, rank, world, device,
+               pick_dtype(cfg, device))
+
+
+record = torch.profiler.record_function  # names a part of the step in a profile (else free)
+
+
+def forward(run, clips, g):
+    """The energy of one (micro-)batch -> (loss, {term: value}, embeddings for the collapse
+    monitors [B, N, D], time steps per clip of those embeddings)."""
+    cfg = run.cfg
+    if run.target is None:  # VJ-VCR or generative
+        loss, terms, h = run.net(clips)
+        return loss, terms, h, h.shape[1]
+    with record("masks"):
+        step_masks = [(c.to(run.device, non_blocking=True), t.to(run.device, non_blocking=True))
+                      for c, t in run.sampler(len(clips), g)]
+    with torch.no_grad(), record("target encoder"):
+        h = run.target(clips)  # (B, N, D): once per clip, shared by all masks
+        targets = [model.gather_tokens(F.layer_norm(h.float(), h.shape[-1:]), tgt)
+                   for _, tgt in step_masks]
+    with record("context encoder + predictor"):
+        preds = run.net(clips, step_masks)
+    return getattr(losses, cfg.loss)(preds, targets), {}, h, run.grid[0]
+
+
+def train_step(run, clips, step):
+    """One optimizer step on `clips` (accum_steps micro-batches of batch_size), then the EMA.
+    No host-device synchronisation: everything returned stays on the device.
+    -> (mean loss, terms and embeddings of the last micro-batch, time steps per clip, grad norm)"""
+    cfg = run.cfg
+    lr, wd, momentum = schedules(cfg, step)
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+        if not group.get("no_decay"):
+            group["weight_decay"] = wd
+    g = torch.Generator().manual_seed(data.step_seed(cfg.seed, run.rank, step, stream=1))
+    run.opt.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=run.device)
+    chunks = clips.to(run.device, non_blocking=True).chunk(cfg.accum_steps)
+    for i, chunk in enumerate(chunks):
+        last = i == len(chunks) - 1  # DDP averages gradients across processes only here
+        with contextlib.nullcontext() if last or run.world == 1 else run.net.no_sync():
+            with torch.autocast(run.device.type, dtype=run.dtype,
+                                enabled=run.dtype != torch.float32):
+                loss, terms, h, steps = forward(run, chunk, g)
+            with record("backward"):
+                (loss / len(chunks)).backward()
+        total += loss.detach() / len(chunks)
+    with record("optimizer + EMA"):
+        grad_norm = (torch.nn.utils.clip_grad_norm_(run.module.parameters(), cfg.grad_clip)
+                     if cfg.grad_clip > 0 else torch.zeros(()))
+        run.opt.step()
+        if run.target is not None:
+            ema_update(run.target, run.module.encoder, momentum)
+    return total, terms, h.detach(), steps, grad_norm
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process so far, in MB (None where unknown)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10  # bytes / KB
+
+
+def main(argv):
+    cfg = parse_config(argv)
+    check_config(cfg)
+    rank, world, device = setup_distributed(cfg)
+    master = rank == 0
+    run = setup(cfg, rank, world, device)
+    module, nets, dtype = run.module, run.nets, run.dtype
 
     os.makedirs(cfg.out_dir, exist_ok=True)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     log_path = os.path.join(cfg.out_dir, "log.jsonl")
     start = 0
     if cfg.resume:
-        start = load_checkpoint(ckpt_path, nets, opt, cfg)
+        start = load_checkpoint(ckpt_path, nets, run.opt, cfg)
         if master:
             trim_log(log_path, start)
     elif master and os.path.exists(log_path):
         os.remove(log_path)  # a fresh run starts a fresh log
-    net = module
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None)
 
     digits = (data.load_digits(cfg.mnist_dir)
               if cfg.dataset in ("movingmnist", "switching_mnist") else None)
     source = make_source(cfg, "train", digits)
     end = min(cfg.max_steps, cfg.stop_at or cfg.max_steps)
     loader = torch.utils.data.DataLoader(
-        data.StepBatches(source, cfg.batch_size, cfg.seed, rank), batch_size=None,
-        sampler=range(start, end), num_workers=cfg.num_workers,
+        data.StepBatches(source, cfg.batch_size * cfg.accum_steps, cfg.seed, rank),
+        batch_size=None, sampler=range(start, end), num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda", persistent_workers=False)
 
     # SIGTERM (a cluster's pre-emption) or Ctrl-C: finish the step, checkpoint, stop.
@@ -561,47 +663,21 @@ def main(argv):
 
     if master:
         n_params = sum(p.numel() for p in module.parameters())
-        print(f"{cfg.objective} ({cfg.preset}): {n_params / 1e6:.2f}M parameters, grid {grid}, "
-              f"{world} process(es) on {device}, {str(dtype).replace('torch.', '')}, "
-              f"steps {start}->{end}")
+        print(f"{cfg.objective} ({cfg.preset}): {n_params / 1e6:.2f}M parameters, grid "
+              f"{run.grid}, {world} process(es) on {device}, "
+              f"{str(dtype).replace('torch.', '')}, global batch "
+              f"{cfg.batch_size * world * cfg.accum_steps}, steps {start}->{end}")
     bar = tqdm(total=end, initial=start, disable=not master, dynamic_ncols=True, unit="step")
     loss_sum = torch.zeros((), device=device)
     bad = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since last check
     n_logged, t_log, t_start, last = 0, time.perf_counter(), time.perf_counter(), None
     step = start
     for clips, _ in loader:
-        lr, wd, momentum = schedules(cfg, step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-            if not group.get("no_decay"):
-                group["weight_decay"] = wd
-        clips = clips.to(device, non_blocking=True)
-
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            if target is not None:  # V-JEPA
-                g = torch.Generator().manual_seed(data.step_seed(cfg.seed, rank, step, stream=1))
-                step_masks = [(c.to(device), t.to(device)) for c, t in sampler(cfg.batch_size, g)]
-                with torch.no_grad():
-                    h = target(clips)  # (B, N, D): once per clip, shared by all masks
-                    targets = [model.gather_tokens(F.layer_norm(h.float(), h.shape[-1:]), tgt)
-                               for _, tgt in step_masks]
-                preds = net(clips, step_masks)
-                loss, terms = loss_fn(preds, targets), {}
-                steps_per_clip = grid[0]
-            else:  # VJ-VCR or generative
-                loss, terms, h = net(clips)
-                steps_per_clip = h.shape[1]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = (torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
-                     if cfg.grad_clip > 0 else torch.zeros(()))
-        opt.step()
-        if target is not None:
-            ema_update(target, module.encoder, momentum)
+        loss, terms, h, steps_per_clip, grad_norm = train_step(run, clips, step)
         step += 1
         bar.update(1)
-        loss_sum += loss.detach()
-        bad |= ~torch.isfinite(loss.detach())
+        loss_sum += loss
+        bad |= ~torch.isfinite(loss)
         n_logged += 1
 
         log_now = step % cfg.log_every == 0 or step == end
@@ -617,12 +693,17 @@ def main(argv):
                 dist.all_reduce(loss_sum)
             last = float(loss_sum) / (n_logged * world)
             dt = (time.perf_counter() - t_log) / n_logged
-            emb_std, rank_me = collapse_monitors(h.detach(), steps_per_clip)
+            emb_std, rank_me = collapse_monitors(h, steps_per_clip)
+            lr, wd, momentum = schedules(cfg, step - 1)
             record = {"step": step, "loss": last, **{k: float(v.detach()) for k, v in terms.items()},
                       "lr": lr, "wd": wd, "momentum": momentum,
                       "grad_norm": float(grad_norm), "step_time_s": dt,
-                      "clips_per_s": cfg.batch_size * world / dt, "emb_std": emb_std,
-                      "rankme": rank_me}
+                      "clips_per_s": cfg.batch_size * cfg.accum_steps * world / dt,
+                      "emb_std": emb_std, "rankme": rank_me}
+            if cfg.latent != "none":  # how z* is used: share of zeros, most chosen option
+                z = module.last_z
+                record["z_zero"] = float((z == 0).float().mean())
+                record["z_top"] = float(torch.bincount(z.abs().argmax(1)).max()) / len(z)
             if master:
                 with open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -630,7 +711,7 @@ def main(argv):
             loss_sum.zero_()
             n_logged, t_log = 0, time.perf_counter()
         if ckpt_now and master:
-            save_checkpoint(ckpt_path, nets, opt, cfg, step, last, world)
+            save_checkpoint(ckpt_path, nets, run.opt, cfg, step, last, world)
         if stop["asked"]:
             break
     bar.close()
@@ -638,7 +719,8 @@ def main(argv):
 
     if master:
         summary = {"steps": step, "wall_s": round(wall, 1), "final_loss": last,
-                   "clips_per_s": round((step - start) * cfg.batch_size * world / wall, 2)}
+                   "clips_per_s": round((step - start) * cfg.batch_size * cfg.accum_steps
+                                        * world / wall, 2)}
         if cfg.val_clips:
             val_clips, _ = data.fixed_set(make_source(cfg, "val", digits), cfg.val_clips,
                                          seed=12345)  # the same clips in every run
@@ -649,11 +731,15 @@ def main(argv):
             summary["val_emb_std"] = round(float(h.reshape(-1, h.shape[-1]).std(0).mean()), 4)
             summary["val_rankme"] = round(rankme(h.mean(1)), 2)  # one pooled vector per clip
             summary["val_rankme_max"] = min(h.shape[0], h.shape[-1])
+        rss = peak_rss_mb()
+        if rss is not None:
+            summary["peak_rss_mb"] = round(rss)
         with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
             json.dump(summary, f)
         stopped = " (stopped early)" if step < cfg.max_steps else ""
         print(f"done{stopped}: {step} steps in {wall / 60:.1f} min, "
-              f"{summary['clips_per_s']} clips/s, final loss {last:.4f}")
+              f"{summary['clips_per_s']} clips/s, final loss {last:.4f}"
+              + (f", peak memory {rss:.0f} MB" if rss is not None else ""))
         if cfg.val_clips:
             print(f"target encoder on {cfg.val_clips} validation clips: per-channel std "
                   f"{summary['val_emb_std']}, RankMe {summary['val_rankme']} of at most "

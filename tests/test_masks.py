@@ -1,4 +1,6 @@
 """Mask invariants, checked by brute force over the index tensors."""
+import math
+
 import pytest
 import torch
 
@@ -97,16 +99,38 @@ def test_seeded_reproducibility():
     assert not all(torch.equal(x, y) for pa, pc in zip(a, c) for x, y in zip(pa, pc))
 
 
-def test_random_subset_is_uniform_over_positions():
+def test_random_split_is_uniform_over_positions():
     """The cut to the batch minimum keeps each candidate equally often (the original's
-    first-K cut keeps only the lowest indices)."""
-    member = torch.zeros(20000, 10, dtype=torch.bool)
-    member[:, 2:8] = True
-    idx = masks.random_subset(member, 3, gen())
-    counts = torch.bincount(idx.flatten(), minlength=10).float()
-    assert counts[[0, 1, 8, 9]].sum() == 0
-    share = counts[2:8] / counts.sum()
-    assert bool(((share - 1 / 6).abs() < 0.01).all())
+    first-K cut keeps only the lowest indices); context comes only from non-targets, targets
+    only from targets."""
+    target = torch.zeros(20000, 10, dtype=torch.bool)
+    target[:, 2:8] = True
+    ctx, tgt = masks.random_split(target, 2, 3, gen())
+    assert bool((ctx.diff(dim=1) > 0).all()) and bool((tgt.diff(dim=1) > 0).all())
+    for idx, allowed in ((ctx, [0, 1, 8, 9]), (tgt, [2, 3, 4, 5, 6, 7])):
+        counts = torch.bincount(idx.flatten(), minlength=10).float()
+        others = [i for i in range(10) if i not in allowed]
+        assert counts[others].sum() == 0
+        share = counts[allowed] / counts.sum()
+        assert bool(((share - 1 / len(allowed)).abs() < 0.01).all())
+
+
+def test_block_mask_equals_painting_each_block():
+    """The union of blocks (computed as a product of row and column indicators) equals
+    painting each block's rectangle in a loop, for the same random draws."""
+    B, n, (H, W), scale = 50, 8, (14, 14), 0.15
+    got = masks.block_mask(B, (H, W), n, scale, gen(5)).view(B, H, W)
+    g = gen(5)  # the same draws, in the same order
+    a = 0.75 + 0.75 * torch.rand(B, n, generator=g)
+    rand_top, rand_left = torch.rand(B, n, generator=g), torch.rand(B, n, generator=g)
+    want = torch.zeros(B, H, W, dtype=torch.bool)
+    for b in range(B):
+        for i in range(n):
+            h = min(max(round(math.sqrt(scale * H * W * float(a[b, i]))), 1), H)
+            w = min(max(round(math.sqrt(scale * H * W / float(a[b, i]))), 1), W)
+            top, left = int(rand_top[b, i] * (H - h + 1)), int(rand_left[b, i] * (W - w + 1))
+            want[b, top:top + h, left:left + w] = True
+    assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -230,3 +230,20 @@ def test_sparse_latent_zero_is_plain_mlp_and_dictionary_is_normalised():
     with torch.no_grad():
         pred.z_in.mul_(7.0)  # rescaling the dictionary changes nothing
     assert torch.allclose(pred(h, z), want, atol=1e-5)
+
+
+def test_sparse_latent_map_gives_the_prediction_of_any_code():
+    """Pred(h, z) = Pred(h, 0) + z M for the M that inference uses, checked on unit codes
+    (row j of M is the prediction's change per unit of z_j) and a random code."""
+    torch.manual_seed(0)
+    pred = model.MLPPredictor(3, 2, dim=8, hidden=16, latent="sparse", latent_dim=5)
+    h = torch.randn(4, 3, 8)
+    base = pred(h, torch.zeros(4, 5)).flatten(1)
+    M = pred.latent_map()
+    assert M.shape == (5, 2 * 8)
+    for j in range(5):
+        unit = torch.zeros(4, 5)
+        unit[:, j] = 1.0
+        assert torch.allclose(pred(h, unit).flatten(1) - base, M[j].expand(4, -1), atol=1e-6)
+    z = torch.randn(4, 5)
+    assert torch.allclose(pred(h, z).flatten(1), base + z @ M, atol=1e-5)
