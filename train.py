@@ -29,17 +29,22 @@ import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
-import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from tqdm import tqdm
+# V-JEPA's masks change the number of tokens at every step, and oneDNN (bf16 matrix products
+# on CPUs) keeps a compiled kernel per shape, 1024 by default: a laptop run's memory would grow
+# by hundreds of MB. A small cache costs no measurable speed. Read when torch first multiplies.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 
-import data
-import infer_latent
-import losses
-import masks
-import model
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import data  # noqa: E402
+import infer_latent  # noqa: E402
+import losses  # noqa: E402
+import masks  # noqa: E402
+import model  # noqa: E402
 
 
 @dataclass
@@ -152,7 +157,7 @@ PRESETS = {
                         "out_dir": "out/switch_discrete"},
     "switch_sparse80": {**_SWITCH, "latent": "sparse", "latent_dim": 20, "latent_lam": 4e-3,
                         "out_dir": "out/switch_sparse80"},
-    "switch_sparse20": {**_SWITCH, "latent": "sparse", "latent_dim": 20, "latent_lam": 1.5e-4,
+    "switch_sparse20": {**_SWITCH, "latent": "sparse", "latent_dim": 20, "latent_lam": 2e-4,
                         "out_dir": "out/switch_sparse20"},
     # VJ-VCR with the V-JEPA networks: 4 context frames -> 12 target frames, tubelets of 2
     "vjvcr_vit": {**_VCR, "vcr_arch": "vit", "num_frames": 16, "mask_ctx_frames": 4,
@@ -564,6 +569,14 @@ def setup(cfg, rank=0, world=1, device=torch.device("cpu")):
                pick_dtype(cfg, device))
 
 
+def autocast(device, dtype):
+    """Mixed precision in `dtype` (bf16), or nothing for float32 (also on the meta device,
+    where tests/benchmark.py counts the FLOPs of models too large to run here)."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 record = torch.profiler.record_function  # names a part of the step in a profile (else free)
 
 
@@ -603,8 +616,7 @@ def train_step(run, clips, step):
     for i, chunk in enumerate(chunks):
         last = i == len(chunks) - 1  # DDP averages gradients across processes only here
         with contextlib.nullcontext() if last or run.world == 1 else run.net.no_sync():
-            with torch.autocast(run.device.type, dtype=run.dtype,
-                                enabled=run.dtype != torch.float32):
+            with autocast(run.device, run.dtype):
                 loss, terms, h, steps = forward(run, chunk, g)
             with record("backward"):
                 (loss / len(chunks)).backward()
@@ -725,8 +737,7 @@ def main(argv):
             val_clips, _ = data.fixed_set(make_source(cfg, "val", digits), cfg.val_clips,
                                          seed=12345)  # the same clips in every run
             encoder = nets["target_encoder"].eval()
-            with torch.no_grad(), torch.autocast(device.type, dtype=dtype,
-                                                 enabled=dtype != torch.float32):
+            with torch.no_grad(), autocast(device, dtype):
                 h = torch.cat([encoder(c.to(device)) for c in val_clips.split(32)]).float()
             summary["val_emb_std"] = round(float(h.reshape(-1, h.shape[-1]).std(0).mean()), 4)
             summary["val_rankme"] = round(rankme(h.mean(1)), 2)  # one pooled vector per clip

@@ -4,6 +4,7 @@
     python tests/benchmark.py --scaling       # also batch 4 / 8 / 16 and 1 vs 2 threads
     python tests/benchmark.py --smoke         # a few steps of everything (the test suite)
     python tests/benchmark.py --profile       # where the time of a tiny-video step goes
+    python tests/benchmark.py --estimate      # vitl16 on GPUs: an estimate from FLOPs
 
 Every measurement runs in a fresh child process (its own thread count and peak memory).
 Per training config: ms/step (median and min over --steps timed steps after --warmup),
@@ -190,6 +191,30 @@ def profile_step(config, dtype, batch, steps=5, warmup=3):
     return {"text": "\n".join(lines)}
 
 
+GPU_PEAK_TFLOPS = {"A100": 312, "H100": 989}  # dense bf16 tensor-core peaks (datasheets)
+
+
+def estimate_gpu(preset, batch, mfu=(0.3, 0.5)):
+    """An estimate, not a measurement: FLOPs of one training step of `preset` counted on the
+    meta device (no memory, no compute), turned into clips/s and tokens/s per GPU at an
+    assumed model-FLOP utilisation between mfu[0] and mfu[1]."""
+    meta = torch.device("meta")
+    cfg = train.parse_config(["--preset", preset, "--batch_size", str(batch), "--dtype",
+                              "float32", "--data_path", "unused"])
+    with meta:
+        run = train.setup(cfg, device=meta)
+    clips = torch.empty(batch, cfg.in_chans, cfg.num_frames, cfg.img_size, cfg.img_size,
+                        device=meta)
+    flop_per_clip = count_flops(lambda: train.train_step(run, clips, 0)) / batch
+    tokens = run.module.encoder.num_tokens
+    out = {"preset": preset, "batch": batch, "tflop_per_clip": flop_per_clip / 1e12,
+           "tokens_per_clip": tokens}
+    for gpu, peak in GPU_PEAK_TFLOPS.items():
+        clips_s = [peak * 1e12 * u / flop_per_clip for u in mfu]
+        out[gpu] = {"clips_per_s": clips_s, "tokens_per_s": [c * tokens for c in clips_s]}
+    return out
+
+
 def child(job):
     torch.set_num_threads(job["threads"])
     os.environ.setdefault("VJEPA_OFFLINE", "1")  # no download: procedural digits unless
@@ -204,6 +229,8 @@ def child(job):
         return bench_train_py(job["steps"], job.get("extra", ()))
     if kind == "masks":
         return bench_masks(job["batch"], job["seconds"])
+    if kind == "estimate":
+        return estimate_gpu(job["preset"], job["batch"])
     if kind == "profile":
         return profile_step(job["config"], job["dtype"], job["batch"])
     if kind == "fista":
@@ -291,6 +318,8 @@ def main(argv):
     p.add_argument("--seconds", type=float, default=3.0, help="time per mask measurement")
     p.add_argument("--fista_iterations", type=int, default=200)
     p.add_argument("--scaling", action="store_true", help="batch 4/8/16 x 1/2 threads")
+    p.add_argument("--estimate", action="store_true",
+                   help="only: GPU throughput estimate for vitl16 from its FLOP count")
     p.add_argument("--profile", action="store_true",
                    help="only: where the time of a tiny-video step goes (bf16 and float32)")
     p.add_argument("--smoke", action="store_true", help="a few steps of everything")
@@ -299,6 +328,16 @@ def main(argv):
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return None
+    if args.estimate:
+        r = run_child(dict(kind="estimate", preset="vitl16", batch=24, threads=args.threads))
+        print(f"ESTIMATE (not measured): vitl16, batch 24 per GPU: {r['tflop_per_clip']:.2f} "
+              f"TFLOP per clip per training step ({r['tokens_per_clip']} tokens per clip)")
+        for gpu in GPU_PEAK_TFLOPS:
+            lo, hi = r[gpu]["tokens_per_s"]
+            c_lo, c_hi = r[gpu]["clips_per_s"]
+            print(f"- {gpu} (bf16 peak {GPU_PEAK_TFLOPS[gpu]} TFLOP/s) at 30-50% utilisation: "
+                  f"{c_lo:.0f}-{c_hi:.0f} clips/s, {lo / 1e3:.0f}k-{hi / 1e3:.0f}k tokens/s per GPU")
+        return r
     if args.profile:
         for dtype in ("auto", "float32"):
             job = dict(kind="profile", config="tiny-video", dtype=dtype, batch=8,

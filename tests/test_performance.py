@@ -87,3 +87,20 @@ def test_benchmark_smoke(tmp_path, capsys):
     saved = json.loads((tmp_path / "benchmark.json").read_text())
     assert len(saved["results"]) == len(results)
     assert "clips/s" in capsys.readouterr().out
+
+
+def test_flops_counted_on_the_meta_device_equal_a_real_step():
+    """The GPU estimate counts FLOPs of large presets on the meta device, without running
+    them; on a small config that count equals the one of a real step on the CPU. (On meta,
+    attention runs as its plain matrix products, so the CPU step uses them too: the fused
+    CPU kernel's backward also recomputes the scores and counts one product more.)"""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    argv = TINY + ["--batch_size", "2"]
+    run = train.setup(train.parse_config(argv))
+    with sdpa_kernel(SDPBackend.MATH):
+        real = benchmark.count_flops(lambda: train.train_step(run, clips(2), 0))
+    meta = torch.device("meta")
+    with meta:
+        run = train.setup(train.parse_config(argv), device=meta)
+    counted = benchmark.count_flops(lambda: train.train_step(run, clips(2).to(meta), 0))
+    assert counted == real > 0
