@@ -549,10 +549,9 @@ def setup(cfg, rank=0, world=1, device=torch.device("cpu")):
     grid = check_config(cfg)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     module, nets, target = build(cfg, grid, device)
-    for part in (module, target):
-        for m in part.modules() if part is not None else ():
-            if hasattr(m, "grad_checkpoint"):
-                m.grad_checkpoint = cfg.grad_checkpoint
+    for m in module.modules():  # the target encoder runs without gradients: nothing to save
+        if hasattr(m, "grad_checkpoint"):
+            m.grad_checkpoint = cfg.grad_checkpoint
     optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     opt = optimizer(param_groups(module), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = None

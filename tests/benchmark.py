@@ -79,10 +79,6 @@ def _median(xs):
     return xs[len(xs) // 2]
 
 
-def peak_rss_mb():
-    return train.peak_rss_mb()
-
-
 def bench_matmul(dtype, n=2048, repeats=10):
     a = torch.randn(n, n, dtype=dtype)
     b = torch.randn(n, n, dtype=dtype)
@@ -118,7 +114,7 @@ def bench_step(config, dtype, batch, steps, warmup, extra=()):
     return {"ms_median": ms, "ms_min": 1e3 * min(times),
             "clips_per_s": 1e3 * cfg.batch_size * cfg.accum_steps / ms,
             "gflop_per_step": gflop, "gflops": gflop / (ms / 1e3) if gflop else None,
-            "peak_rss_mb": peak_rss_mb(), "dtype": str(run.dtype).replace("torch.", "")}
+            "peak_rss_mb": train.peak_rss_mb(), "dtype": str(run.dtype).replace("torch.", "")}
 
 
 def bench_train_py(steps, extra=()):
