@@ -233,7 +233,7 @@ class Predictor(nn.Module):
     """
 
     def __init__(self, grid, enc_dim=1024, dim=384, depth=12, heads=16, num_mask_tokens=2,
-                 mlp_ratio=4.0, uniform_power=True):
+                 mlp_ratio=4.0, uniform_power=True, out_dim=None):
         super().__init__()
         self.predictor_embed = nn.Linear(enc_dim, dim)
         self.mask_tokens = nn.ParameterList(
@@ -241,13 +241,14 @@ class Predictor(nn.Module):
         self.register_buffer("predictor_pos_embed", sincos_3d(dim, grid, uniform_power)[None])
         self.predictor_blocks = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
         self.predictor_norm = nn.LayerNorm(dim, eps=1e-6)
-        self.predictor_proj = nn.Linear(dim, enc_dim)
+        # out_dim: enc_dim for feature targets; the pixels of a tubelet for pixel targets
+        self.predictor_proj = nn.Linear(dim, out_dim or enc_dim)
         self.grad_checkpoint = False
         init_weights(self, self.predictor_blocks)
 
     def forward(self, z, ctx_idx, tgt_idx, mask_id=0):
         """z: [B, Kc, D] encoded context at positions ctx_idx [B, Kc];
-        tgt_idx: [B, Kt] positions to predict -> [B, Kt, D]."""
+        tgt_idx: [B, Kt] positions to predict -> [B, Kt, out_dim]."""
         B, Kc = ctx_idx.shape
         pos = self.predictor_pos_embed.expand(B, -1, -1)
         ctx = self.predictor_embed(z) + gather_tokens(pos, ctx_idx)  # (B, Kc, Dp)
@@ -275,12 +276,13 @@ class JEPA(nn.Module):
 
 
 def build_models(num_frames, img_size, patch_size, tubelet_size, in_chans, enc_dim, enc_depth,
-                 enc_heads, pred_dim, pred_depth, num_masks=2, uniform_power=True):
-    """Encoder and predictor for one geometry. Predictor heads = encoder heads, as in the paper."""
+                 enc_heads, pred_dim, pred_depth, num_masks=2, uniform_power=True, out_dim=None):
+    """Encoder and predictor for one geometry. Predictor heads = encoder heads, as in the paper.
+    out_dim: the predictor's output width (default enc_dim, feature targets)."""
     encoder = VisionTransformer(num_frames, img_size, patch_size, tubelet_size, in_chans,
                                 enc_dim, enc_depth, enc_heads, uniform_power=uniform_power)
     predictor = Predictor(encoder.grid, enc_dim, pred_dim, pred_depth, enc_heads, num_masks,
-                          uniform_power=uniform_power)
+                          uniform_power=uniform_power, out_dim=out_dim)
     return encoder, predictor
 
 
