@@ -14,6 +14,7 @@ exactly the same number of them. Tokens cut this way are neither context nor tar
 `python masks.py` prints statistics for the paper geometry and draws a few masks.
 """
 import argparse
+import functools
 import json
 
 import torch
@@ -24,63 +25,122 @@ LONG_RANGE = (2, 0.70)
 STRATEGIES = ("multiblock", "random_tube", "causal", "future")
 
 
-def block_mask(batch, hw, num_blocks, scale, generator, aspect=ASPECT):
-    """Union of `num_blocks` random blocks per sample. -> [B, H*W] bool, True = masked.
-    Block h = round(sqrt(s*H*W*a)), w = round(sqrt(s*H*W/a)); the top-left corner is uniform
-    over all positions where the block fits, the last row and column included."""
+@functools.lru_cache
+def _arange(n, dtype=torch.long):
+    """torch.arange(n), built once: the samplers run every training step. Never modify it."""
+    return torch.arange(n, dtype=dtype)
+
+
+@functools.lru_cache
+def _block_tables(configs, hw):
+    """For the K blocks of all configurations [(num_blocks, scale), ...] together: each block's
+    area s*H*W (K,) and its configuration as a one-hot row (K, C). Built once per geometry."""
     H, W = hw
-    a = aspect[0] + (aspect[1] - aspect[0]) * torch.rand(batch, num_blocks, generator=generator)
-    h = (scale * H * W * a).sqrt().round().clamp(1, H).long()  # (B, n)
-    w = (scale * H * W / a).sqrt().round().clamp(1, W).long()
-    top = (torch.rand(batch, num_blocks, generator=generator) * (H - h + 1)).long()
-    left = (torch.rand(batch, num_blocks, generator=generator) * (W - w + 1)).long()
-    top, h, left, w = (v[..., None] for v in (top, h, left, w))  # (B, n, 1)
-    rows = torch.arange(H)
-    cols = torch.arange(W)
-    in_rows = ((rows >= top) & (rows < top + h)).float()  # (B, n, H): rows each block covers
-    in_cols = ((cols >= left) & (cols < left + w)).float()  # (B, n, W)
-    # (i, j) is masked when some block covers row i and column j: a count of blocks > 0
-    return (in_rows.transpose(1, 2) @ in_cols > 0).flatten(1)
+    area = torch.tensor([s * H * W for n, s in configs for _ in range(n)])
+    owner = torch.tensor([[float(c == k) for k in range(len(configs))]
+                          for c, (n, _) in enumerate(configs) for _ in range(n)])
+    return area, owner
+
+
+@functools.lru_cache
+def _axis_lengths(hw):
+    """(H, W) as a float tensor shaped to broadcast against (2, B, K): (2, 1, 1)."""
+    return torch.tensor(hw, dtype=torch.float)[:, None, None]
+
+
+def block_masks(batch, hw, configs, generator, aspect=ASPECT):
+    """Union of random blocks per sample, for several configurations [(num_blocks, scale), ...]
+    at once -> [C, B, H*W] bool, True = masked. Block h = round(sqrt(s*H*W*a)),
+    w = round(sqrt(s*H*W/a)); the top-left corner is uniform over all positions where the block
+    fits, the last row and column included. The K blocks of all configurations are drawn
+    together, and both axes are handled at once: index 0 = rows (h, top), 1 = columns (w, left)."""
+    H, W = hw
+    area, owner = _block_tables(tuple(map(tuple, configs)), hw)  # (K,), (K, C)
+    length = _axis_lengths(hw)  # (2, 1, 1): H, W
+    a = aspect[0] + (aspect[1] - aspect[0]) * torch.rand(batch, len(area), generator=generator)
+    side = (area * torch.stack([a, 1 / a])).sqrt().round()  # (2, B, K): h, w as whole floats
+    side = side.minimum(length).clamp(min=1)
+    start = (torch.rand(side.shape, generator=generator) * (length + 1 - side)).floor()  # top, left
+    # is row (column) i inside [start, start + side)? Both axes over the longer one, cut back
+    i = _arange(max(hw), torch.float) - start[..., None]  # (2, B, K, max(H, W)): i - start
+    inside = ((i >= 0) & (i < side[..., None])).float()
+    in_rows, in_cols = inside[0, :, :, :H], inside[1, :, :, :W]  # (B, K, H), (B, K, W)
+    # (c, i, j) is masked when some block of configuration c covers row i and column j: a count
+    # of blocks > 0, one matrix product over all blocks with the other configurations' zeroed
+    cols_per_config = in_cols[:, :, None, :] * owner[:, :, None]  # (B, K, C, W)
+    counts = torch.einsum("bkh,bkcw->cbhw", in_rows, cols_per_config)  # (C, B, H, W)
+    return (counts > 0).flatten(2)
+
+
+def block_mask(batch, hw, num_blocks, scale, generator, aspect=ASPECT):
+    """block_masks for one configuration. -> [B, H*W] bool, True = masked."""
+    return block_masks(batch, hw, ((num_blocks, scale),), generator, aspect)[0]
+
+
+def _sorted_rows(idx, N):
+    """Rows of distinct indices in [0, N), any order [B, k] -> sorted [B, k]. Marks them in a
+    [B, N] mask and lists the marks row by row; cheaper than sorting each row."""
+    marks = torch.zeros(idx.shape[0], N, dtype=torch.bool).scatter_(1, idx, True)
+    return marks.nonzero()[:, 1].view(idx.shape)
 
 
 def random_split(target, n_ctx, n_tgt, generator):
     """Uniformly random subsets of each row: n_ctx of its False entries (context candidates)
     and n_tgt of its True entries (target candidates). target: [B, N] bool -> (ctx [B, n_ctx],
-    tgt [B, n_tgt]) sorted indices. One sort serves both: context candidates draw keys from
-    [0, 1) and targets from [1, 2), so the smallest keys are random context candidates and the
-    largest random targets."""
-    B, N = target.shape
-    keys = torch.rand(target.shape, generator=generator) + target
-    order = keys.argsort(dim=1)
-    return order[:, :n_ctx].sort(dim=1).values, order[:, N - n_tgt:].sort(dim=1).values
+    tgt [B, n_tgt]) sorted indices. Random integer keys, below 2^30 for context candidates and
+    above for targets: the n_ctx smallest keys are random context candidates and the n_tgt
+    largest random targets. topk only selects them (cheaper than sorting the whole row)."""
+    keys = torch.randint(1 << 30, target.shape, generator=generator, dtype=torch.int32)
+    keys.add_(target, alpha=1 << 30)
+    ctx = keys.topk(n_ctx, dim=1, largest=False, sorted=False).indices
+    tgt = keys.topk(n_tgt, dim=1, sorted=False).indices
+    return _sorted_rows(ctx, target.shape[1]), _sorted_rows(tgt, target.shape[1])
+
+
+@functools.lru_cache
+def _step_starts(T, S):
+    """The first token of every time step: (T, 1) = [[0], [S], [2S], ...]."""
+    return _arange(T)[:, None] * S
 
 
 def tubes(pos, T, S):
     """Spatial positions [B, K] -> their tokens at every time step [B, T*K], sorted."""
-    t = torch.arange(T)[None, :, None] * S  # (1, T, 1)
-    return (t + pos[:, None, :]).flatten(1)
+    return (pos[:, None, :] + _step_starts(T, S)).flatten(1)  # (B, T, K) -> (B, T*K)
 
 
-def _blocks_with_context(batch, hw, num_blocks, scale, generator, allowed=None, tries=100):
-    """block_mask, re-drawn for the rows that would leave no context or no target.
-    `allowed` [S] bool: spatial positions that may hold context (default all)."""
-    masked = block_mask(batch, hw, num_blocks, scale, generator)
+def _blocks_with_context(batch, hw, configs, generator, tries=100):
+    """block_masks, re-drawn for the samples where some configuration leaves no context or no
+    target. Re-drawing all configurations of such a sample keeps them independent, each with
+    the distribution conditioned on leaving both. -> [C, B, H*W] bool"""
+    masked = block_masks(batch, hw, configs, generator)
     for _ in range(tries):
-        bad = (masked.sum(1) == 0) | (masked.sum(1) == masked.shape[1])
+        n_tgt = masked.sum(2)  # (C, B)
+        bad = ((n_tgt == 0) | (n_tgt == masked.shape[2])).any(0)  # (B,)
         if not bad.any():
             return masked
-        masked[bad] = block_mask(int(bad.sum()), hw, num_blocks, scale, generator)
-    raise ValueError(f"{num_blocks} blocks of scale {scale} on a {hw[0]}x{hw[1]} grid leave no "
-                     "context or no target; use fewer or smaller blocks")
+        masked[:, bad] = block_masks(int(bad.sum()), hw, configs, generator)
+    blocks = ", ".join(f"{n} blocks of scale {s}" for n, s in configs)
+    raise ValueError(f"{blocks} on a {hw[0]}x{hw[1]} grid leave no context or no target (too "
+                     "often); use fewer or smaller blocks")
+
+
+def multiblock_configs(batch, grid, configs, generator):
+    """V-JEPA multi-block: the target is a union of spatial blocks spanning all time steps.
+    Several configurations [(num_blocks, scale), ...] at once -> [(ctx, tgt), ...]."""
+    T, H, W = grid
+    S = H * W
+    masked = _blocks_with_context(batch, (H, W), configs, generator)  # (C, B, S)
+    n_tgt = masked.sum(2)  # (C, B)
+    out = []
+    for m, k_ctx, k_tgt in zip(masked, (S - n_tgt.amax(1)).tolist(), n_tgt.amin(1).tolist()):
+        ctx, tgt = random_split(m, k_ctx, k_tgt, generator)  # cut to the batch minimum
+        out.append((tubes(ctx, T, S), tubes(tgt, T, S)))
+    return out
 
 
 def multiblock(batch, grid, num_blocks, scale, generator):
-    """V-JEPA multi-block: the target is a union of spatial blocks spanning all time steps."""
-    T, H, W = grid
-    masked = _blocks_with_context(batch, (H, W), num_blocks, scale, generator)  # (B, S)
-    n_tgt = masked.sum(1)
-    ctx, tgt = random_split(masked, int((H * W - n_tgt).min()), int(n_tgt.min()), generator)
-    return tubes(ctx, T, H * W), tubes(tgt, T, H * W)
+    """multiblock_configs for one configuration -> (ctx, tgt)."""
+    return multiblock_configs(batch, grid, [(num_blocks, scale)], generator)[0]
 
 
 def _tube_count(ratio, S):
@@ -103,16 +163,23 @@ def random_tube(batch, grid, ratio, generator):
     return tubes(ctx, T, S), tubes(tgt, T, S)
 
 
-def causal_multiblock(batch, grid, ctx_steps, num_blocks, scale, generator):
+def causal_multiblock_configs(batch, grid, ctx_steps, configs, generator):
     """Context = the first `ctx_steps` time steps minus a multi-block mask; target = the rest
-    (the blocks within those steps and every token after them)."""
+    (the blocks within those steps and every token after them). Several configurations
+    [(num_blocks, scale), ...] at once -> [(ctx, tgt), ...]."""
     T, H, W = grid
-    S = H * W
-    masked = _blocks_with_context(batch, (H, W), num_blocks, scale, generator)  # (B, S)
-    early = (torch.arange(T) < ctx_steps).repeat_interleave(S)  # (T*S,) time-major
-    in_tgt = ~early[None, :] | masked.repeat(1, T)  # (B, T*S)
-    n_tgt = in_tgt.sum(1)
-    return random_split(in_tgt, int((T * S - n_tgt).min()), int(n_tgt.min()), generator)
+    L = T * H * W
+    masked = _blocks_with_context(batch, (H, W), configs, generator)  # (C, B, S)
+    early = (_arange(T) < ctx_steps).repeat_interleave(H * W)  # (L,) time-major
+    in_tgt = ~early | masked.repeat(1, 1, T)  # (C, B, L)
+    n_tgt = in_tgt.sum(2)  # (C, B)
+    return [random_split(m, k_ctx, k_tgt, generator)
+            for m, k_ctx, k_tgt in zip(in_tgt, (L - n_tgt.amax(1)).tolist(), n_tgt.amin(1).tolist())]
+
+
+def causal_multiblock(batch, grid, ctx_steps, num_blocks, scale, generator):
+    """causal_multiblock_configs for one configuration -> (ctx, tgt)."""
+    return causal_multiblock_configs(batch, grid, ctx_steps, [(num_blocks, scale)], generator)[0]
 
 
 def future(batch, grid, ctx_steps):
@@ -156,10 +223,10 @@ class MaskSampler:
 
     def __call__(self, batch, generator):
         if self.strategy == "multiblock":
-            return [multiblock(batch, self.grid, n, s, generator) for n, s in (SHORT_RANGE, LONG_RANGE)]
+            return multiblock_configs(batch, self.grid, (SHORT_RANGE, LONG_RANGE), generator)
         if self.strategy == "causal":
-            return [causal_multiblock(batch, self.grid, self.ctx_steps, n, s, generator)
-                    for n, s in (SHORT_RANGE, LONG_RANGE)]
+            return causal_multiblock_configs(batch, self.grid, self.ctx_steps,
+                                             (SHORT_RANGE, LONG_RANGE), generator)
         if self.strategy == "random_tube":
             return [random_tube(batch, self.grid, self.ratio, generator)]
         return [future(batch, self.grid, self.ctx_steps)]
