@@ -8,6 +8,7 @@ state dict made here and one made there name the same tensors the same way.
 """
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -314,12 +315,160 @@ def load_strict(module, state_dict, what):
 
 
 # ----------------------------------------------------------------------------------------------
+# Loading a checkpoint in the release format
+
+# Heads cannot be read from any tensor shape; the standard ViTs fix them by width.
+STANDARD_HEADS = {dim: heads for dim, _, heads in VIT_SIZES.values()}  # 192 -> 3 ... 1280 -> 16
+
+
+def _count(state, prefix):
+    """Number of indexed sub-modules `{prefix}{i}.*`: 1 + the largest i, so that a gap shows up
+    in load_strict as missing keys rather than as a silently shallower network."""
+    ids = [int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)]
+    return max(ids) + 1 if ids else 0
+
+
+def _shape(state, key, what):
+    if key not in state:
+        raise ValueError(f"{what} has no {key!r}: not a V-JEPA ViT (its first keys: "
+                         f"{sorted(state)[:5]})")
+    return tuple(state[key].shape)
+
+
+def _mlp_ratio(state, first_block, dim):
+    key = f"{first_block}.mlp.fc1.weight"  # [hidden, dim]
+    return state[key].shape[0] / dim if key in state else 4.0
+
+
+def infer_architecture(encoder_state, predictor_state=None, config=None, heads=None):
+    """The hyper-parameters of a release-format encoder (and predictor) read off tensor shapes
+    (shape-only meta tensors will do). What shapes cannot tell comes from outside: heads from
+    `heads`, else config["enc_heads"], else STANDARD_HEADS; frames from config["num_frames"],
+    else 16 like every released model. The image side then follows from N = (T/t) (H/p)^2.
+    -> {"encoder": VisionTransformer kwargs, "num_tokens": N,
+        "predictor": Predictor kwargs without the grid, or None}."""
+    enc, config = from_release(encoder_state), config or {}
+    dim, in_chans, t, p, _ = _shape(enc, "patch_embed.proj.weight", "the encoder")  # [D,C,t,p,p]
+    n = _shape(enc, "pos_embed", "the encoder")[1]  # [1, N, D]
+    heads = heads or config.get("enc_heads") or STANDARD_HEADS.get(dim)
+    if heads is None:
+        raise ValueError(f"cannot tell the heads of a width-{dim} encoder (the file has no config "
+                         f"and {dim} is not a standard width {sorted(STANDARD_HEADS)}): "
+                         f"pass heads=")
+    frames = config.get("num_frames", 16)
+    steps = frames // t  # N = (T/t) (H/p)^2 gives the side H/p
+    side = math.isqrt(n // steps) if steps else 0
+    if frames % t or side == 0 or steps * side ** 2 != n:
+        origin = "from the file's config" if "num_frames" in config else "assumed: no config"
+        raise ValueError(f"pos_embed has N={n} tokens, which is not num_frames={frames} ({origin})"
+                         f" / tubelet {t} time steps times a square grid of patches")
+    arch = {"num_tokens": n, "predictor": None,
+            "encoder": dict(num_frames=frames, img_size=side * p, patch_size=p, tubelet_size=t,
+                            in_chans=in_chans, dim=dim, depth=_count(enc, "blocks."),
+                            heads=heads, mlp_ratio=_mlp_ratio(enc, "blocks.0", dim))}
+    if predictor_state is not None:
+        pred = from_release(predictor_state)
+        pred_dim = _shape(pred, "predictor_embed.weight", "the predictor")[0]  # [Dp, D]
+        arch["predictor"] = dict(
+            enc_dim=dim, dim=pred_dim, depth=_count(pred, "predictor_blocks."),
+            heads=heads,  # predictor heads = encoder heads, as in the release
+            num_mask_tokens=_count(pred, "mask_tokens."),
+            mlp_ratio=_mlp_ratio(pred, "predictor_blocks.0", pred_dim),
+            out_dim=_shape(pred, "predictor_proj.weight", "the predictor")[0])  # [out, Dp]
+    return arch
+
+
+def _uniform_power(table, grid):
+    """Which of our sin-cos variants a stored [1, N, D] table is: True or False, or None if it
+    is neither (say an interpolated or a learned table)."""
+    for uniform in (True, False):
+        try:
+            ours = sincos_3d(table.shape[-1], grid, uniform)[None]
+        except ValueError:  # the split variant needs D divisible by 8
+            continue
+        if ours.shape == table.shape and torch.allclose(table.float(), ours, atol=1e-4):
+            return uniform
+    return None
+
+
+def _read_checkpoint(path):
+    """torch.load that runs no pickled code (released files come from the internet). Our own
+    checkpoints also hold numpy's RNG state, whose few classes are allowed explicitly."""
+    array = np.zeros(1, np.uint32)
+    rebuild = array.__reduce__()[0]  # numpy's array rebuilder, wherever this numpy keeps it
+    with torch.serialization.safe_globals([rebuild, np.ndarray, np.dtype, type(array.dtype)]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_vjepa_checkpoint(path, num_frames=None, img_size=None, heads=None,
+                          which="target_encoder"):
+    """Encoder and predictor of a checkpoint in the original V-JEPA release format (also what
+    train.py writes) -> (encoder, predictor), in eval mode; predictor None if the file has none.
+
+    which: the encoder entry, "target_encoder" (what frozen evaluation reads) or "encoder".
+    The architecture comes from the tensor shapes (infer_architecture); e.g. the released
+    ViT-L/16 at 16x224x224 has pos_embed [1, 1568, 1024], ViT-H/16 at 384 [1, 4608, 1280].
+    num_frames / img_size: build at another clip size; the positional tables are then
+    recomputed for the new grid and every other tensor is loaded as it is.
+    Loading is strict: a missing, unexpected or misshapen tensor is an error naming it."""
+    if which not in ("target_encoder", "encoder"):
+        raise ValueError(f"which={which!r}: expected 'target_encoder' or 'encoder'")
+    ckpt = _read_checkpoint(path)
+    if which not in ckpt:
+        raise ValueError(f"{path} has no {which!r} entry; its keys: {sorted(ckpt)}")
+    enc_state = from_release(ckpt[which])
+    pred_state = from_release(ckpt["predictor"]) if "predictor" in ckpt else None
+    arch = infer_architecture(enc_state, pred_state, ckpt.get("config"), heads)
+    enc = arch["encoder"]
+    old_grid = token_grid(enc["num_frames"], enc["img_size"], enc["patch_size"],
+                          enc["tubelet_size"])
+    enc = dict(enc, num_frames=num_frames or enc["num_frames"],
+               img_size=img_size or enc["img_size"])
+    new_grid = token_grid(enc["num_frames"], enc["img_size"], enc["patch_size"],
+                          enc["tubelet_size"])
+
+    def build_and_load(build, state, table_key, what):
+        table = state.get(table_key)  # a missing one is reported by load_strict
+        uniform = None if table is None else _uniform_power(table, old_grid)
+        net = build(True if uniform is None else uniform)
+        if new_grid != old_grid:
+            if uniform is None:
+                raise ValueError(f"{path} {what}: {table_key} is not one of our sin-cos tables "
+                                 f"for the grid {old_grid}, so it cannot be recomputed for "
+                                 f"{new_grid}")
+            # The sin-cos table is a fixed function of the grid, not learned: recomputing it
+            # for the new grid is exact, where interpolating the old one would not be.
+            state = {**state, table_key: getattr(net, table_key)}
+        load_strict(net, state, f"{path} {what}")
+        return net.eval()
+
+    encoder = build_and_load(lambda u: VisionTransformer(**enc, uniform_power=u),
+                             enc_state, "pos_embed", which)
+    predictor = None
+    if pred_state is not None:
+        predictor = build_and_load(
+            lambda u: Predictor(encoder.grid, **arch["predictor"], uniform_power=u),
+            pred_state, "predictor_pos_embed", "predictor")
+    return encoder, predictor
+
+
+# ----------------------------------------------------------------------------------------------
 # VJ-VCR's MovingMNIST networks (Drozdov et al. 2024, sec. 4.4): one d-vector per frame.
 
 def _conv_bn_relu(cin, cout, kernel, stride, padding, transpose=False):
     conv = (nn.ConvTranspose3d if transpose else nn.Conv3d)(cin, cout, kernel, stride, padding,
                                                             bias=False)
     return nn.Sequential(conv, nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
+
+
+def _channels_last(x):
+    """Speed only, the same values: a copy of x [B, C, T, H, W] stored channels-last (the C
+    values of each pixel side by side), the order oneDNN's CPU convolutions compute in, so they
+    need not convert every layer's input and output to it and back (BatchNorm and ReLU keep the
+    order): training steps about 1.2x faster. A copy because with C = 1 the default order already
+    counts as channels-last for x.contiguous(), which would keep strides the convolution reads as
+    the default order."""
+    return x.clone(memory_format=torch.channels_last_3d)
 
 
 class ConvEncoder(nn.Module):
@@ -339,7 +488,7 @@ class ConvEncoder(nn.Module):
             _conv_bn_relu(dim, dim, **temporal))
 
     def forward(self, x):
-        return self.layers(x).mean(dim=(3, 4)).transpose(1, 2)  # (B, T, dim)
+        return self.layers(_channels_last(x)).mean(dim=(3, 4)).transpose(1, 2)  # (B, T, dim)
 
 
 class MLPPredictor(nn.Module):
@@ -411,7 +560,7 @@ class ConvDecoder(nn.Module):
     def forward(self, h):
         B, T, _ = h.shape
         x = self.unpool(h).view(B, T, self.dim, self.side, self.side).transpose(1, 2)
-        return torch.sigmoid(self.layers(x))  # (B, C, T, H, W)
+        return torch.sigmoid(self.layers(_channels_last(x)))  # (B, C, T, H, W)
 
 
 class PixelDecoder(nn.Module):

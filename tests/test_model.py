@@ -247,3 +247,91 @@ def test_sparse_latent_map_gives_the_prediction_of_any_code():
         assert torch.allclose(pred(h, unit).flatten(1) - base, M[j].expand(4, -1), atol=1e-6)
     z = torch.randn(4, 5)
     assert torch.allclose(pred(h, z).flatten(1), base + z @ M, atol=1e-5)
+
+
+def plain_conv_reference(net):
+    """`net` (ConvEncoder or ConvDecoder) rebuilt from plain nn.Conv3d / nn.ConvTranspose3d /
+    nn.BatchNorm3d / nn.ReLU modules in the default memory order, with a copy of its weights
+    and BatchNorm statistics (a strict load: the parameter names and shapes are the same)."""
+    import copy
+
+    import torch.nn as nn
+
+    decoder = isinstance(net, model.ConvDecoder)
+    first, last = net.layers[0][0], net.layers[-1]
+    dim = first.in_channels if decoder else last[0].out_channels
+    in_chans = last.out_channels if decoder else first.in_channels
+    width = net.layers[3][0].out_channels if decoder else first.out_channels
+
+    def block(cin, cout, spatial):
+        kernel, stride, padding = ((1, 4, 4), (1, 2, 2), (0, 1, 1)) if spatial else \
+            ((3, 1, 1), 1, (1, 0, 0))
+        conv = nn.ConvTranspose3d if spatial and decoder else nn.Conv3d
+        return nn.Sequential(conv(cin, cout, kernel, stride, padding, bias=False),
+                             nn.BatchNorm3d(cout), nn.ReLU())
+
+    ref = nn.Module()
+    if decoder:
+        ref.unpool = copy.deepcopy(net.unpool)
+        ref.layers = nn.Sequential(
+            block(dim, dim, False), block(dim, dim, False), block(dim, 2 * width, True),
+            block(2 * width, width, True),
+            nn.ConvTranspose3d(width, in_chans, (1, 4, 4), (1, 2, 2), (0, 1, 1)))
+    else:
+        ref.layers = nn.Sequential(
+            block(in_chans, width, True), block(width, 2 * width, True),
+            block(2 * width, dim, True), block(dim, dim, False), block(dim, dim, False))
+    ref.load_state_dict(net.state_dict(), strict=True)
+    return ref
+
+
+def plain_conv_forward(ref, x, decoder, side=None):
+    if not decoder:
+        return ref.layers(x).mean(dim=(3, 4)).transpose(1, 2)
+    B, T, dim = x.shape
+    x = ref.unpool(x).view(B, T, dim, side, side).transpose(1, 2)
+    return torch.sigmoid(ref.layers(x))
+
+
+@pytest.mark.parametrize("decoder", [False, True])
+def test_conv_networks_match_plain_modules(decoder):
+    """The conv encoder and decoder (channels-last order) against plain modules with the same
+    weights, in float32: the same outputs and gradients (of the input and of every parameter),
+    in train mode (BatchNorm on batch statistics, which also update the running ones the same
+    way) and in eval mode (on the running statistics)."""
+    torch.manual_seed(0)
+    dim, width, side = 16, 8, 4
+    net = (model.ConvDecoder(1, dim, width, img_size=8 * side) if decoder
+           else model.ConvEncoder(1, dim, width))
+    with torch.no_grad():  # BatchNorm away from its identity start, so that it matters
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.5)
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    ref = plain_conv_reference(net)
+    x = torch.randn(3, 5, dim) if decoder else torch.rand(3, 1, 5, 8 * side, 8 * side)
+    for mode in ("train", "eval"):
+        net.train(mode == "train")
+        ref.train(mode == "train")
+        outs, grads = [], []
+        for m, run in ((net, net), (ref, lambda t: plain_conv_forward(ref, t, decoder, side))):
+            m.zero_grad(set_to_none=True)
+            xi = x.clone().requires_grad_()
+            out = run(xi)
+            cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+            (out * cotangent).sum().backward()
+            outs.append(out)
+            grads.append({"input": xi.grad, **{k: p.grad for k, p in m.named_parameters()}})
+        assert outs[0].shape == outs[1].shape
+        assert torch.allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5), mode
+        assert grads[0].keys() == grads[1].keys()
+        for k, fast in grads[0].items():  # float32 sums in another order: 1e-5 of the largest
+            want = grads[1][k]
+            assert torch.allclose(fast, want, rtol=1e-5, atol=1e-5 * float(want.abs().max())), \
+                (mode, k)
+        want = ref.state_dict()  # running statistics (and num_batches_tracked)
+        assert net.state_dict().keys() == want.keys()
+        for k, fast in net.state_dict().items():
+            assert torch.allclose(fast.double(), want[k].double(), rtol=1e-5, atol=1e-6), (mode, k)

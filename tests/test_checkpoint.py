@@ -1,0 +1,236 @@
+"""model.load_vjepa_checkpoint: release-format files, ours and hand-made, against the models
+that wrote them; architecture inference; positional recomputation; errors."""
+import copy
+import os
+
+import pytest
+import torch
+
+import model
+import train
+from test_model import slow_sincos_3d
+
+# 16 frames (what a file without config is assumed to have), width 192 (standard: 3 heads)
+GEOMETRY = dict(num_frames=16, img_size=32, patch_size=8, tubelet_size=2, in_chans=3)
+WIDTHS = dict(enc_dim=192, enc_depth=2, enc_heads=3, pred_dim=48, pred_depth=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: a second thread on a busy 2-core machine only waits (as in
+    test_infer_latent.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_release(path, encoder, predictor, target=None, drop=(), **extra):
+    """A checkpoint as the release writes it: no config, every key under module.backbone."""
+    state = {"encoder": model.to_release(encoder.state_dict()),
+             "predictor": model.to_release(predictor.state_dict()),
+             "target_encoder": model.to_release((target or encoder).state_dict()),
+             "opt": {}, "scaler": None, "epoch": 0, "loss": 0.5, "batch_size": 2,
+             "world_size": 1, "lr": 1e-4, **extra}
+    torch.save({k: v for k, v in state.items() if k not in drop}, path)
+    return path
+
+
+def tiny_models(uniform_power=True, **changes):
+    return model.build_models(**{**GEOMETRY, **WIDTHS, **changes}, uniform_power=uniform_power)
+
+
+def predictor_inputs(encoder, B=2):
+    """Random clip and disjoint context / target indices over the encoder's tokens."""
+    clip = torch.randn(B, encoder.in_chans, *encoder.input_size)
+    order = torch.stack([torch.randperm(encoder.num_tokens) for _ in range(B)])
+    return clip, order[:, :20], order[:, 20:30]
+
+
+def same_outputs(enc_a, pred_a, enc_b, pred_b):
+    clip, ctx, tgt = predictor_inputs(enc_a)
+    with torch.no_grad():
+        assert torch.equal(enc_a(clip), enc_b(clip))
+        z = enc_a(clip, keep=ctx)
+        for mask_id in (0, 1):
+            assert torch.equal(pred_a(z, ctx, tgt, mask_id), pred_b(z, ctx, tgt, mask_id))
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. a release file (no config) gives back the models that wrote it
+
+def test_release_file_gives_the_same_outputs(tmp_path):
+    encoder, predictor = tiny_models()
+    target = copy.deepcopy(encoder)
+    with torch.no_grad():  # the EMA copy has drifted away from the encoder
+        for p in target.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    for m in (encoder, predictor, target):
+        m.eval()
+    path = write_release(tmp_path / "release.pt", encoder, predictor, target)
+
+    enc, pred = model.load_vjepa_checkpoint(path)
+    assert not enc.training and not pred.training
+    assert (enc.grid, len(enc.blocks), enc.blocks[0].attn.heads) == ((8, 4, 4), 2, 3)
+    same_outputs(target, predictor, enc, pred)  # the default reads target_encoder
+
+    enc, _ = model.load_vjepa_checkpoint(path, which="encoder")
+    same_outputs(encoder, predictor, enc, pred)
+    clip = torch.randn(1, 3, 16, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(enc(clip), target(clip))
+
+
+def test_missing_entries(tmp_path):
+    encoder, predictor = tiny_models()
+    path = write_release(tmp_path / "c.pt", encoder, predictor, drop=("target_encoder",))
+    with pytest.raises(ValueError, match=r"no 'target_encoder'.*'encoder', 'epoch'"):
+        model.load_vjepa_checkpoint(path)
+    path = write_release(tmp_path / "d.pt", encoder, predictor, drop=("predictor",))
+    enc, pred = model.load_vjepa_checkpoint(path, which="encoder")
+    assert pred is None and len(enc.blocks) == 2
+    with pytest.raises(ValueError, match="which='ema'"):
+        model.load_vjepa_checkpoint(path, which="ema")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. a checkpoint written by train.py
+
+def test_trainer_checkpoint(tmp_path, mnist_args):
+    out = str(tmp_path / "run")
+    # width 32 is not a standard one: the heads (2) can only come from the file's config
+    train.main(mnist_args + [
+        "--max_steps", "2", "--batch_size", "2", "--log_every", "1", "--ckpt_every", "1",
+        "--val_clips", "0", "--out_dir", out, "--enc_depth", "1", "--pred_depth", "1",
+        "--num_frames", "4", "--img_size", "32", "--patch_size", "8", "--enc_dim", "32",
+        "--enc_heads", "2", "--pred_dim", "16", "--dtype", "float32"])
+    path = os.path.join(out, "ckpt.pt")
+    enc, pred = model.load_vjepa_checkpoint(path)
+
+    # the same models built by hand from the saved config
+    state = torch.load(path, weights_only=False)
+    cfg = train.Config(**state["config"])
+    ref_enc, ref_pred = model.build_models(
+        cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size, cfg.in_chans,
+        cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.pred_dim, cfg.pred_depth,
+        num_masks=2, uniform_power=cfg.uniform_power)
+    model.load_strict(ref_enc, model.from_release(state["target_encoder"]), "target")
+    model.load_strict(ref_pred, model.from_release(state["predictor"]), "predictor")
+    assert enc.blocks[0].attn.heads == 2 and enc.input_size == (4, 32, 32)
+    same_outputs(ref_enc.eval(), ref_pred.eval(), enc, pred)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. strict loading
+
+def test_renamed_key_and_wrong_shape_are_named(tmp_path):
+    encoder, predictor = tiny_models()
+    state = encoder.state_dict()
+    state["blocks.1.attn.out.weight"] = state.pop("blocks.1.attn.proj.weight")
+    path = tmp_path / "renamed.pt"
+    torch.save({"target_encoder": model.to_release(state)}, path)
+    with pytest.raises(ValueError, match=r"missing \['blocks\.1\.attn\.proj\.weight'\]; "
+                                         r"unexpected \['blocks\.1\.attn\.out\.weight'\]"):
+        model.load_vjepa_checkpoint(path)
+
+    # a bias one element short: no other tensor's shape explains it away
+    for entry, key, width in (("target_encoder", "blocks.0.mlp.fc2.bias", 192),
+                              ("predictor", "predictor_blocks.0.mlp.fc2.bias", 48)):
+        path = write_release(tmp_path / "shape.pt", encoder, predictor)
+        ckpt = torch.load(path)
+        ckpt[entry][model.RELEASE_PREFIX + key] = torch.zeros(width - 1)
+        torch.save(ckpt, path)
+        with pytest.raises(ValueError, match=rf"{entry} .*wrong shape \['{key} \({width - 1},\) "
+                                             rf"\(expected \({width},\)\)"):
+            model.load_vjepa_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. loading at another clip size recomputes the positional tables
+
+@pytest.mark.parametrize("uniform_power", [True, False])
+def test_positions_recomputed_for_a_new_grid(tmp_path, uniform_power):
+    encoder, predictor = tiny_models(uniform_power)
+    path = write_release(tmp_path / "c.pt", encoder, predictor)
+    enc, pred = model.load_vjepa_checkpoint(path, num_frames=8, img_size=48)
+    new_grid = (4, 6, 6)
+    assert enc.grid == new_grid and enc.input_size == (8, 48, 48)
+
+    # the tables: a fresh model at the new grid, and the per-element reference
+    fresh_enc, fresh_pred = tiny_models(uniform_power, num_frames=8, img_size=48)
+    assert torch.equal(enc.pos_embed, fresh_enc.pos_embed)
+    assert torch.equal(pred.predictor_pos_embed, fresh_pred.predictor_pos_embed)
+    assert torch.allclose(enc.pos_embed[0], slow_sincos_3d(192, new_grid, uniform_power),
+                          atol=1e-5)
+    assert torch.allclose(pred.predictor_pos_embed[0],
+                          slow_sincos_3d(48, new_grid, uniform_power), atol=1e-5)
+
+    # every other tensor as saved
+    for saved, loaded, table in ((encoder, enc, "pos_embed"),
+                                 (predictor, pred, "predictor_pos_embed")):
+        new = loaded.state_dict()
+        for key, value in saved.state_dict().items():
+            assert key == table or torch.equal(new[key], value), key
+
+    # outputs: the fresh models with the saved weights (and their own tables) loaded
+    for saved, fresh, table in ((encoder, fresh_enc, "pos_embed"),
+                                (predictor, fresh_pred, "predictor_pos_embed")):
+        state = saved.state_dict()
+        state[table] = getattr(fresh, table)
+        model.load_strict(fresh, state, "fresh")
+    same_outputs(fresh_enc.eval(), fresh_pred.eval(), enc, pred)
+
+
+def test_foreign_positional_table(tmp_path):
+    """A table that is not one of our sin-cos codes loads as it is, but cannot be recomputed."""
+    encoder, predictor = tiny_models()
+    with torch.no_grad():
+        encoder.pos_embed.add_(0.01 * torch.randn_like(encoder.pos_embed))
+    path = write_release(tmp_path / "c.pt", encoder, predictor)
+    enc, _ = model.load_vjepa_checkpoint(path)
+    assert torch.equal(enc.pos_embed, encoder.pos_embed)
+    with pytest.raises(ValueError, match=r"pos_embed is not one of our sin-cos tables for the "
+                                         r"grid \(8, 4, 4\), so it cannot be recomputed for "
+                                         r"\(8, 6, 6\)"):
+        model.load_vjepa_checkpoint(path, img_size=48)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. the released architectures, read off shape-only tensors
+
+@pytest.mark.parametrize("dim,depth,heads,img,tokens",
+                         [(1024, 24, 16, 224, 1568), (1280, 32, 16, 384, 4608)])
+def test_infer_released_architectures(dim, depth, heads, img, tokens):
+    with torch.device("meta"):  # shapes without memory or compute
+        encoder, predictor = model.build_models(16, img, 16, 2, 3, dim, depth, heads, 384, 12)
+    arch = model.infer_architecture(model.to_release(encoder.state_dict()),
+                                    model.to_release(predictor.state_dict()))
+    assert arch["num_tokens"] == tokens
+    assert arch["encoder"] == dict(num_frames=16, img_size=img, patch_size=16, tubelet_size=2,
+                                   in_chans=3, dim=dim, depth=depth, heads=heads, mlp_ratio=4.0)
+    assert arch["predictor"] == dict(enc_dim=dim, dim=384, depth=12, heads=heads,
+                                     num_mask_tokens=2, mlp_ratio=4.0, out_dim=dim)
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. what shapes cannot tell
+
+def test_heads_of_a_non_standard_width(tmp_path):
+    encoder, predictor = tiny_models(enc_dim=40, enc_heads=2, pred_dim=16)
+    path = write_release(tmp_path / "c.pt", encoder, predictor)
+    with pytest.raises(ValueError, match=r"width-40 encoder.*pass heads="):
+        model.load_vjepa_checkpoint(path)
+    enc, pred = model.load_vjepa_checkpoint(path, heads=2)
+    assert enc.blocks[0].attn.heads == pred.predictor_blocks[0].attn.heads == 2
+    same_outputs(encoder.eval(), predictor.eval(), enc, pred)
+
+
+def test_a_grid_that_16_frames_cannot_explain(tmp_path):
+    encoder, predictor = tiny_models(num_frames=6)  # N = 3 x 4 x 4 = 48, not 8 x a square
+    path = write_release(tmp_path / "c.pt", encoder, predictor)
+    with pytest.raises(ValueError, match=r"N=48 tokens.*num_frames=16 \(assumed: no config\)"):
+        model.load_vjepa_checkpoint(path)
+    # with the frame count in a config, the same tensors load
+    write_release(path, encoder, predictor, config={"num_frames": 6})
+    enc, pred = model.load_vjepa_checkpoint(path)
+    same_outputs(encoder.eval(), predictor.eval(), enc, pred)
