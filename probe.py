@@ -1,7 +1,21 @@
-"""Frozen evaluation of a VJ-VCR or generative checkpoint on MovingMNIST (VJ-VCR paper,
-sec. 4.3.1 and appendix B.2).
+"""Frozen evaluation of a checkpoint on MovingMNIST.
 
-    python probe.py --ckpt out/vjvcr/ckpt.pt
+    python probe.py --ckpt OUT_DIR/ckpt.pt
+
+V-JEPA (objective vjepa or pixel; V-JEPA paper sec. 4 and appendix D): the frozen *target*
+encoder's tokens of clips of one held-out digit feed probes for three tasks that separate
+appearance from motion: the digit (10 classes), the direction of motion (8 sectors of 45
+degrees) and the speed (4 bins over 1-4 pixels per frame).
+- Attentive probe: one learnable query, cross-attention over the tokens (LayerNorm on the
+  tokens only), a residual MLP, a linear head; AdamW, cosine LR 1e-3 -> 0, weight decay 0.01.
+- Average pooling: the mean token, standardised per channel, a linear head; trained the same
+  way (the paper's Table 3 compares the two).
+- Multi-clip: `--segments S` cuts each video into S clips, encodes each, and concatenates
+  their tokens along the token axis; `--views V` averages the softmax over V shifted views.
+Every accuracy is printed next to the same probe on a randomly initialised encoder, with the
+collapse monitors (per-channel std, RankMe) of both.
+
+VJ-VCR and generative (VJ-VCR paper, sec. 4.3.1 and appendix B.2):
 
 - Speed probe: a linear (ridge) regression from the predicted target representation h~_y
   (all 12 predicted steps, flattened; the ViT route's tokens averaged per step) to the digit's
@@ -15,17 +29,24 @@ sec. 4.3.1 and appendix B.2).
 Results go to OUT_DIR/probe/ (OUT_DIR = the checkpoint's folder) and to stdout as JSON.
 
     python probe.py --table out/vjvcr out/vjvcr_dec out/generative_vcr out/generative
+    python probe.py --table out/laptop out/laptop_pixel out/laptop_tube out/laptop_causal
 
-prints the probed runs side by side with the paper's Table 1.
+prints probed runs side by side with the paper's numbers (VJ-VCR Table 1, or V-JEPA Tables
+1, 3 and 4).
 """
 import argparse
+import copy
 import json
+import math
 import os
 import sys
 import time
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
 
 import data
 import losses
@@ -112,19 +133,33 @@ PAPER_TABLE1 = {"vjvcr": (0.04, 19.5), "vjvcr_dec": (0.04, 21.2), "generative_vc
                 "generative": (0.15, 22.8)}
 
 
+# V-JEPA's frozen-evaluation findings (K400 top-1, attentive probe unless noted): feature vs.
+# pixel targets (Table 1), attentive vs. average pooling (Table 3), masks (Table 4).
+PAPER_VJEPA = {("vjepa", "multiblock", "attentive"): "73.7 (T1, T3); 72.9 (T4)",
+               ("vjepa", "multiblock", "average"): "56.7 (T3)",
+               ("pixel", "multiblock", "attentive"): "68.6 (T1)",
+               ("vjepa", "random_tube", "attentive"): "51.5 (T4)",
+               ("vjepa", "causal", "attentive"): "61.3 (T4, causal[6])"}
+
+
+def _load_results(d):
+    paths = [os.path.join(d, "summary.json"), os.path.join(d, "probe", "results.json")]
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} is missing: train and probe {d} first")
+    with open(paths[0]) as f, open(paths[1]) as g:
+        return json.load(f), json.load(g)
+
+
 def table(out_dirs):
-    """A markdown table of probed runs (OUT_DIR/summary.json and OUT_DIR/probe/results.json)."""
+    """A markdown table of probed runs (OUT_DIR/summary.json and OUT_DIR/probe/results.json):
+    VJ-VCR's Table 1, or V-JEPA's findings when the runs are V-JEPA ones."""
+    runs = [_load_results(d) for d in out_dirs]
+    if "trained" in runs[0][1]:
+        return vjepa_table(runs)
     lines = ["| row | speed MSE (paper) | speed R^2 | MSE, random init | MSE, predict the mean "
              "| PSNR dB (paper) | RankMe | train min | probe min |", "|" + " --- |" * 9]
-    for d in out_dirs:
-        paths = [os.path.join(d, "summary.json"), os.path.join(d, "probe", "results.json")]
-        for path in paths:
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"{path} is missing: train and probe {d} first")
-        with open(paths[0]) as f:
-            summary = json.load(f)
-        with open(paths[1]) as f:
-            r = json.load(f)
+    for summary, r in runs:
         mse, db = PAPER_TABLE1.get(r["preset"], ("-", "-"))
         lines.append(f"| {r['preset']} | {r['speed_trained']['mse']:.3f} ({mse}) | "
                      f"{r['speed_trained']['r2']:.3f} | {r['speed_random_init']['mse']:.3f} | "
@@ -134,16 +169,37 @@ def table(out_dirs):
     return "\n".join(lines)
 
 
+def vjepa_table(runs):
+    """One row per (run, pooling): accuracy per task, the same probe on a random-init encoder
+    in brackets, the mean over tasks, and the paper's K400 number for that setting."""
+    tasks = list(runs[0][1]["majority"])
+    lines = ["| run | targets | masks | pooling | " + " | ".join(tasks) + " | mean | paper "
+             "K400 | train min | probe min |", "|" + " --- |" * (len(tasks) + 8)]
+    for summary, r in runs:
+        for pooling in ("attentive", "average"):
+            acc, rnd = r["trained"][pooling], r["random_init"][pooling]
+            mean = sum(acc.values()) / len(acc)
+            paper = PAPER_VJEPA.get((r["objective"], r["mask"], pooling), "-")
+            lines.append(f"| {r['preset']} | {r['objective'].replace('vjepa', 'features')} | "
+                         f"{r['mask']} | {pooling} | "
+                         + " | ".join(f"{acc[t]:.1%} ({rnd[t]:.1%})" for t in tasks)
+                         + f" | {mean:.1%} ({sum(rnd.values()) / len(rnd):.1%}) | {paper} | "
+                         f"{summary['wall_s'] / 60:.1f} | {r['probe_s'] / 60:.1f} |")
+    lines.append("| majority class | | | | " + " | ".join(
+        f"{runs[0][1]['majority'][t]:.1%}" for t in tasks) + " | | | | |")
+    return "\n".join(lines)
+
+
 @torch.no_grad()
-def predict(net, clips, batch=128):
+def predict(net, clips, batch=128, decode=True):
     """Frozen predictions for clips [N, C, T, H, W]: h~_y per target step [N, T_tgt, d] (the
     ViT route averages each step's tokens), and the frames the model's own decoder makes of
-    them (None without a decoder)."""
+    them (None without a decoder, or with decode=False: decoding is most of the cost)."""
     steps, recon = [], []
     for c in clips.split(batch):
         _, pred, pred_steps = net.predict(c)
         steps.append(pred_steps)
-        if net.decoder is not None:
+        if decode and net.decoder is not None:
             recon.append(net.decode(pred))
     return torch.cat(steps), (torch.cat(recon) if recon else None)
 
@@ -182,14 +238,233 @@ def load_run(path, mnist_dir=""):
     return cfg, net.eval()
 
 
+# ----------------------------------------------------------------------------------------------
+# V-JEPA: attentive and average-pooling probes on the frozen target encoder
+
+def small_head(linear):
+    """A classifier that starts near zero (std 0.01, as MAE's linear probe), so the few
+    thousand steps of a laptop probe are not spent undoing random logits."""
+    nn.init.trunc_normal_(linear.weight, std=0.01)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+class AttentiveProbe(nn.Module):
+    """V-JEPA's attentive probe (appendix D.1): one learnable query attends over the frozen
+    tokens, q <- q + proj(CrossAttn(q, LN(tokens))), q <- q + MLP(LN(q)), logits = Linear(q).
+    The LayerNorm is on the tokens only, not on the query. [B, N, D] -> [B, classes]."""
+
+    def __init__(self, dim, heads, classes, mlp_ratio=4.0):
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)  # rows [k | v]
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = model.MLP(dim, int(dim * mlp_ratio))
+        self.head = nn.Linear(dim, classes)
+        nn.init.trunc_normal_(self.query, std=0.02)  # the layers keep PyTorch's default init
+        small_head(self.head)
+
+    def forward(self, tokens):
+        B, N, D = tokens.shape
+        h = self.heads
+        q = self.q(self.query).view(1, h, 1, D // h).expand(B, -1, -1, -1)  # (B, h, 1, Dh)
+        kv = self.kv(self.norm1(tokens)).view(B, N, 2, h, D // h).permute(2, 0, 3, 1, 4)
+        x = model.attention(q, kv[0], kv[1]).reshape(B, 1, D)  # (B, 1, D): heads side by side
+        x = self.query + self.proj(x)
+        x = x + self.mlp(self.norm2(x))
+        return self.head(x[:, 0])
+
+
+class AveragePoolProbe(nn.Module):
+    """The mean token, standardised per channel (BatchNorm without affine parameters, as in
+    MAE's linear probe), then a linear head. [B, N, D] -> [B, classes]."""
+
+    def __init__(self, dim, classes):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim, affine=False)
+        self.head = small_head(nn.Linear(dim, classes))
+
+    def forward(self, tokens):
+        return self.head(self.norm(tokens.float().mean(1)))
+
+
+def fit_probes(probes, tokens, labels, epochs=20, batch=16, lr=1e-3, weight_decay=0.01, seed=0,
+               dtype=torch.bfloat16):
+    """Train probes side by side on frozen tokens [N, L, D]; labels: one [N] class tensor per
+    probe. Their parameters are disjoint, so this equals training each one alone (AdamW, no
+    weight decay on 1-D parameters, LR cosine from lr to 0 over all steps)."""
+    opt = torch.optim.AdamW(train.param_groups(probes), lr=lr, weight_decay=weight_decay)
+    g = torch.Generator().manual_seed(seed)
+    per_epoch = -(-len(tokens) // batch)
+    total = epochs * per_epoch
+    probes.train()
+    for step in tqdm(range(total), desc="probes", unit="step", leave=False):
+        if step % per_epoch == 0:
+            order = torch.randperm(len(tokens), generator=g)
+        i = order[step % per_epoch * batch:(step % per_epoch + 1) * batch]
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+        with train.autocast(torch.device("cpu"), dtype):
+            loss = sum(F.cross_entropy(p(tokens[i]).float(), y[i]) for p, y in zip(probes, labels))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return probes.eval()
+
+
+@torch.no_grad()
+def view_probabilities(probe, views, batch=256, dtype=torch.bfloat16):
+    """Class probabilities averaged over test views: views = [tokens [N, L, D] per view] ->
+    [N, classes], the softmax of each view's logits averaged (V-JEPA's multi-view test)."""
+    probs = []
+    for tokens in views:
+        with train.autocast(torch.device("cpu"), dtype):
+            logits = torch.cat([probe(t) for t in tokens.split(batch)])
+        probs.append(logits.float().softmax(-1))
+    return torch.stack(probs).mean(0)
+
+
+@torch.no_grad()
+def encode_tokens(encoder, videos, segments=1, batch=32, dtype=torch.bfloat16):
+    """Frozen tokens of videos [N, C, S*T, H, W]: cut along time into S clips of T frames,
+    each encoded alone, their tokens concatenated along the token axis -> [N, S*L, D],
+    stored in bfloat16 (half the memory; the probes run in bfloat16 anyway)."""
+    N = len(videos)
+    clips = videos.unflatten(2, (segments, -1)).transpose(1, 2).flatten(0, 1)  # (N*S, C, T, H, W)
+    out = []
+    for c in tqdm(clips.split(batch), desc="encode", unit="batch", leave=False):
+        with train.autocast(torch.device("cpu"), dtype):
+            out.append(encoder(c).to(torch.bfloat16))
+    return torch.cat(out).view(N, -1, out[0].shape[-1])  # rows of a video are consecutive
+
+
+def shifted_views(videos, views, shift=4):
+    """Test-time spatial views of videos [N, C, T, H, W]: the video, then copies shifted by
+    +shift and -shift pixels along the diagonal (zero fill) -> list of V tensors like videos."""
+    if not 1 <= views <= 3:
+        raise ValueError(f"--views {views}: expected 1, 2 or 3")
+    H, W = videos.shape[-2:]
+    padded = F.pad(videos, (shift, shift, shift, shift))
+    return [padded[..., shift + o:shift + o + H, shift + o:shift + o + W]
+            for o in (0, shift, -shift)[:views]]
+
+
+def probe_tasks(labels, speed_range):
+    """MovingMNIST labels (one digit per clip) -> {task: (class of each clip [N], classes)}.
+    direction: the angle of the initial velocity in 8 sectors of 45 degrees; speed: 4 equal
+    bins over speed_range (pixels per frame)."""
+    vy, vx = labels["velocity"][:, 0].unbind(-1)
+    sector = (torch.atan2(vy, vx) % (2 * math.pi) / (math.pi / 4)).long() % 8
+    lo, hi = speed_range
+    speed = ((labels["speed"][:, 0] - lo) / (hi - lo) * 4).long().clamp(0, 3)
+    return {"digit": (labels["digits"][:, 0].long(), 10), "direction": (sector, 8),
+            "speed": (speed, 4)}
+
+
+def random_init_like(encoder, seed):
+    """The same architecture with fresh weights (the positional table is fixed, so it stays)."""
+    fresh = copy.deepcopy(encoder)
+    torch.manual_seed(seed)
+    model.init_weights(fresh, fresh.blocks)
+    return fresh.eval()
+
+
+def probe_encoder(encoder, fit, test, tasks_fit, tasks_test, a):
+    """Attentive and average-pooling probes of every task on one frozen encoder.
+    fit, test: videos [N, C, S*T, H, W] -> ({pooling: {task: accuracy}}, monitors)."""
+    heads = encoder.blocks[0].attn.heads
+    fit_tokens = encode_tokens(encoder, fit, a.segments)
+    views = [encode_tokens(encoder, v, a.segments) for v in shifted_views(test, a.views)]
+    names = list(tasks_fit)
+    probes = nn.ModuleList([AttentiveProbe(encoder.dim, heads, tasks_fit[t][1]) for t in names]
+                           + [AveragePoolProbe(encoder.dim, tasks_fit[t][1]) for t in names])
+    torch.manual_seed(a.seed)
+    fit_probes(probes, fit_tokens, [tasks_fit[t][0] for t in names] * 2, epochs=a.epochs,
+               seed=a.seed)
+    accuracy = {}
+    for k, pooling in enumerate(("attentive", "average")):
+        accuracy[pooling] = {
+            t: round(float((view_probabilities(probes[k * len(names) + j], views).argmax(1)
+                            == tasks_test[t][0]).float().mean()), 4)
+            for j, t in enumerate(names)}
+    steps = a.segments * encoder.grid[0]  # time steps per video in the concatenated tokens
+    emb_std, rank_me = train.collapse_monitors(views[0][:256].float(), steps)
+    return accuracy, {"emb_std": round(emb_std, 4), "rankme": round(rank_me, 2)}
+
+
+def probe_vjepa(a):
+    """The V-JEPA evaluation of `python probe.py --ckpt` (module docstring) -> results dict."""
+    start = time.time()
+    encoder, _ = model.load_vjepa_checkpoint(a.ckpt)
+    config = torch.load(a.ckpt, map_location="cpu", weights_only=False, mmap=True).get("config", {})
+    out_dir = os.path.join(os.path.dirname(os.path.abspath(a.ckpt)), "probe")
+    os.makedirs(out_dir, exist_ok=True)
+    digits = data.load_digits(a.mnist_dir or config.get("mnist_dir", ""))
+    T, H, _ = encoder.input_size
+    sets = []
+    for part, n, seed in (("train", a.train_clips or 1024, 1), ("val", a.test_clips or 512, 2)):
+        source = data.MovingMNIST(*data.split_digits(*digits, part), T * a.segments, H,
+                                  num_digits=1)
+        videos, labels = data.fixed_set(source, n, seed=seed)
+        # grey digits; an encoder of RGB video (a released one) sees them in every channel
+        sets.append((videos.expand(-1, encoder.in_chans, -1, -1, -1),
+                     probe_tasks(labels, source.speed)))
+    (fit, tasks_fit), (test, tasks_test) = sets
+    results = {"ckpt": a.ckpt, "preset": config.get("preset", "release"),
+               "objective": config.get("objective", "vjepa"), "mask": config.get("mask", ""),
+               "segments": a.segments, "views": a.views, "epochs": a.epochs,
+               "fit_clips": len(fit), "test_clips": len(test),
+               "majority": {t: round(float(torch.bincount(y).max()) / len(y), 4)
+                            for t, (y, _) in tasks_test.items()}}
+    for name, net in (("trained", encoder), ("random_init", random_init_like(encoder, a.seed + 1))):
+        accuracy, monitors = probe_encoder(net, fit, test, tasks_fit, tasks_test, a)
+        results[name] = {**accuracy, **monitors}
+    results["probe_s"] = round(time.time() - start, 1)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(vjepa_summary(results))
+    return results
+
+
+def vjepa_summary(r):
+    """A readable printout of one V-JEPA probe result."""
+    lines = [f"{r['ckpt']}: {r['objective']} targets, {r['mask']} masks; accuracy on "
+             f"{r['test_clips']} held-out clips (random-init encoder in brackets)",
+             "| pooling | " + " | ".join(r["majority"]) + " |", "|" + " --- |" * 4]
+    for pooling in ("attentive", "average"):
+        lines.append(f"| {pooling} | " + " | ".join(
+            f"{r['trained'][pooling][t]:.1%} ({r['random_init'][pooling][t]:.1%})"
+            for t in r["majority"]) + " |")
+    lines.append("| majority class | " + " | ".join(f"{v:.1%}" for v in r["majority"].values())
+                 + " |")
+    for name in ("trained", "random_init"):
+        lines.append(f"{name} encoder: per-channel std {r[name]['emb_std']}, RankMe "
+                     f"{r[name]['rankme']} (collapse shows as a std falling towards 0)")
+    lines.append(f"probe time {r['probe_s'] / 60:.1f} min")
+    return "\n".join(lines)
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", help="checkpoint to probe")
     p.add_argument("--table", nargs="+", metavar="OUT_DIR", help="print probed runs as a table")
-    p.add_argument("--train_clips", type=int, default=4096, help="clips to fit the probes on")
-    p.add_argument("--test_clips", type=int, default=1024, help="held-out clips to score on")
+    p.add_argument("--train_clips", type=int, default=0,
+                   help="clips to fit the probes on (default: 1024 V-JEPA, 4096 VJ-VCR)")
+    p.add_argument("--test_clips", type=int, default=0,
+                   help="held-out clips to score on (default: 512 V-JEPA, 1024 VJ-VCR)")
     p.add_argument("--decoder_steps", type=int, default=300,
-                   help="steps of the decoder trained on frozen predictions (models without one)")
+                   help="VJ-VCR: steps of the decoder trained on frozen predictions (models "
+                        "without one)")
+    p.add_argument("--epochs", type=int, default=20, help="V-JEPA: epochs of probe training")
+    p.add_argument("--segments", type=int, default=1,
+                   help="V-JEPA: clips per video, their tokens concatenated")
+    p.add_argument("--views", type=int, default=1,
+                   help="V-JEPA: test views (1-3, shifted), softmax averaged")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mnist_dir", default="")
     a = p.parse_args(argv)
     if a.table:
@@ -197,7 +472,13 @@ def main(argv):
         return None
     if not a.ckpt:
         raise ValueError("give --ckpt OUT_DIR/ckpt.pt (or --table OUT_DIR ...)")
+    if not os.path.exists(a.ckpt):
+        raise FileNotFoundError(f"--ckpt {a.ckpt} does not exist")
+    config = torch.load(a.ckpt, map_location="cpu", weights_only=False, mmap=True).get("config")
+    if config is None or config["objective"] in ("vjepa", "pixel"):  # a release file has none
+        return probe_vjepa(a)
     start = time.time()
+    a.train_clips, a.test_clips = a.train_clips or 4096, a.test_clips or 1024
     cfg, trained = load_run(a.ckpt, a.mnist_dir)
     if cfg.latent != "none":
         raise ValueError(f"{a.ckpt} has a {cfg.latent} latent; evaluate it with "
@@ -221,7 +502,9 @@ def main(argv):
                "speed_mean_baseline": regression_scores(
                    torch.full_like(speed_test, float(speed_fit.mean())), speed_test)}
     for name, net in (("trained", trained), ("random_init", random_net.eval())):
-        (h_fit, _), (h_test, decoded) = predict(net, fit_clips), predict(net, test_clips)
+        # only the trained network's test predictions are ever decoded (PSNR, GIF)
+        h_fit, _ = predict(net, fit_clips, decode=False)
+        h_test, decoded = predict(net, test_clips, decode=name == "trained")
         probe = ridge_fit(h_fit.flatten(1), speed_fit)
         results[f"speed_{name}"] = regression_scores(probe(h_test.flatten(1)), speed_test)
         if name == "trained":

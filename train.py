@@ -12,6 +12,8 @@ Data parallel on one node (gloo on CPU, nccl on GPU), batch_size is per process:
 Several nodes (run on each, with its own --node_rank):
     torchrun --nnodes=16 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d \
         --rdzv_endpoint=HOST:29500 train.py --preset vitl16 --data_path /data/videos
+V-JEPA's ablations at laptop scale (pixel targets, random-tube and causal masks):
+    python train.py --preset laptop_pixel   # also laptop_tube, laptop_causal
 VJ-VCR and the generative baseline on MovingMNIST (3 frames -> 12), Table 1 of the paper:
     python train.py --preset vjvcr        # also vjvcr_dec, generative_vcr, generative
 Resume a run from OUT_DIR/ckpt.pt (same config):
@@ -76,7 +78,8 @@ class Config:
     mask_ratio: float = 0.9  # random_tube: share of spatial positions removed
     mask_ctx_frames: int = 8  # causal / future: frames the context may come from
     # objective
-    objective: str = "vjepa"  # vjepa | vjvcr | generative
+    objective: str = "vjepa"  # vjepa | pixel (V-JEPA's masks, normalised pixels as targets)
+    #                           | vjvcr | generative
     loss: str = "vjepa_l1"  # the prediction loss: the name of a function in losses.py
     vcr_alpha: float = 0.5  # vjvcr / generative: weight of the variance term (eq. 1)
     vcr_beta: float = 0.1  # weight of the covariance term (eq. 3)
@@ -146,6 +149,12 @@ _GENERATIVE = dict(_VCR, objective="generative", weight_decay=1e-6, final_weight
 
 PRESETS = {
     "laptop": {**_size("cpu_small")},  # the defaults above: ViT 192/6/3, 16x64x64 MovingMNIST
+    # V-JEPA's ablations on the laptop: pixel targets (Table 1), masks (Table 4)
+    "laptop_pixel": {**_size("cpu_small"), "objective": "pixel", "loss": "mse",
+                     "out_dir": "out/laptop_pixel"},
+    "laptop_tube": {**_size("cpu_small"), "mask": "random_tube", "out_dir": "out/laptop_tube"},
+    "laptop_causal": {**_size("cpu_small"), "mask": "causal", "mask_ctx_frames": 6,
+                      "out_dir": "out/laptop_causal"},  # causal multi-block[6]
     # the four rows of VJ-VCR's Table 1
     "vjvcr": {**_VCR, "out_dir": "out/vjvcr"},
     "vjvcr_dec": {**_VCR, "vcr_gamma": 1.0, "out_dir": "out/vjvcr_dec"},
@@ -216,14 +225,15 @@ def _convert(key, value, kind):
 def check_config(cfg):
     """Raise ValueError naming the first bad value; returns the token grid (V-JEPA) or None."""
     grid = None
-    if cfg.objective == "vjepa" or cfg.vcr_arch == "vit":
+    masked = cfg.objective in ("vjepa", "pixel")  # V-JEPA's masks
+    if masked or cfg.vcr_arch == "vit":
         grid = model.token_grid(cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size)
-        strategy = cfg.mask if cfg.objective == "vjepa" else "future"
+        strategy = cfg.mask if masked else "future"
         masks.MaskSampler(strategy, grid, cfg.tubelet_size, cfg.mask_ratio, cfg.mask_ctx_frames)
         for dim, what in ((cfg.enc_dim, "enc_dim"), (cfg.pred_dim, "pred_dim")):
             if dim % cfg.enc_heads:
                 raise ValueError(f"{what}={dim} is not divisible by enc_heads={cfg.enc_heads}")
-    if cfg.objective != "vjepa":
+    if not masked:
         if not 0 < cfg.mask_ctx_frames < cfg.num_frames:
             raise ValueError(f"mask_ctx_frames={cfg.mask_ctx_frames} leaves no context or no "
                              f"target among num_frames={cfg.num_frames}")
@@ -241,7 +251,8 @@ def check_config(cfg):
                              "(sparse) and latent_lam >= 0")
     choices = {"dataset": ("movingmnist", "switching_mnist", "mmnist_file", "video_folder"),
                "dtype": ("auto", "bfloat16", "float32"), "device": ("auto", "cpu", "cuda"),
-               "objective": ("vjepa", "vjvcr", "generative"), "optimizer": ("adamw", "adam"),
+               "objective": ("vjepa", "pixel", "vjvcr", "generative"),
+               "optimizer": ("adamw", "adam"),
                "vcr_arch": ("conv", "vit"), "latent": ("none", "discrete", "sparse")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
@@ -510,18 +521,23 @@ class VCRObjective(torch.nn.Module):
 def build(cfg, grid, device):
     """-> (trainable module, {checkpoint name: module}, EMA target encoder or None)."""
     loss_fn = getattr(losses, cfg.loss)
-    if cfg.objective != "vjepa":
+    if cfg.objective in ("vjvcr", "generative"):
         net = VCRObjective(cfg, loss_fn).to(device)
         nets = {"encoder": net.encoder, "predictor": net.predictor,
                 "target_encoder": net.encoder}  # one encoder for x and y; probes read this key
         if net.decoder is not None:
             nets["decoder"] = net.decoder
         return net, nets, None
+    pixels = cfg.in_chans * cfg.tubelet_size * cfg.patch_size ** 2  # per tubelet
     encoder, predictor = model.build_models(
         cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size, cfg.in_chans,
         cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.pred_dim, cfg.pred_depth,
-        num_masks=2, uniform_power=cfg.uniform_power)
+        num_masks=2, uniform_power=cfg.uniform_power,
+        out_dim=pixels if cfg.objective == "pixel" else None)
     net = model.JEPA(encoder, predictor).to(device)
+    if cfg.objective == "pixel":  # no target encoder: probes read the encoder itself
+        return net, {"encoder": net.encoder, "predictor": net.predictor,
+                     "target_encoder": net.encoder}, None
     target = copy.deepcopy(net.encoder).requires_grad_(False)  # the EMA y-encoder
     return net, {"encoder": net.encoder, "predictor": net.predictor,
                  "target_encoder": target}, target
@@ -534,9 +550,9 @@ class Run:
     module: torch.nn.Module  # the trainable module (parameters, attributes)
     net: torch.nn.Module  # what the step calls: module, wrapped by DDP and/or compiled
     nets: dict  # {checkpoint name: module}
-    target: torch.nn.Module  # V-JEPA's EMA target encoder (None for VJ-VCR)
+    target: torch.nn.Module  # V-JEPA's EMA target encoder (None for the other objectives)
     opt: torch.optim.Optimizer
-    sampler: masks.MaskSampler  # V-JEPA's masks (None for VJ-VCR)
+    sampler: masks.MaskSampler  # V-JEPA's masks (None for VJ-VCR and generative)
     grid: tuple
     rank: int
     world: int
@@ -555,7 +571,7 @@ def setup(cfg, rank=0, world=1, device=torch.device("cpu")):
     optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     opt = optimizer(param_groups(module), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = None
-    if cfg.objective == "vjepa":
+    if cfg.objective in ("vjepa", "pixel"):
         sampler = masks.MaskSampler(cfg.mask, grid, cfg.tubelet_size, cfg.mask_ratio,
                                     cfg.mask_ctx_frames)
     net = module
@@ -579,20 +595,33 @@ def autocast(device, dtype):
 record = torch.profiler.record_function  # names a part of the step in a profile (else free)
 
 
+def pixel_targets(clips, patch_size, tubelet_size, eps=1e-6):
+    """V-JEPA's pixel-prediction baseline (Table 1): the pixels of every tubelet, normalised by
+    that tubelet's own mean and variance (as MAE's normalised-pixel target), so the model
+    predicts local structure rather than brightness. [B, C, T, H, W] -> [B, N, C*t*p*p]."""
+    x = model.patchify(clips.float(), patch_size, tubelet_size)
+    mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+    return (x - mean) / (var + eps).sqrt()
+
+
 def forward(run, clips, g):
     """The energy of one (micro-)batch -> (loss, {term: value}, embeddings for the collapse
-    monitors [B, N, D], time steps per clip of those embeddings)."""
+    monitors [B, N, D] (None for pixel targets: no encoder sees the whole clip), time steps
+    per clip of those embeddings)."""
     cfg = run.cfg
-    if run.target is None:  # VJ-VCR or generative
+    if cfg.objective in ("vjvcr", "generative"):
         loss, terms, h = run.net(clips)
         return loss, terms, h, h.shape[1]
     with record("masks"):
         step_masks = [(c.to(run.device, non_blocking=True), t.to(run.device, non_blocking=True))
                       for c, t in run.sampler(len(clips), g)]
     with torch.no_grad(), record("target encoder"):
-        h = run.target(clips)  # (B, N, D): once per clip, shared by all masks
-        targets = [model.gather_tokens(F.layer_norm(h.float(), h.shape[-1:]), tgt)
-                   for _, tgt in step_masks]
+        if cfg.objective == "pixel":
+            h, full = None, pixel_targets(clips, cfg.patch_size, cfg.tubelet_size)
+        else:
+            h = run.target(clips)  # (B, N, D): once per clip, shared by all masks
+            full = F.layer_norm(h.float(), h.shape[-1:])
+        targets = [model.gather_tokens(full, tgt) for _, tgt in step_masks]
     with record("context encoder + predictor"):
         preds = run.net(clips, step_masks)
     return getattr(losses, cfg.loss)(preds, targets), {}, h, run.grid[0]
@@ -626,7 +655,7 @@ def train_step(run, clips, step):
         run.opt.step()
         if run.target is not None:
             ema_update(run.target, run.module.encoder, momentum)
-    return total, terms, h.detach(), steps, grad_norm
+    return total, terms, None if h is None else h.detach(), steps, grad_norm
 
 
 def peak_rss_mb():
@@ -704,6 +733,9 @@ def main(argv):
                 dist.all_reduce(loss_sum)
             last = float(loss_sum) / (n_logged * world)
             dt = (time.perf_counter() - t_log) / n_logged
+            if h is None:  # pixel targets: encode this batch for the monitors
+                with torch.no_grad(), autocast(device, dtype):
+                    h = nets["target_encoder"](clips.to(device))
             emb_std, rank_me = collapse_monitors(h, steps_per_clip)
             lr, wd, momentum = schedules(cfg, step - 1)
             record = {"step": step, "loss": last, **{k: float(v.detach()) for k, v in terms.items()},

@@ -265,3 +265,45 @@ def test_vit_route_of_vjvcr(tmp_path, mnist_args):
     results = probe.main(["--ckpt", os.path.join(out, "ckpt.pt"), "--train_clips", "64",
                           "--test_clips", "16"])
     assert results["decoder"] == "the model's own" and math.isfinite(results["psnr"])
+
+
+# ----------------------------------------------------------------------------------------------
+# V-JEPA with pixel targets (the paper's Table 1 baseline)
+
+def test_pixel_targets_are_each_tubelet_normalised():
+    """Against a loop over tubelets: the C*t*p*p pixels of each, minus their mean, divided by
+    sqrt(their biased variance + eps), in time-major token order."""
+    clips = torch.rand(2, 1, 4, 8, 8)
+    clips[0, :, :2, :4, :4] = 0.5  # a flat tubelet: all zeros after normalisation
+    out = train.pixel_targets(clips, patch_size=4, tubelet_size=2)
+    assert out.shape == (2, 2 * 2 * 2, 32)
+    for b in range(2):
+        n = 0
+        for t in range(2):
+            for i in range(2):
+                for j in range(2):
+                    x = clips[b, :, 2 * t:2 * t + 2, 4 * i:4 * i + 4, 4 * j:4 * j + 4].flatten()
+                    ref = (x - x.mean()) / (x.var(unbiased=False) + 1e-6).sqrt()
+                    assert torch.allclose(out[b, n], ref, atol=1e-5)
+                    n += 1
+    assert out[0, 0].abs().max() == 0
+
+
+def test_pixel_objective_trains_and_its_checkpoint_loads(tmp_path, mnist_args):
+    import model
+    out = str(tmp_path / "pix")
+    train.main(["--preset", "laptop_pixel", *TINY, "--max_steps", "3", "--log_every", "1",
+                "--out_dir", out] + mnist_args)
+    log = read_log(out)
+    assert all(math.isfinite(r["loss"]) and r["emb_std"] > 0 for r in log)
+    encoder, predictor = model.load_vjepa_checkpoint(os.path.join(out, "ckpt.pt"))
+    assert predictor.predictor_proj.out_features == 1 * 2 * 8 * 8  # the pixels of a tubelet
+    state = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)
+    assert torch.equal(state["encoder"]["module.backbone.pos_embed"], encoder.pos_embed)
+
+
+@pytest.mark.parametrize("preset,mask", [("laptop_tube", "random_tube"),
+                                         ("laptop_causal", "causal")])
+def test_mask_ablation_presets(preset, mask):
+    cfg = train.parse_config(["--preset", preset])
+    assert cfg.mask == mask and cfg.objective == "vjepa" and cfg.enc_dim == 192
