@@ -171,10 +171,12 @@ def table(out_dirs):
 
 def vjepa_table(runs):
     """One row per (run, pooling): accuracy per task, the same probe on a random-init encoder
-    in brackets, the mean over tasks, and the paper's K400 number for that setting."""
+    in brackets, the mean over tasks, the paper's K400 number for that setting, and the
+    collapse monitors of the trained encoder's tokens (random-init encoder in brackets)."""
     tasks = list(runs[0][1]["majority"])
     lines = ["| run | targets | masks | pooling | " + " | ".join(tasks) + " | mean | paper "
-             "K400 | train min | probe min |", "|" + " --- |" * (len(tasks) + 8)]
+             "K400 | emb std | RankMe | train min | probe min |",
+             "|" + " --- |" * (len(tasks) + 10)]
     for summary, r in runs:
         for pooling in ("attentive", "average"):
             acc, rnd = r["trained"][pooling], r["random_init"][pooling]
@@ -184,9 +186,11 @@ def vjepa_table(runs):
                          f"{r['mask']} | {pooling} | "
                          + " | ".join(f"{acc[t]:.1%} ({rnd[t]:.1%})" for t in tasks)
                          + f" | {mean:.1%} ({sum(rnd.values()) / len(rnd):.1%}) | {paper} | "
+                         f"{r['trained']['emb_std']:.3f} ({r['random_init']['emb_std']:.3f}) | "
+                         f"{r['trained']['rankme']:.1f} ({r['random_init']['rankme']:.1f}) | "
                          f"{summary['wall_s'] / 60:.1f} | {r['probe_s'] / 60:.1f} |")
     lines.append("| majority class | | | | " + " | ".join(
-        f"{runs[0][1]['majority'][t]:.1%}" for t in tasks) + " | | | | |")
+        f"{runs[0][1]['majority'][t]:.1%}" for t in tasks) + " | | | | | | |")
     return "\n".join(lines)
 
 
@@ -309,7 +313,8 @@ def fit_probes(probes, tokens, labels, epochs=20, batch=16, lr=1e-3, weight_deca
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
         with train.autocast(torch.device("cpu"), dtype):
-            loss = sum(F.cross_entropy(p(tokens[i]).float(), y[i]) for p, y in zip(probes, labels))
+            x = tokens[i].to(dtype)  # stored in bf16; float32 probes need float32 tokens
+            loss = sum(F.cross_entropy(p(x).float(), y[i]) for p, y in zip(probes, labels))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -323,7 +328,7 @@ def view_probabilities(probe, views, batch=256, dtype=torch.bfloat16):
     probs = []
     for tokens in views:
         with train.autocast(torch.device("cpu"), dtype):
-            logits = torch.cat([probe(t) for t in tokens.split(batch)])
+            logits = torch.cat([probe(t.to(dtype)) for t in tokens.split(batch)])
         probs.append(logits.float().softmax(-1))
     return torch.stack(probs).mean(0)
 
@@ -384,7 +389,7 @@ def probe_encoder(encoder, fit, test, tasks_fit, tasks_test, a):
                            + [AveragePoolProbe(encoder.dim, tasks_fit[t][1]) for t in names])
     torch.manual_seed(a.seed)
     fit_probes(probes, fit_tokens, [tasks_fit[t][0] for t in names] * 2, epochs=a.epochs,
-               seed=a.seed)
+               lr=a.lr, seed=a.seed)
     accuracy = {}
     for k, pooling in enumerate(("attentive", "average")):
         accuracy[pooling] = {
@@ -416,7 +421,7 @@ def probe_vjepa(a):
     (fit, tasks_fit), (test, tasks_test) = sets
     results = {"ckpt": a.ckpt, "preset": config.get("preset", "release"),
                "objective": config.get("objective", "vjepa"), "mask": config.get("mask", ""),
-               "segments": a.segments, "views": a.views, "epochs": a.epochs,
+               "segments": a.segments, "views": a.views, "epochs": a.epochs, "lr": a.lr,
                "fit_clips": len(fit), "test_clips": len(test),
                "majority": {t: round(float(torch.bincount(y).max()) / len(y), 4)
                             for t, (y, _) in tasks_test.items()}}
@@ -460,6 +465,8 @@ def main(argv):
                    help="VJ-VCR: steps of the decoder trained on frozen predictions (models "
                         "without one)")
     p.add_argument("--epochs", type=int, default=20, help="V-JEPA: epochs of probe training")
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="V-JEPA: peak LR of the probes (the paper's 1e-3; see README)")
     p.add_argument("--segments", type=int, default=1,
                    help="V-JEPA: clips per video, their tokens concatenated")
     p.add_argument("--views", type=int, default=1,
