@@ -12,8 +12,8 @@ degrees) and the speed (4 bins over 1-4 pixels per frame).
   way (the paper's Table 3 compares the two).
 - Multi-clip: `--segments S` cuts each video into S clips, encodes each, and concatenates
   their tokens along the token axis; `--views V` averages the softmax over V shifted views.
-Every accuracy is printed next to the same probe on a randomly initialised encoder, with the
-collapse monitors (per-channel std, RankMe) of both.
+Every accuracy is printed next to the same probe (same initial weights, `--seed`) on a
+randomly initialised encoder, with the collapse monitors (per-channel std, RankMe) of both.
 
 VJ-VCR and generative (VJ-VCR paper, sec. 4.3.1 and appendix B.2):
 
@@ -26,7 +26,8 @@ VJ-VCR and generative (VJ-VCR paper, sec. 4.3.1 and appendix B.2):
   trained here on the frozen predictions.
 - RankMe and the singular-value spectrum of h~_y, saved as JSON and drawn as a PNG, and a GIF
   of target frames beside decoded predicted frames.
-Results go to OUT_DIR/probe/ (OUT_DIR = the checkpoint's folder) and to stdout as JSON.
+Results go to OUT_DIR/probe/ (OUT_DIR = the checkpoint's folder; `--out_dir` elsewhere) and to
+stdout as JSON.
 
     python probe.py --table out/vjvcr out/vjvcr_dec out/generative_vcr out/generative
     python probe.py --table out/laptop out/laptop_pixel out/laptop_tube out/laptop_causal
@@ -297,10 +298,11 @@ class AveragePoolProbe(nn.Module):
 
 
 def fit_probes(probes, tokens, labels, epochs=20, batch=16, lr=1e-3, weight_decay=0.01, seed=0,
-               dtype=torch.bfloat16):
+               warmup=0.0, dtype=torch.bfloat16):
     """Train probes side by side on frozen tokens [N, L, D]; labels: one [N] class tensor per
     probe. Their parameters are disjoint, so this equals training each one alone (AdamW, no
-    weight decay on 1-D parameters, LR cosine from lr to 0 over all steps)."""
+    weight decay on 1-D parameters, LR cosine from lr to 0 over all steps, after a linear
+    warm-up from 0 over the first `warmup` fraction of them; the paper has none)."""
     opt = torch.optim.AdamW(train.param_groups(probes), lr=lr, weight_decay=weight_decay)
     g = torch.Generator().manual_seed(seed)
     per_epoch = -(-len(tokens) // batch)
@@ -311,7 +313,7 @@ def fit_probes(probes, tokens, labels, epochs=20, batch=16, lr=1e-3, weight_deca
             order = torch.randperm(len(tokens), generator=g)
         i = order[step % per_epoch * batch:(step % per_epoch + 1) * batch]
         for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            group["lr"] = train.warmup_cosine(step, total, warmup * total, 0.0, lr, 0.0)
         with train.autocast(torch.device("cpu"), dtype):
             x = tokens[i].to(dtype)  # stored in bf16; float32 probes need float32 tokens
             loss = sum(F.cross_entropy(p(x).float(), y[i]) for p, y in zip(probes, labels))
@@ -385,11 +387,11 @@ def probe_encoder(encoder, fit, test, tasks_fit, tasks_test, a):
     fit_tokens = encode_tokens(encoder, fit, a.segments)
     views = [encode_tokens(encoder, v, a.segments) for v in shifted_views(test, a.views)]
     names = list(tasks_fit)
+    torch.manual_seed(a.seed)  # the same probe weights for every encoder
     probes = nn.ModuleList([AttentiveProbe(encoder.dim, heads, tasks_fit[t][1]) for t in names]
                            + [AveragePoolProbe(encoder.dim, tasks_fit[t][1]) for t in names])
-    torch.manual_seed(a.seed)
     fit_probes(probes, fit_tokens, [tasks_fit[t][0] for t in names] * 2, epochs=a.epochs,
-               lr=a.lr, seed=a.seed)
+               lr=a.lr, seed=a.seed, warmup=a.warmup)
     accuracy = {}
     for k, pooling in enumerate(("attentive", "average")):
         accuracy[pooling] = {
@@ -406,7 +408,7 @@ def probe_vjepa(a):
     start = time.time()
     encoder, _ = model.load_vjepa_checkpoint(a.ckpt)
     config = torch.load(a.ckpt, map_location="cpu", weights_only=False, mmap=True).get("config", {})
-    out_dir = os.path.join(os.path.dirname(os.path.abspath(a.ckpt)), "probe")
+    out_dir = a.out_dir or os.path.join(os.path.dirname(os.path.abspath(a.ckpt)), "probe")
     os.makedirs(out_dir, exist_ok=True)
     digits = data.load_digits(a.mnist_dir or config.get("mnist_dir", ""))
     T, H, _ = encoder.input_size
@@ -422,6 +424,7 @@ def probe_vjepa(a):
     results = {"ckpt": a.ckpt, "preset": config.get("preset", "release"),
                "objective": config.get("objective", "vjepa"), "mask": config.get("mask", ""),
                "segments": a.segments, "views": a.views, "epochs": a.epochs, "lr": a.lr,
+               "warmup": a.warmup, "seed": a.seed,
                "fit_clips": len(fit), "test_clips": len(test),
                "majority": {t: round(float(torch.bincount(y).max()) / len(y), 4)
                             for t, (y, _) in tasks_test.items()}}
@@ -439,13 +442,14 @@ def vjepa_summary(r):
     """A readable printout of one V-JEPA probe result."""
     lines = [f"{r['ckpt']}: {r['objective']} targets, {r['mask']} masks; accuracy on "
              f"{r['test_clips']} held-out clips (random-init encoder in brackets)",
-             "| pooling | " + " | ".join(r["majority"]) + " |", "|" + " --- |" * 4]
+             "| pooling | " + " | ".join(r["majority"]) + " | mean |", "|" + " --- |" * 5]
     for pooling in ("attentive", "average"):
-        lines.append(f"| {pooling} | " + " | ".join(
-            f"{r['trained'][pooling][t]:.1%} ({r['random_init'][pooling][t]:.1%})"
-            for t in r["majority"]) + " |")
+        acc, rnd = r["trained"][pooling], r["random_init"][pooling]
+        lines.append(f"| {pooling} | " + " | ".join(f"{acc[t]:.1%} ({rnd[t]:.1%})" for t in acc)
+                     + f" | {sum(acc.values()) / len(acc):.1%} "
+                       f"({sum(rnd.values()) / len(rnd):.1%}) |")
     lines.append("| majority class | " + " | ".join(f"{v:.1%}" for v in r["majority"].values())
-                 + " |")
+                 + " | |")
     for name in ("trained", "random_init"):
         lines.append(f"{name} encoder: per-channel std {r[name]['emb_std']}, RankMe "
                      f"{r[name]['rankme']} (collapse shows as a std falling towards 0)")
@@ -467,11 +471,16 @@ def main(argv):
     p.add_argument("--epochs", type=int, default=20, help="V-JEPA: epochs of probe training")
     p.add_argument("--lr", type=float, default=1e-3,
                    help="V-JEPA: peak LR of the probes (the paper's 1e-3; see README)")
+    p.add_argument("--warmup", type=float, default=0.0,
+                   help="V-JEPA: fraction of probe steps with a linear LR warm-up (paper: 0)")
     p.add_argument("--segments", type=int, default=1,
                    help="V-JEPA: clips per video, their tokens concatenated")
     p.add_argument("--views", type=int, default=1,
                    help="V-JEPA: test views (1-3, shifted), softmax averaged")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="probe weights and batch order, and the random-init encoder")
+    p.add_argument("--out_dir", default="",
+                   help="where results go (default: the checkpoint's directory + /probe)")
     p.add_argument("--mnist_dir", default="")
     a = p.parse_args(argv)
     if a.table:
@@ -490,7 +499,7 @@ def main(argv):
     if cfg.latent != "none":
         raise ValueError(f"{a.ckpt} has a {cfg.latent} latent; evaluate it with "
                          f"python infer_latent.py --ckpt {a.ckpt}")
-    out_dir = os.path.join(os.path.dirname(os.path.abspath(a.ckpt)), "probe")
+    out_dir = a.out_dir or os.path.join(os.path.dirname(os.path.abspath(a.ckpt)), "probe")
     os.makedirs(out_dir, exist_ok=True)
 
     digits = data.load_digits(cfg.mnist_dir)

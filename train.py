@@ -272,16 +272,21 @@ def check_config(cfg):
 # ----------------------------------------------------------------------------------------------
 # Schedules, EMA, monitors
 
+def warmup_cosine(step, total, warmup, start_lr, lr, final_lr):
+    """Learning rate at `step` of `total`: linear start_lr -> lr over `warmup` steps, then a
+    cosine from lr to final_lr at `total` (held there after it)."""
+    if step < warmup:
+        return start_lr + (lr - start_lr) * step / warmup
+    progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
+    return final_lr + (lr - final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def schedules(cfg, step):
     """(lr, weight decay, EMA momentum) at `step`, computed over ipe_scale * max_steps steps.
     lr: linear warm-up start_lr -> lr, then cosine to final_lr. Weight decay and momentum:
     linear (the paper, appendix B; the original code uses a cosine for the weight decay)."""
     total = cfg.ipe_scale * cfg.max_steps
-    if step < cfg.warmup_steps:
-        lr = cfg.start_lr + (cfg.lr - cfg.start_lr) * step / cfg.warmup_steps
-    else:
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1.0, total - cfg.warmup_steps))
-        lr = cfg.final_lr + (cfg.lr - cfg.final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    lr = warmup_cosine(step, total, cfg.warmup_steps, cfg.start_lr, cfg.lr, cfg.final_lr)
     frac = min(1.0, step / total)
     wd = cfg.weight_decay + (cfg.final_weight_decay - cfg.weight_decay) * frac
     momentum = cfg.ema_start + (cfg.ema_end - cfg.ema_start) * frac

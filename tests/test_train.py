@@ -48,6 +48,18 @@ def test_schedule_end_points():
     assert wd == pytest.approx(0.04 + 0.36 * 0.8) and m == pytest.approx(0.998 + 0.002 * 0.8)
 
 
+def test_probe_schedule_without_and_with_warmup():
+    # fit_probes' schedule: no warm-up is the plain cosine lr * (1 + cos(pi t / T)) / 2
+    for t in (0, 1, 333, 999):
+        assert train.warmup_cosine(t, 1000, 0, 0.0, 1e-2, 0.0) == pytest.approx(
+            1e-2 * 0.5 * (1 + math.cos(math.pi * t / 1000)))
+    # a 10% warm-up from 0: linear up to step 100, then the cosine over the remaining 900
+    assert train.warmup_cosine(25, 1000, 100, 0.0, 1e-2, 0.0) == pytest.approx(2.5e-3)
+    assert train.warmup_cosine(100, 1000, 100, 0.0, 1e-2, 0.0) == pytest.approx(1e-2)
+    assert train.warmup_cosine(700, 1000, 100, 0.0, 1e-2, 0.0) == pytest.approx(
+        1e-2 * 0.5 * (1 + math.cos(math.pi * 600 / 900)))
+
+
 def test_ema_update_against_the_formula():
     a, b = torch.nn.Linear(3, 4), torch.nn.Linear(3, 4)
     before = [p.detach().clone() for p in a.parameters()]
