@@ -7,6 +7,8 @@ Parameter names follow the original V-JEPA release (without its `module.backbone
 state dict made here and one made there name the same tensors the same way.
 """
 import math
+import os
+import re
 
 import numpy as np
 import torch
@@ -340,11 +342,13 @@ def _mlp_ratio(state, first_block, dim):
     return state[key].shape[0] / dim if key in state else 4.0
 
 
-def infer_architecture(encoder_state, predictor_state=None, config=None, heads=None):
+def infer_architecture(encoder_state, predictor_state=None, config=None, heads=None,
+                       trained_frames=None, trained_img_size=None):
     """The hyper-parameters of a release-format encoder (and predictor) read off tensor shapes
     (shape-only meta tensors will do). What shapes cannot tell comes from outside: heads from
-    `heads`, else config["enc_heads"], else STANDARD_HEADS; frames from config["num_frames"],
-    else 16 like every released model. The image side then follows from N = (T/t) (H/p)^2.
+    `heads`, else config["enc_heads"], else STANDARD_HEADS; frames from `trained_frames`, else
+    config["num_frames"], else N / (trained_img_size/p)^2 time steps, else 16 like every
+    released model. The image side then follows from N = (T/t) (H/p)^2.
     -> {"encoder": VisionTransformer kwargs, "num_tokens": N,
         "predictor": Predictor kwargs without the grid, or None}."""
     enc, config = from_release(encoder_state), config or {}
@@ -355,13 +359,27 @@ def infer_architecture(encoder_state, predictor_state=None, config=None, heads=N
         raise ValueError(f"cannot tell the heads of a width-{dim} encoder (the file has no config "
                          f"and {dim} is not a standard width {sorted(STANDARD_HEADS)}): "
                          f"pass heads=")
-    frames = config.get("num_frames", 16)
+    if trained_frames and config.get("num_frames", trained_frames) != trained_frames:
+        raise ValueError(f"trained_frames={trained_frames}, but the file's config says "
+                         f"num_frames={config['num_frames']}")
+    if trained_frames:
+        frames, origin = trained_frames, "given as trained_frames"
+    elif "num_frames" in config:
+        frames, origin = config["num_frames"], "from the file's config"
+    elif trained_img_size:  # N / (H/p)^2 time steps of t frames each
+        frames = n // max(1, (trained_img_size // p) ** 2) * t
+        origin = f"from trained_img_size={trained_img_size}"
+    else:
+        frames, origin = 16, "assumed: no config"
     steps = frames // t  # N = (T/t) (H/p)^2 gives the side H/p
     side = math.isqrt(n // steps) if steps else 0
-    if frames % t or side == 0 or steps * side ** 2 != n:
-        origin = "from the file's config" if "num_frames" in config else "assumed: no config"
+    if (frames % t or side == 0 or steps * side ** 2 != n
+            or trained_img_size and trained_img_size != side * p):
+        size = f" of trained_img_size={trained_img_size} / patch {p}" if trained_img_size else ""
+        hint = "; pass trained_frames= (the frames the file was trained with)" if (
+            origin.startswith("assumed")) else ""
         raise ValueError(f"pos_embed has N={n} tokens, which is not num_frames={frames} ({origin})"
-                         f" / tubelet {t} time steps times a square grid of patches")
+                         f" / tubelet {t} time steps times a square grid of patches{size}{hint}")
     arch = {"num_tokens": n, "predictor": None,
             "encoder": dict(num_frames=frames, img_size=side * p, patch_size=p, tubelet_size=t,
                             in_chans=in_chans, dim=dim, depth=_count(enc, "blocks."),
@@ -391,17 +409,50 @@ def _uniform_power(table, grid):
     return None
 
 
+CHECKPOINT_LAYOUT = ("a torch.save file of a dict with 'encoder' and 'target_encoder' state "
+                     "dicts (the V-JEPA release format, also what train.py writes)")
+
+
+def _what_file(path, error):
+    """What a file that torch.load cannot read is, in a few words, from its first bytes:
+    torch's own error for a text or image file is as bare as `KeyError: 101`."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    detail = " ".join(str(error).split())  # torch's messages run over several lines
+    refused = re.search(r"WeightsUnpickler error: (.*?) Check the documentation", detail)
+    detail = re.sub(r"^\[enforce fail at [^]]*\] \.? *", "", detail).split(". ")[0]
+    detail = refused.group(1) if refused else detail or type(error).__name__
+    if size == 0:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04") and refused:  # torch.save writes a zip archive
+        return (f"a torch file of objects other than tensors and plain containers, which "
+                f"loading without running its code refuses ({detail})")
+    if head.startswith(b"PK\x03\x04"):
+        return (f"a {size}-byte zip archive that is not a whole torch checkpoint (truncated, "
+                f"or another kind of zip: {detail})")
+    if head.startswith(b"\x80"):  # pickle protocol 2+, also the old torch.save format
+        return f"a {size}-byte pickle that torch cannot read without running code ({detail})"
+    return f"a {size}-byte file that is not a torch checkpoint (it starts with {head!r})"
+
+
 def _read_checkpoint(path):
     """torch.load that runs no pickled code (released files come from the internet). Our own
-    checkpoints also hold numpy's RNG state, whose few classes are allowed explicitly."""
+    checkpoints also hold numpy's RNG state, whose few classes are allowed explicitly.
+    A file torch cannot read is a ValueError that says what the file is."""
     array = np.zeros(1, np.uint32)
     rebuild = array.__reduce__()[0]  # numpy's array rebuilder, wherever this numpy keeps it
-    with torch.serialization.safe_globals([rebuild, np.ndarray, np.dtype, type(array.dtype)]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals([rebuild, np.ndarray, np.dtype, type(array.dtype)]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:  # no such file, a directory, no permission: these name the path already
+        raise
+    except Exception as e:  # KeyError, EOFError, RuntimeError, UnpicklingError, ...
+        raise ValueError(f"{path} is {_what_file(path, e)}; expected {CHECKPOINT_LAYOUT}") from None
 
 
 def load_vjepa_checkpoint(path, num_frames=None, img_size=None, heads=None,
-                          which="target_encoder"):
+                          which="target_encoder", trained_frames=None, trained_img_size=None):
     """Encoder and predictor of a checkpoint in the original V-JEPA release format (also what
     train.py writes) -> (encoder, predictor), in eval mode; predictor None if the file has none.
 
@@ -410,15 +461,31 @@ def load_vjepa_checkpoint(path, num_frames=None, img_size=None, heads=None,
     ViT-L/16 at 16x224x224 has pos_embed [1, 1568, 1024], ViT-H/16 at 384 [1, 4608, 1280].
     num_frames / img_size: build at another clip size; the positional tables are then
     recomputed for the new grid and every other tensor is loaded as it is.
+    trained_frames / trained_img_size: the clip size the file was trained at, for a file
+    without a config whose pos_embed is not 16 frames' worth (N = T/t * (H/p)^2).
     Loading is strict: a missing, unexpected or misshapen tensor is an error naming it."""
     if which not in ("target_encoder", "encoder"):
         raise ValueError(f"which={which!r}: expected 'target_encoder' or 'encoder'")
     ckpt = _read_checkpoint(path)
+    if not isinstance(ckpt, dict):
+        shape = f" of shape {tuple(ckpt.shape)}" if isinstance(ckpt, torch.Tensor) else ""
+        raise ValueError(f"{path} is a torch file of a {type(ckpt).__name__}{shape}; expected "
+                         f"{CHECKPOINT_LAYOUT}")
     if which not in ckpt:
-        raise ValueError(f"{path} has no {which!r} entry; its keys: {sorted(ckpt)}")
+        bare = ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())
+        kind = f"a bare state dict of {len(ckpt)} tensors" if bare else "a dict"
+        raise ValueError(f"{path} is {kind} with no {which!r} entry (its keys: "
+                         f"{sorted(map(str, ckpt))[:8]}); expected {CHECKPOINT_LAYOUT}")
+    for name in (which, "predictor"):
+        entry = ckpt.get(name, {})
+        if not isinstance(entry, dict) or not all(isinstance(v, torch.Tensor)
+                                                  for v in entry.values()):
+            raise ValueError(f"{path}: its {name!r} entry is a {type(entry).__name__} that is "
+                             f"not a state dict of tensors; expected {CHECKPOINT_LAYOUT}")
     enc_state = from_release(ckpt[which])
     pred_state = from_release(ckpt["predictor"]) if "predictor" in ckpt else None
-    arch = infer_architecture(enc_state, pred_state, ckpt.get("config"), heads)
+    arch = infer_architecture(enc_state, pred_state, ckpt.get("config"), heads, trained_frames,
+                              trained_img_size)
     enc = arch["encoder"]
     old_grid = token_grid(enc["num_frames"], enc["img_size"], enc["patch_size"],
                           enc["tubelet_size"])

@@ -2,6 +2,7 @@
 that wrote them; architecture inference; positional recomputation; errors."""
 import copy
 import os
+import re
 
 import pytest
 import torch
@@ -234,3 +235,92 @@ def test_a_grid_that_16_frames_cannot_explain(tmp_path):
     write_release(path, encoder, predictor, config={"num_frames": 6})
     enc, pred = model.load_vjepa_checkpoint(path)
     same_outputs(encoder.eval(), predictor.eval(), enc, pred)
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. a file that is not a checkpoint: one line saying what it is
+
+def _gif(path):
+    import imageio.v3 as iio
+    import numpy as np
+    iio.imwrite(path, np.zeros((2, 8, 8, 3), np.uint8), extension=".gif")
+
+
+def _truncated(path):
+    write_release(path, *tiny_models())
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])  # a copy cut off half-way
+
+
+@pytest.mark.parametrize("make,expected", [
+    (lambda p: p.write_text("hello"),  # torch's own error: KeyError: 101
+     r"is a 5-byte file that is not a torch checkpoint \(it starts with b'hello'\)"),
+    (_gif, r"is a \d+-byte file that is not a torch checkpoint \(it starts with b'GIF8"),
+    (lambda p: p.write_bytes(b""), r"is an empty file"),
+    (_truncated, r"is a \d+-byte zip archive that is not a whole torch checkpoint \(truncated"),
+    (lambda p: torch.save(torch.zeros(3), p), r"is a torch file of a Tensor of shape \(3,\)"),
+    (lambda p: torch.save(tiny_models()[0].state_dict(), p),
+     r"is a bare state dict of \d+ tensors with no 'target_encoder' entry \(its keys: "
+     r"\['blocks\.0\."),
+    (lambda p: torch.save({"encoder": [1], "target_encoder": [2]}, p),
+     r"its 'target_encoder' entry is a list that is not a state dict of tensors"),
+])
+def test_a_file_that_is_not_a_checkpoint(tmp_path, make, expected):
+    path = tmp_path / "c.pt"
+    make(path)
+    with pytest.raises(ValueError) as info:
+        model.load_vjepa_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(path))
+    assert re.search(expected, message), message
+    assert message.endswith("expected a torch.save file of a dict with 'encoder' and "
+                            "'target_encoder' state dicts (the V-JEPA release format, also what "
+                            "train.py writes)")
+    sizes = re.findall(r"a (\d+)-byte", message)
+    assert sizes in ([], [str(os.path.getsize(path))])
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. the clip size a file without config was trained at
+
+EIGHT = dict(num_frames=8, img_size=64, patch_size=16)  # pos_embed [1, 64, 192]: 4 x 4 x 4
+
+
+def test_trained_frames_of_a_file_without_config(tmp_path):
+    encoder, predictor = tiny_models(**EIGHT)
+    assert encoder.pos_embed.shape == (1, 64, 192)
+    path = write_release(tmp_path / "eight.pt", encoder, predictor)
+    # 64 tokens are not 8 time steps (16 frames) times a square; num_frames= only rebuilds
+    for kwargs in ({}, {"num_frames": 8}):
+        with pytest.raises(ValueError, match=r"N=64 tokens, which is not num_frames=16 "
+                                             r"\(assumed: no config\).*pass trained_frames="):
+            model.load_vjepa_checkpoint(path, **kwargs)
+
+    for kwargs in ({"trained_frames": 8}, {"trained_img_size": 64}):
+        enc, pred = model.load_vjepa_checkpoint(path, **kwargs)
+        assert enc.grid == (4, 4, 4) and enc.input_size == (8, 64, 64)
+        same_outputs(encoder.eval(), predictor.eval(), enc, pred)
+
+    # trained at 8 frames, rebuilt at 16: the tables of a fresh 16-frame model, the rest as saved
+    enc, pred = model.load_vjepa_checkpoint(path, trained_frames=8, num_frames=16)
+    fresh_enc, fresh_pred = tiny_models(**dict(EIGHT, num_frames=16))
+    assert enc.grid == (8, 4, 4)
+    assert torch.equal(enc.pos_embed, fresh_enc.pos_embed)
+    assert torch.equal(pred.predictor_pos_embed, fresh_pred.predictor_pos_embed)
+    assert torch.equal(enc.patch_embed.proj.weight, encoder.patch_embed.proj.weight)
+
+
+@pytest.mark.parametrize("kwargs,config,expected", [
+    ({"trained_frames": 6}, None,
+     r"N=64 tokens, which is not num_frames=6 \(given as trained_frames\) / tubelet 2"),
+    ({"trained_img_size": 48}, None, r"N=64 tokens.*of trained_img_size=48 / patch 16$"),
+    ({"trained_frames": 8, "trained_img_size": 32}, None,
+     r"N=64 tokens, which is not num_frames=8 \(given as trained_frames\).*trained_img_size=32"),
+    ({"trained_frames": 16}, {"num_frames": 8},
+     r"trained_frames=16, but the file's config says num_frames=8"),
+])
+def test_trained_size_that_does_not_fit(tmp_path, kwargs, config, expected):
+    path = tmp_path / "eight.pt"
+    write_release(path, *tiny_models(**EIGHT), **({"config": config} if config else {}))
+    with pytest.raises(ValueError, match=expected):
+        model.load_vjepa_checkpoint(path, **kwargs)
