@@ -364,9 +364,17 @@ def param_groups(module):
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "no_decay": True}]
 
 
+def previous_path(path):
+    """Where the checkpoint before the latest is kept: out/ckpt.pt -> out/ckpt_prev.pt."""
+    root, ext = os.path.splitext(path)
+    return f"{root}_prev{ext}"
+
+
 def save_checkpoint(path, nets, opt, cfg, step, loss, world):
-    """Release-format checkpoint (SPEC section 5) plus config, step and RNG states; written
-    to a temporary file and renamed, so a crash never leaves half a checkpoint.
+    """Release-format checkpoint (SPEC section 5) plus config, step and RNG states. Written to
+    a temporary file, flushed to the disk and only then renamed into place, so neither a crash
+    nor a power loss leaves half a checkpoint at `path`; the one it replaces is kept at
+    previous_path(path), for a resume when the latest cannot be read.
     nets: {"encoder", "predictor", "target_encoder"[, "decoder"]} -> modules."""
     state = {
         **{name: model.to_release(net.state_dict()) for name, net in nets.items()},
@@ -379,18 +387,50 @@ def save_checkpoint(path, nets, opt, cfg, step, loss, world):
                 "python": random.getstate()},
     }
     tmp = path + ".tmp"
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # else some filesystems may store the rename before the data
+    if os.path.exists(path):
+        os.replace(path, previous_path(path))
     os.replace(tmp, path)
+    # and the renames, by syncing the folder (POSIX; Windows cannot open one, nor needs to)
+    with contextlib.suppress(OSError):
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
-def load_checkpoint(path, nets, opt, cfg):
-    """Strict resume: same architecture, every tensor present and of the same shape."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+def read_state(path):
+    """A checkpoint written by save_checkpoint -> its dict; ValueError naming the file when it
+    cannot be read or lacks what a resume needs."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises several kinds for a damaged file
-        raise ValueError(f"--resume: cannot read {path} ({e})") from None
+        raise ValueError(f"--resume: cannot read {path} ({' '.join(str(e).split())})") from None
+    missing = [k for k in ("config", "step", "opt", "rng")
+               if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"--resume: {path} is not a checkpoint of train.py: no {missing}")
+    return state
+
+
+def load_checkpoint(path, nets, opt, cfg):
+    """Strict resume: same architecture, every tensor present and of the same shape. When
+    `path` cannot be read (say a disk filled up while it was written), the previous checkpoint
+    is used, with a warning. -> (step, the file used)"""
+    prev = previous_path(path)
+    if not os.path.exists(path) and not os.path.exists(prev):
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    try:
+        state = read_state(path)
+    except ValueError as e:
+        if not os.path.exists(prev):
+            raise
+        print(f"warning: {e}; resuming from the previous checkpoint {prev}", file=sys.stderr)
+        path, state = prev, read_state(prev)
     saved = state.get("config", {})
     diff = [f"{k}={saved.get(k)!r} (this run: {getattr(cfg, k)!r})" for k in ARCH_KEYS
             if saved.get(k) != getattr(cfg, k)]
@@ -404,14 +444,21 @@ def load_checkpoint(path, nets, opt, cfg):
     torch.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])
-    return state["step"]
+    return state["step"], path
 
 
 def trim_log(path, step):
-    """Drop log lines written after the checkpoint we resume from."""
+    """Drop log lines written after the checkpoint we resume from, and a line cut short by a
+    crash while it was written."""
     if os.path.exists(path):
+        keep = []
         with open(path) as f:
-            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+            for line in f:
+                try:
+                    if json.loads(line)["step"] <= step:
+                        keep.append(line)
+                except (ValueError, KeyError, TypeError):
+                    pass
         with open(path, "w") as f:
             f.writelines(keep)
 
@@ -686,9 +733,12 @@ def main(argv):
     log_path = os.path.join(cfg.out_dir, "log.jsonl")
     start = 0
     if cfg.resume:
-        start = load_checkpoint(ckpt_path, nets, run.opt, cfg)
+        start, used = load_checkpoint(ckpt_path, nets, run.opt, cfg)
         if master:
             trim_log(log_path, start)
+        if master and used != ckpt_path and os.path.exists(ckpt_path):
+            # set aside, so that the next save does not rotate it over the good previous one
+            os.replace(ckpt_path, ckpt_path + ".unreadable")
     elif master and os.path.exists(log_path):
         os.remove(log_path)  # a fresh run starts a fresh log
 
