@@ -311,11 +311,17 @@ class MovingMNISTFile:
 class VideoFolder:
     """Real video: every .gif, .mp4, .avi, .webm or .npy ([T, H, W] or [T, H, W, C]) under
     `root`. A clip is `num_frames` frames `stride` apart from a random start (the last frame
-    repeats for short videos), then one random-resized crop (area scale 0.3-1, aspect
-    0.75-1.35) shared by all frames, resized to img_size, a horizontal flip with p = 0.5, and
-    ImageNet normalisation. Reading mp4/avi/webm needs `pip install imageio[ffmpeg]`."""
+    repeats for videos shorter than that span), then one random-resized crop (area scale
+    0.3-1, aspect 0.75-1.35) shared by all frames, resized to img_size, a horizontal flip with
+    p = 0.5, and ImageNet normalisation. Reading mp4/avi/webm needs `pip install imageio[ffmpeg]`.
+
+    A file that cannot be read, or has fewer than num_frames frames, is skipped: another file
+    is drawn in its place from the same generator, so a batch stays a function of the generator
+    and of which files are bad (a resumed run sees the same batches). labels["failed"] holds
+    the file indices of the replaced draws, labels["index"] those of the clips."""
 
     EXTENSIONS = (".gif", ".mp4", ".avi", ".webm", ".npy")
+    MAX_TRIES = 50  # failed draws in a row for one clip: the folder is broken, not a file
 
     def __init__(self, root, num_frames=16, img_size=224, in_chans=3, stride=4,
                  scale=(0.3, 1.0), ratio=(0.75, 1.35)):
@@ -323,24 +329,62 @@ class VideoFolder:
                             if f.lower().endswith(self.EXTENSIONS))
         if not self.files:
             raise FileNotFoundError(f"data_path={root!r} holds no video ({', '.join(self.EXTENSIONS)})")
-        self.num_frames, self.img_size, self.in_chans, self.stride = (
-            num_frames, img_size, in_chans, stride)
+        self.root, self.num_frames, self.img_size, self.in_chans, self.stride = (
+            root, num_frames, img_size, in_chans, stride)
         self.scale, self.ratio = scale, ratio
+        self.bad = {}  # path -> why it cannot be used, so that this process reads it only once
 
-    def read(self, path):
-        """-> uint8 array [T, H, W, C]."""
-        if path.endswith(".npy"):
-            video = np.load(path)
-        else:
-            import imageio.v3 as iio
-            try:
-                video = iio.imread(path, index=None)
-            except Exception as e:  # imageio raises many kinds; name the file either way
-                raise ValueError(f"cannot read {path}: {e}") from None
+    def read(self, path, header_only=False):
+        """-> uint8 array [T, H, W, C]; with header_only, its shape, from the file's header
+        rather than its frames. ValueError naming the file if it cannot be read, holds no
+        video, or has fewer than num_frames frames."""
+        try:
+            if path.endswith(".npy"):
+                video = np.load(path, mmap_mode="r" if header_only else None)
+            else:
+                import imageio.v3 as iio
+                video = (iio.improps if header_only else iio.imread)(path, index=None)
+            shape = tuple(video.shape)
+        except Exception as e:  # numpy and imageio raise many kinds; name the file either way
+            raise ValueError(f"cannot read {path}: {' '.join(str(e).split())}") from None
+        if len(shape) not in (3, 4) or 0 in shape[1:3]:
+            raise ValueError(f"{path} holds an array of shape {shape}; expected a video "
+                             "[T, H, W] or [T, H, W, C]")
+        # a video container may not store its frame count (0 in its header): not checked then
+        counted = not header_only or shape[0] or path.endswith((".npy", ".gif"))
+        if counted and shape[0] < self.num_frames:
+            raise ValueError(f"{path} has {shape[0]} frames; expected at least "
+                             f"num_frames={self.num_frames}")
+        if header_only:
+            return shape
         return video[..., None] if video.ndim == 3 else video
 
-    def clip(self, path, g):
-        video = self.read(path)
+    def check(self):
+        """Every file's header, not its frames -> {path: why it cannot be used}. A file damaged
+        after its header is found only when a clip is drawn from it."""
+        problems = {}
+        for path in self.files:
+            try:
+                self.read(path, header_only=True)
+            except ValueError as e:
+                problems[path] = str(e)
+        return problems
+
+    def why(self, path):
+        """Why `path` cannot be used, reading it if this process has not (a worker did)."""
+        return self.bad[path] if self.video(path) is None else f"{path} failed once (not now)"
+
+    def video(self, path):
+        """read(path), or None if it cannot be used; a bad file is not read again."""
+        if path not in self.bad:
+            try:
+                return self.read(path)
+            except ValueError as e:
+                self.bad[path] = str(e)
+        return None
+
+    def clip(self, video, g):
+        """uint8 video [T, H, W, C] -> one augmented clip [C, num_frames, img_size, img_size]."""
         span = (self.num_frames - 1) * self.stride + 1
         start = int(torch.randint(max(len(video) - span, 0) + 1, (1,), generator=g))
         t = np.minimum(start + self.stride * np.arange(self.num_frames), len(video) - 1)
@@ -366,8 +410,21 @@ class VideoFolder:
 
     def sample(self, batch, generator):
         idx = torch.randint(len(self.files), (batch,), generator=generator)
-        clips = [self.clip(self.files[i], generator) for i in idx.tolist()]  # file IO per clip
-        return torch.stack(clips), {"index": idx}
+        clips, used, failed = [], [], []
+        for i in idx.tolist():
+            for _ in range(self.MAX_TRIES):
+                video = self.video(self.files[i])  # file IO per clip
+                if video is not None:
+                    break
+                failed.append(i)  # and a replacement from the same generator (see above)
+                i = int(torch.randint(len(self.files), (1,), generator=generator))
+            else:
+                raise ValueError(f"{self.MAX_TRIES} files drawn in a row from {self.root} "
+                                 f"cannot be used, the last: {self.bad[self.files[failed[-1]]]}")
+            used.append(i)
+            clips.append(self.clip(video, generator))
+        return torch.stack(clips), {"index": torch.tensor(used),
+                                    "failed": torch.tensor(failed, dtype=torch.int64)}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ class Config:
     mnist_dir: str = ""  # MNIST IDX files; empty: $MNIST_DIR, else download, else procedural
     num_digits: int = 2  # digits per MovingMNIST clip
     num_workers: int = 0  # DataLoader worker processes
+    check_data: bool = False  # video_folder: read every file's header, list the unusable, exit
     # clip geometry and tokens
     num_frames: int = 16
     img_size: int = 64
@@ -263,6 +264,9 @@ def check_config(cfg):
         raise ValueError(f"in_chans={cfg.in_chans}: MovingMNIST clips have 1 channel")
     if cfg.dataset in ("mmnist_file", "video_folder") and not cfg.data_path:
         raise ValueError(f"dataset={cfg.dataset} needs --data_path")
+    if cfg.check_data and cfg.dataset != "video_folder":
+        raise ValueError(f"--check_data checks a video folder; dataset={cfg.dataset} has no files "
+                         "to check")
     for key in ("batch_size", "max_steps", "log_every", "ckpt_every", "accum_steps"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"--{key} must be at least 1, got {getattr(cfg, key)}")
@@ -355,6 +359,52 @@ def make_source(cfg, part="train", digits=None):
     if cfg.dataset == "mmnist_file":
         return data.MovingMNISTFile(cfg.data_path, cfg.num_frames)
     return data.VideoFolder(cfg.data_path, cfg.num_frames, cfg.img_size, cfg.in_chans)
+
+
+def check_data(cfg):
+    """--check_data true: every file of the video folder by its header (frame count, frame
+    size), not its frames; prints those that cannot be used. ValueError if there are any."""
+    folder = make_source(cfg)
+    problems = folder.check()
+    for why in problems.values():
+        print(why)
+    if problems:
+        raise ValueError(f"{len(problems)} of {len(folder.files)} files under {cfg.data_path} "
+                         "cannot be used (listed above); a run skips them when it draws them")
+    print(f"all {len(folder.files)} files under {cfg.data_path} can be read and have at least "
+          f"num_frames={cfg.num_frames} frames (by their headers)")
+
+
+class SkippedFiles:
+    """The draws of a video folder that failed and were replaced (labels["failed"] of
+    data.VideoFolder): each file is named once in a warning, the count goes to the log, and
+    the run stops when more than MAX_SHARE of the draws fail, since then the folder rather
+    than a file or two is broken (a wrong path, a missing video decoder)."""
+    MAX_SHARE = 0.05
+    MIN_DRAWS = 100  # a share of fewer draws says little
+
+    def __init__(self, source):
+        self.source, self.named = source, {}  # dict: insertion order, fast lookup
+        self.draws = self.failed = self.since_log = 0
+
+    def add(self, labels, batch):
+        if "failed" not in labels:  # a source without files
+            return
+        for i in labels["failed"].tolist():
+            path = self.source.files[i]
+            if path not in self.named:
+                self.named[path] = self.source.why(path)
+                print(f"warning: skipping {self.named[path]}; another file is drawn in its "
+                      "place (each file is named once)", file=sys.stderr)
+        self.draws += batch + len(labels["failed"])
+        self.failed += len(labels["failed"])
+        self.since_log += len(labels["failed"])
+        if self.draws >= self.MIN_DRAWS and self.failed > self.MAX_SHARE * self.draws:
+            first = "; ".join(list(self.named.values())[:3])
+            raise ValueError(f"{self.failed} of {self.draws} files drawn from "
+                             f"{self.source.root} could not be used, more than "
+                             f"{self.MAX_SHARE:.0%}; the first: {first}. List them all with "
+                             "--check_data true")
 
 
 def param_groups(module):
@@ -723,6 +773,8 @@ def peak_rss_mb():
 def main(argv):
     cfg = parse_config(argv)
     check_config(cfg)
+    if cfg.check_data:
+        return check_data(cfg)
     rank, world, device = setup_distributed(cfg)
     master = rank == 0
     run = setup(cfg, rank, world, device)
@@ -763,11 +815,13 @@ def main(argv):
               f"{str(dtype).replace('torch.', '')}, global batch "
               f"{cfg.batch_size * world * cfg.accum_steps}, steps {start}->{end}")
     bar = tqdm(total=end, initial=start, disable=not master, dynamic_ncols=True, unit="step")
+    skipped = SkippedFiles(source)
     loss_sum = torch.zeros((), device=device)
     bad = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since last check
     n_logged, t_log, t_start, last = 0, time.perf_counter(), time.perf_counter(), None
     step = start
-    for clips, _ in loader:
+    for clips, labels in loader:
+        skipped.add(labels, len(clips))
         loss, terms, h, steps_per_clip, grad_norm = train_step(run, clips, step)
         step += 1
         bar.update(1)
@@ -798,6 +852,11 @@ def main(argv):
                       "grad_norm": float(grad_norm), "step_time_s": dt,
                       "clips_per_s": cfg.batch_size * cfg.accum_steps * world / dt,
                       "emb_std": emb_std, "rankme": rank_me}
+            if skipped.draws:  # a video folder: the draws replaced since the last line
+                n_skipped = torch.tensor(skipped.since_log, device=device)
+                if world > 1:
+                    dist.all_reduce(n_skipped)  # on all ranks
+                record["skipped"], skipped.since_log = int(n_skipped), 0
             if cfg.latent != "none":  # how z* is used: share of zeros, most chosen option
                 z = module.last_z
                 record["z_zero"] = float((z == 0).float().mean())
@@ -831,6 +890,8 @@ def main(argv):
         rss = peak_rss_mb()
         if rss is not None:
             summary["peak_rss_mb"] = round(rss)
+        if skipped.named:
+            summary["skipped_files"] = list(skipped.named)  # drawn on rank 0 and unusable
         with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
             json.dump(summary, f)
         stopped = " (stopped early)" if step < cfg.max_steps else ""

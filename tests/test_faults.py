@@ -1,6 +1,7 @@
 """Faults a long run meets, injected for real: a checkpoint damaged on disk, a process killed
 with SIGKILL, unreadable files in a video folder, a rank that dies under torchrun."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +28,12 @@ def damage(path):
 
 def losses(out):
     return [(r["step"], r["loss"]) for r in read_log(out)]
+
+
+def untimed(out):
+    """The log without its timings."""
+    return [{k: v for k, v in r.items() if k not in ("step_time_s", "clips_per_s")}
+            for r in read_log(out)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,3 +112,128 @@ def test_sigkill_then_a_damaged_latest_checkpoint_resumes_exactly(tmp_path, mnis
     assert code == 0, err
     assert f"resuming from the previous checkpoint {prev}" in err
     assert losses(killed) == losses(straight)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. video folders with files that cannot be used
+
+def write_folder(root, good, bad=()):
+    """`good` .npy videos of 6 frames, file k constant at brightness 10 + 4k (so a clip tells
+    its file), and the named bad files: "truncated.gif" (a real GIF cut in half: its header
+    still reads), "garbage.gif" (not a GIF), "short.npy" (2 frames). -> paths of the bad ones."""
+    import imageio.v3 as iio
+    import numpy as np
+    root.mkdir(parents=True, exist_ok=True)
+    for k in range(good):
+        np.save(root / f"good{k:03d}.npy", np.full((6, 20, 20), 10 + 4 * k, np.uint8))
+    for name in bad:
+        path = root / name
+        if name == "truncated.gif":
+            iio.imwrite(path, np.random.default_rng(0).integers(0, 255, (8, 20, 20, 3), np.uint8))
+            damage(path)
+        elif name == "garbage.gif":
+            path.write_bytes(b"this is not a GIF" * 10)
+        else:
+            np.save(path, np.zeros((2, 20, 20), np.uint8))
+    return [str(root / name) for name in bad]
+
+
+def test_folder_skips_a_corrupt_file_deterministically(tmp_path):
+    import data
+    [bad] = write_folder(tmp_path, 9, ["truncated.gif"])
+    seen = data.VideoFolder(str(tmp_path), num_frames=4, img_size=8, in_chans=1)
+    replaced = 0
+    for seed in range(12):
+        clips, labels = seen.sample(4, torch.Generator().manual_seed(seed))
+        assert clips.shape == (4, 1, 4, 8, 8)
+        files = [seen.files[i] for i in labels["index"].tolist()]
+        assert bad not in files and all(seen.files[i] == bad for i in labels["failed"].tolist())
+        # the clip's brightness names the file it came from: the one in labels["index"]
+        levels = (clips.mean((1, 2, 3, 4)) * 255).round().long().tolist()
+        assert levels == [10 + 4 * int(f[-7:-4]) for f in files]
+        # a process that has not met the bad file yet draws the same batch
+        fresh = data.VideoFolder(str(tmp_path), num_frames=4, img_size=8, in_chans=1)
+        clips2, labels2 = fresh.sample(4, torch.Generator().manual_seed(seed))
+        assert torch.equal(clips, clips2) and torch.equal(labels["failed"], labels2["failed"])
+        replaced += len(labels["failed"])
+    assert replaced > 0 and list(seen.bad) == [bad]
+    assert seen.bad[bad].startswith(f"cannot read {bad}: image file is truncated")
+
+
+def test_folder_of_bad_files_only(tmp_path):
+    import data
+    write_folder(tmp_path, 0, ["garbage.gif", "short.npy"])
+    folder = data.VideoFolder(str(tmp_path), num_frames=4, img_size=8, in_chans=1)
+    with pytest.raises(ValueError, match=rf"50 files drawn in a row from {tmp_path} cannot be "
+                                         r"used, the last: .*(garbage\.gif|short\.npy)"):
+        folder.sample(2, torch.Generator().manual_seed(0))
+
+
+def folder_args(path, out, *extra):
+    return [*TINY, "--dataset", "video_folder", "--data_path", str(path), "--batch_size", "8",
+            "--log_every", "5", "--ckpt_every", "5", "--val_clips", "0", "--out_dir", str(out),
+            *extra]
+
+
+def test_run_over_a_folder_with_a_corrupt_file(tmp_path, capsys):
+    """40 good files and one corrupt GIF: the run finishes, names the GIF once, counts the
+    replaced draws in the log, and a run resumed half-way (in a new process that has not met
+    the GIF, with a DataLoader worker) gives the same losses."""
+    import json
+    import data
+    [bad] = write_folder(tmp_path / "videos", 40, ["truncated.gif"])
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train.main(folder_args(tmp_path / "videos", straight, "--max_steps", "30"))
+    err = capsys.readouterr().err
+    assert err.count("warning: skipping") == 1
+    assert f"warning: skipping cannot read {bad}: image file is truncated" in err
+    log = read_log(straight)
+    # the counts: one per replaced draw, as the data source reports them step by step
+    batches = data.StepBatches(data.VideoFolder(str(tmp_path / "videos"), 4, 32, 1), 8, seed=0)
+    per_step = [len(batches[s][1]["failed"]) for s in range(30)]
+    assert [r["skipped"] for r in log] == [sum(per_step[i:i + 5]) for i in range(0, 30, 5)]
+    assert sum(per_step[:15]) > 0 and sum(per_step[15:]) > 0  # before and after the split
+    summary = json.loads((straight / "summary.json").read_text())
+    assert summary["steps"] == 30 and summary["skipped_files"] == [bad]
+
+    train.main(folder_args(tmp_path / "videos", split, "--max_steps", "30", "--stop_at", "15"))
+    train.main(folder_args(tmp_path / "videos", split, "--max_steps", "30", "--resume", "true",
+                           "--num_workers", "1"))
+    # the main process reads the file again for the reason, which it did not meet itself
+    assert f"warning: skipping cannot read {bad}: image file is truncated" in (
+        capsys.readouterr().err)
+    assert untimed(split) == untimed(straight)
+
+
+def test_too_many_unusable_files_stop_the_run(tmp_path):
+    bad = write_folder(tmp_path / "videos", 3, ["garbage.gif", "short.npy", "truncated.gif"])
+    with pytest.raises(ValueError) as info:
+        train.main(folder_args(tmp_path / "videos", tmp_path / "run", "--max_steps", "100"))
+    message = str(info.value)
+    assert re.match(rf"(\d+) of (\d+) files drawn from {tmp_path / 'videos'} could not be used, "
+                    r"more than 5%; the first: ", message), message
+    failed, draws = map(int, re.findall(r"\d+", message)[:2])
+    assert draws >= train.SkippedFiles.MIN_DRAWS and failed > 0.05 * draws
+    named = [p for p in bad if p in message]
+    assert named and message.endswith("List them all with --check_data true")
+    assert read_log(tmp_path / "run")[-1]["step"] < 100  # stopped early
+
+
+def test_check_data_lists_the_unusable_files(tmp_path, capsys):
+    bad = write_folder(tmp_path / "videos", 4, ["garbage.gif", "short.npy", "truncated.gif"])
+    args = ["--dataset", "video_folder", "--data_path", str(tmp_path / "videos"),
+            "--num_frames", "4", "--check_data", "true", "--out_dir", str(tmp_path / "run")]
+    with pytest.raises(ValueError, match=r"^2 of 7 files under .* cannot be used \(listed above"):
+        train.main(args)
+    out = capsys.readouterr().out.splitlines()
+    # the headers show the garbage and the short file; the cut GIF's header is whole
+    assert len(out) == 2 and out[0].startswith(f"cannot read {bad[0]}: ")
+    assert out[1] == f"{bad[1]} has 2 frames; expected at least num_frames=4"
+    assert not (tmp_path / "run").exists()  # a check writes nothing
+    for name in ("garbage.gif", "short.npy"):
+        os.remove(tmp_path / "videos" / name)
+    assert train.main(args) is None
+    assert capsys.readouterr().out.startswith(f"all 5 files under {tmp_path / 'videos'} can be "
+                                              "read and have at least num_frames=4 frames")
+    with pytest.raises(ValueError, match="--check_data checks a video folder"):
+        train.main(["--check_data", "true"])
