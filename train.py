@@ -22,6 +22,7 @@ Resume a run from OUT_DIR/ckpt.pt (same config):
 import contextlib
 import copy
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -118,6 +119,7 @@ class Config:
     ckpt_every: int = 100
     stop_at: int = 0  # stop (and checkpoint) at this step; 0: run to max_steps
     resume: bool = False  # continue from OUT_DIR/ckpt.pt
+    dist_timeout_s: int = 600  # torchrun: a collective that waits longer (a rank hung) raises
     val_clips: int = 256  # clips of the fixed validation set for the final collapse monitors
 
 
@@ -267,7 +269,8 @@ def check_config(cfg):
     if cfg.check_data and cfg.dataset != "video_folder":
         raise ValueError(f"--check_data checks a video folder; dataset={cfg.dataset} has no files "
                          "to check")
-    for key in ("batch_size", "max_steps", "log_every", "ckpt_every", "accum_steps"):
+    for key in ("batch_size", "max_steps", "log_every", "ckpt_every", "accum_steps",
+                "dist_timeout_s"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"--{key} must be at least 1, got {getattr(cfg, key)}")
     return grid
@@ -329,7 +332,8 @@ def setup_distributed(cfg):
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo",
+                                timeout=datetime.timedelta(seconds=cfg.dist_timeout_s))
     rank = dist.get_rank() if world > 1 else 0
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", 0))

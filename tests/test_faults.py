@@ -237,3 +237,93 @@ def test_check_data_lists_the_unusable_files(tmp_path, capsys):
                                               "read and have at least num_frames=4 frames")
     with pytest.raises(ValueError, match="--check_data checks a video folder"):
         train.main(["--check_data", "true"])
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. torchrun: a rank that dies, a rank that hangs
+
+def worker_pid(parent, rank):
+    """The pid of the torchrun worker of `rank` (a child of `parent`, RANK in its environment)."""
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except (OSError, ValueError, IndexError):  # not a pid, or gone meanwhile
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in env:
+            return int(entry)
+    raise AssertionError(f"no rank-{rank} worker under pid {parent}")
+
+
+def alive(pid):
+    """Running, neither gone nor a zombie waiting for its parent."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def start_torchrun(tmp_path, mnist_args, *extra):
+    """Two CPU ranks training for long enough to be interrupted; returns once three log lines
+    (step 6, checkpointed) are written. -> (Popen, out_dir, log file of torchrun's stderr)"""
+    out, err = tmp_path / "ddp", open(tmp_path / "stderr.txt", "w+")
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", "train.py", *TINY, *mnist_args,
+                          "--max_steps", "5000", "--log_every", "2", "--ckpt_every", "2",
+                          "--val_clips", "0", "--out_dir", str(out), *extra],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
+                         env={**os.environ, **ONE_THREAD}, start_new_session=True)
+    log, deadline = out / "log.jsonl", time.monotonic() + 120
+    while not (log.exists() and log.read_text().count("\n") >= 3):
+        assert p.poll() is None and time.monotonic() < deadline, err.seek(0) or err.read()
+        time.sleep(0.05)
+    return p, out, err
+
+
+def intact_checkpoints(out):
+    latest, prev = (saved_step(out / name) for name in ("ckpt.pt", "ckpt_prev.pt"))
+    assert latest >= 6 and latest % 2 == 0 and prev == latest - 2
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/environ"), reason="finds ranks in /proc")
+def test_torchrun_exits_when_a_rank_is_killed(tmp_path, mnist_args):
+    p, out, err = start_torchrun(tmp_path, mnist_args)
+    try:
+        os.kill(worker_pid(p.pid, 1), signal.SIGKILL)
+        t0 = time.monotonic()
+        code = p.wait(timeout=120)
+        elapsed = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    err.seek(0)
+    assert code != 0 and elapsed < 60, (code, elapsed, err.read()[-3000:])
+    intact_checkpoints(out)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/environ"), reason="finds ranks in /proc")
+def test_a_hung_rank_times_the_others_out(tmp_path, mnist_args):
+    """Rank 1 stopped (SIGSTOP: alive, its sockets open, so nothing tells rank 0 it is gone):
+    rank 0's next collective waits --dist_timeout_s, then fails, and rank 0 exits."""
+    timeout = 10
+    p, out, err = start_torchrun(tmp_path, mnist_args, "--dist_timeout_s", str(timeout))
+    try:
+        rank0, rank1 = worker_pid(p.pid, 0), worker_pid(p.pid, 1)
+        os.kill(rank1, signal.SIGSTOP)
+        t0 = time.monotonic()
+        while alive(rank0) and time.monotonic() - t0 < 120:
+            time.sleep(0.1)
+        elapsed = time.monotonic() - t0
+        os.kill(rank1, signal.SIGKILL)  # what the agent does 30 s after rank 0 failed
+        code = p.wait(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    err.seek(0)
+    text = err.read()
+    assert code != 0 and timeout - 1 < elapsed < timeout + 30, (code, elapsed, text[-3000:])
+    assert "Timed out" in text or "timed out" in text, text[-3000:]
+    intact_checkpoints(out)
