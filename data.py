@@ -372,7 +372,8 @@ class VideoFolder:
 
     def why(self, path):
         """Why `path` cannot be used, reading it if this process has not (a worker did)."""
-        return self.bad[path] if self.video(path) is None else f"{path} failed once (not now)"
+        return (self.bad[path] if self.video(path) is None
+                else f"{path}, which a DataLoader worker could not read (it reads now)")
 
     def video(self, path):
         """read(path), or None if it cannot be used; a bad file is not read again."""

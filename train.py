@@ -405,10 +405,9 @@ class SkippedFiles:
         self.since_log += len(labels["failed"])
         if self.draws >= self.MIN_DRAWS and self.failed > self.MAX_SHARE * self.draws:
             first = "; ".join(list(self.named.values())[:3])
-            raise ValueError(f"{self.failed} of {self.draws} files drawn from "
-                             f"{self.source.root} could not be used, more than "
-                             f"{self.MAX_SHARE:.0%}; the first: {first}. List them all with "
-                             "--check_data true")
+            raise ValueError(f"{self.failed} of {self.draws} draws from {self.source.root} met "
+                             f"a file that cannot be used, more than {self.MAX_SHARE:.0%}; the "
+                             f"first: {first}. List them all with --check_data true")
 
 
 def param_groups(module):

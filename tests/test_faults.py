@@ -210,8 +210,8 @@ def test_too_many_unusable_files_stop_the_run(tmp_path):
     with pytest.raises(ValueError) as info:
         train.main(folder_args(tmp_path / "videos", tmp_path / "run", "--max_steps", "100"))
     message = str(info.value)
-    assert re.match(rf"(\d+) of (\d+) files drawn from {tmp_path / 'videos'} could not be used, "
-                    r"more than 5%; the first: ", message), message
+    assert re.match(rf"(\d+) of (\d+) draws from {tmp_path / 'videos'} met a file that cannot "
+                    r"be used, more than 5%; the first: ", message), message
     failed, draws = map(int, re.findall(r"\d+", message)[:2])
     assert draws >= train.SkippedFiles.MIN_DRAWS and failed > 0.05 * draws
     named = [p for p in bad if p in message]
@@ -268,17 +268,18 @@ def alive(pid):
 
 def start_torchrun(tmp_path, mnist_args, *extra):
     """Two CPU ranks training for long enough to be interrupted; returns once three log lines
-    (step 6, checkpointed) are written. -> (Popen, out_dir, log file of torchrun's stderr)"""
-    out, err = tmp_path / "ddp", open(tmp_path / "stderr.txt", "w+")
-    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", "train.py", *TINY, *mnist_args,
-                          "--max_steps", "5000", "--log_every", "2", "--ckpt_every", "2",
-                          "--val_clips", "0", "--out_dir", str(out), *extra],
-                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
-                         env={**os.environ, **ONE_THREAD}, start_new_session=True)
+    (step 6, checkpointed) are written. -> (Popen, out_dir, file of torchrun's stderr)"""
+    out, err = tmp_path / "ddp", tmp_path / "stderr.txt"
+    with open(err, "w") as f:
+        p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              "--nproc_per_node=2", "train.py", *TINY, *mnist_args,
+                              "--max_steps", "5000", "--log_every", "2", "--ckpt_every", "2",
+                              "--val_clips", "0", "--out_dir", str(out), *extra],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f,
+                             env={**os.environ, **ONE_THREAD}, start_new_session=True)
     log, deadline = out / "log.jsonl", time.monotonic() + 120
     while not (log.exists() and log.read_text().count("\n") >= 3):
-        assert p.poll() is None and time.monotonic() < deadline, err.seek(0) or err.read()
+        assert p.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
         time.sleep(0.05)
     return p, out, err
 
@@ -299,8 +300,7 @@ def test_torchrun_exits_when_a_rank_is_killed(tmp_path, mnist_args):
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
-    err.seek(0)
-    assert code != 0 and elapsed < 60, (code, elapsed, err.read()[-3000:])
+    assert code != 0 and elapsed < 60, (code, elapsed, err.read_text()[-3000:])
     intact_checkpoints(out)
 
 
@@ -322,8 +322,7 @@ def test_a_hung_rank_times_the_others_out(tmp_path, mnist_args):
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
-    err.seek(0)
-    text = err.read()
+    text = err.read_text()
     assert code != 0 and timeout - 1 < elapsed < timeout + 30, (code, elapsed, text[-3000:])
     assert "Timed out" in text or "timed out" in text, text[-3000:]
     intact_checkpoints(out)
