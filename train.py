@@ -375,8 +375,8 @@ def check_data(cfg):
     if problems:
         raise ValueError(f"{len(problems)} of {len(folder.files)} files under {cfg.data_path} "
                          "cannot be used (listed above); a run skips them when it draws them")
-    print(f"all {len(folder.files)} files under {cfg.data_path} can be read and have at least "
-          f"num_frames={cfg.num_frames} frames (by their headers)")
+    print(f"all {len(folder.files)} files under {cfg.data_path} have a readable header and at "
+          f"least num_frames={cfg.num_frames} frames (their frames are read when drawn)")
 
 
 class SkippedFiles:

@@ -233,8 +233,8 @@ def test_check_data_lists_the_unusable_files(tmp_path, capsys):
     for name in ("garbage.gif", "short.npy"):
         os.remove(tmp_path / "videos" / name)
     assert train.main(args) is None
-    assert capsys.readouterr().out.startswith(f"all 5 files under {tmp_path / 'videos'} can be "
-                                              "read and have at least num_frames=4 frames")
+    assert capsys.readouterr().out.startswith(f"all 5 files under {tmp_path / 'videos'} have a "
+                                              "readable header and at least num_frames=4 frames")
     with pytest.raises(ValueError, match="--check_data checks a video folder"):
         train.main(["--check_data", "true"])
 
