@@ -34,6 +34,8 @@ MNIST_MD5 = {  # the checksums published with the MNIST distribution
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "vjepa-mnist")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Pixel mean and std of two-digit MovingMNIST clips (64x64 canvas): 93% of the pixels are 0.
+MMNIST_MEAN, MMNIST_STD = 0.05, 0.2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,15 +224,17 @@ class MovingMNIST:
     uniform in `speed` pixels per frame), bouncing off the walls.
 
     Labels: speed [B, n] and velocity [B, n, 2] (pixels per frame, (vy, vx)) before any
-    bounce, digit identities [B, n]."""
+    bounce, digit identities [B, n], and where each digit is: its top-left corner per frame,
+    pos [B, n, T, 2] as (y, x), unrounded (the digit is drawn at the rounded corner)."""
 
     def __init__(self, images, labels, num_frames=20, img_size=64, num_digits=2,
-                 speed=(1.0, 4.0)):
+                 speed=(1.0, 4.0), normalise=False):
         if img_size < images.shape[-1]:
             raise ValueError(f"img_size={img_size} is smaller than a digit ({images.shape[-1]})")
         self.images, self.labels = images, labels
         self.num_frames, self.img_size, self.num_digits, self.speed = (
             num_frames, img_size, num_digits, speed)
+        self.normalise = normalise  # (x - MMNIST_MEAN) / MMNIST_STD, as video gets ImageNet's
 
     def sample(self, batch, generator):
         B, n, T = batch, self.num_digits, self.num_frames
@@ -245,7 +249,9 @@ class MovingMNIST:
         pos = bounce(start[:, :, None] + velocity[:, :, None] * t, 0, room)  # (B, n, T, 2)
         digits = self.images[which].float() / 255
         clips = paste(self.img_size, digits, pos.round().long())
-        labels = {"speed": speed, "velocity": velocity, "digits": self.labels[which]}
+        labels = {"speed": speed, "velocity": velocity, "digits": self.labels[which], "pos": pos}
+        if self.normalise:
+            clips = (clips - MMNIST_MEAN) / MMNIST_STD
         return clips[:, None], labels  # (B, 1, T, S, S)
 
 
@@ -450,10 +456,17 @@ class StepBatches(torch.utils.data.Dataset):
         return self.source.sample(self.batch_size, g)
 
 
+def fixed_chunks(source, n, seed, chunk=256):
+    """The clips of `fixed_set` one chunk at a time: yields (clips, labels) of at most `chunk`
+    clips, so a large evaluation set never has to be held in memory at once."""
+    g = torch.Generator().manual_seed(seed)
+    for i in range(0, n, chunk):
+        yield source.sample(min(chunk, n - i), g)
+
+
 def fixed_set(source, n, seed, chunk=256):
     """A fixed seeded set of n clips (for validation), made in chunks. -> (clips, labels)."""
-    g = torch.Generator().manual_seed(seed)
-    parts = [source.sample(min(chunk, n - i), g) for i in range(0, n, chunk)]
+    parts = list(fixed_chunks(source, n, seed, chunk))
     clips = torch.cat([p[0] for p in parts])
     labels = {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
     return clips, labels

@@ -60,6 +60,9 @@ class Config:
     data_path: str = ""  # the .npy file or the video folder
     mnist_dir: str = ""  # MNIST IDX files; empty: $MNIST_DIR, else download, else procedural
     num_digits: int = 2  # digits per MovingMNIST clip
+    normalise: bool = False  # MovingMNIST pixels -> (x - 0.05) / 0.2, their mean and std (as
+    #                          video is ImageNet-normalised): in [0, 1], a tubelet's embedding
+    #                          is drowned by the positional code it is added to
     num_workers: int = 0  # DataLoader worker processes
     check_data: bool = False  # video_folder: read every file's header, list the unusable, exit
     # clip geometry and tokens
@@ -121,6 +124,8 @@ class Config:
     resume: bool = False  # continue from OUT_DIR/ckpt.pt
     dist_timeout_s: int = 600  # torchrun: a collective that waits longer (a rank hung) raises
     val_clips: int = 256  # clips of the fixed validation set for the final collapse monitors
+    snapshot_every: int = 0  # also keep the encoders at step 0 and every N steps in
+    #                          OUT_DIR/snapshots/ (python probe.py --curve OUT_DIR); 0: none
 
 
 # The paper's recipe (V-JEPA Table 8) for VideoMix2M-like folders of real video. batch_size is
@@ -359,7 +364,8 @@ def make_source(cfg, part="train", digits=None):
         if cfg.dataset == "switching_mnist":
             return data.SwitchingMovingMNIST(images, labels, cfg.num_frames, cfg.img_size,
                                              switch_at=cfg.mask_ctx_frames)
-        return data.MovingMNIST(images, labels, cfg.num_frames, cfg.img_size, cfg.num_digits)
+        return data.MovingMNIST(images, labels, cfg.num_frames, cfg.img_size, cfg.num_digits,
+                                normalise=cfg.normalise)
     if cfg.dataset == "mmnist_file":
         return data.MovingMNISTFile(cfg.data_path, cfg.num_frames)
     return data.VideoFolder(cfg.data_path, cfg.num_frames, cfg.img_size, cfg.in_chans)
@@ -498,6 +504,27 @@ def load_checkpoint(path, nets, opt, cfg):
     np.random.set_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])
     return state["step"], path
+
+
+def save_snapshot(out_dir, nets, cfg, step):
+    """OUT_DIR/snapshots/stepNNNNNN.pt: the encoders only (release format, with the config),
+    for probing the run at several points of its training."""
+    folder = os.path.join(out_dir, "snapshots")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"step{step:06d}.pt")
+    state = {name: model.to_release(nets[name].state_dict())
+             for name in ("encoder", "target_encoder")}
+    torch.save({**state, "config": dataclasses.asdict(cfg), "step": step}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+@torch.no_grad()
+def drift(module, start):
+    """How far a network has moved from its initial weights: |w - w0| / |w0| over all
+    parameters together. start: the initial parameters, in module.parameters() order."""
+    params = list(module.parameters())
+    moved = sum(float((p.float() - p0).pow(2).sum()) for p, p0 in zip(params, start))
+    return math.sqrt(moved / sum(float(p0.pow(2).sum()) for p0 in start))
 
 
 def trim_log(path, step):
@@ -786,6 +813,8 @@ def main(argv):
     os.makedirs(cfg.out_dir, exist_ok=True)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     log_path = os.path.join(cfg.out_dir, "log.jsonl")
+    # the initial weights (a function of cfg.seed, also when resuming): the log's drift
+    start_weights = [p.detach().float().clone() for p in nets["encoder"].parameters()]
     start = 0
     if cfg.resume:
         start, used = load_checkpoint(ckpt_path, nets, run.opt, cfg)
@@ -817,6 +846,8 @@ def main(argv):
               f"{run.grid}, {world} process(es) on {device}, "
               f"{str(dtype).replace('torch.', '')}, global batch "
               f"{cfg.batch_size * world * cfg.accum_steps}, steps {start}->{end}")
+    if master and cfg.snapshot_every and start == 0:
+        save_snapshot(cfg.out_dir, nets, cfg, 0)
     bar = tqdm(total=end, initial=start, disable=not master, dynamic_ncols=True, unit="step")
     skipped = SkippedFiles(source)
     loss_sum = torch.zeros((), device=device)
@@ -854,7 +885,10 @@ def main(argv):
                       "lr": lr, "wd": wd, "momentum": momentum,
                       "grad_norm": float(grad_norm), "step_time_s": dt,
                       "clips_per_s": cfg.batch_size * cfg.accum_steps * world / dt,
-                      "emb_std": emb_std, "rankme": rank_me}
+                      "emb_std": emb_std, "rankme": rank_me,
+                      "drift_encoder": drift(nets["encoder"], start_weights)}
+            if run.target is not None:
+                record["drift_target"] = drift(run.target, start_weights)
             if skipped.draws:  # a video folder: the draws replaced since the last line
                 n_skipped = torch.tensor(skipped.since_log, device=device)
                 if world > 1:
@@ -872,6 +906,8 @@ def main(argv):
             n_logged, t_log = 0, time.perf_counter()
         if ckpt_now and master:
             save_checkpoint(ckpt_path, nets, run.opt, cfg, step, last, world)
+        if master and cfg.snapshot_every and (step % cfg.snapshot_every == 0 or step == end):
+            save_snapshot(cfg.out_dir, nets, cfg, step)
         if stop["asked"]:
             break
     bar.close()

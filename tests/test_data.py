@@ -376,6 +376,57 @@ def test_moving_mnist_motion_matches_brute_force(num_digits):
     assert (np.abs(direction_changes) == 2).any()
 
 
+def test_moving_mnist_pos_label_is_where_the_digit_is_drawn():
+    """labels['pos'] [B, n, T, 2] is each digit's unrounded top-left (y, x) per frame: with solid
+    squares of distinct grey levels, the brightest square of a clip is fully visible and its
+    rounded pos is the top-left of the pixels of its level, in every frame."""
+    perm = [3, 7, 0, 9, 1, 5, 2, 8, 4, 6]
+    level_of_label = {perm[i]: 25 * (i + 1) for i in range(10)}
+    for n in (1, 2):
+        mm = data.MovingMNIST(squares([25 * (i + 1) for i in range(10)]), torch.tensor(perm),
+                              num_frames=6, img_size=64, num_digits=n)
+        clips, lab = mm.sample(8, gen(5))
+        pos = lab["pos"]
+        assert pos.shape == (8, n, 6, 2) and pos.dtype == torch.float32
+        assert pos.min() >= 0 and pos.max() <= 64 - 28
+        assert (pos != pos.round()).any()  # unrounded
+        grey = (clips[:, 0] * 255).round().long()
+        checked = 0
+        for b in range(8):
+            levels = [level_of_label[d] for d in lab["digits"][b].tolist()]
+            if len(set(levels)) < n:
+                continue  # the same image twice: cannot tell which pos is whose
+            k = int(np.argmax(levels))
+            checked += 1
+            for t in range(6):
+                ys, xs = torch.nonzero(grey[b, t] == levels[k], as_tuple=True)
+                assert len(ys) == 28 * 28
+                assert pos[b, k, t].round().long().tolist() == [ys.min().item(), xs.min().item()]
+        assert checked >= 6
+
+
+def test_moving_mnist_normalise(small_digits):
+    """normalise=True: the same clips (same generator seed) as (x - MMNIST_MEAN) / MMNIST_STD,
+    with the same labels."""
+    images, labels = small_digits
+    kwargs = dict(num_frames=5, img_size=40, num_digits=2)
+    raw, lab = data.MovingMNIST(images, labels, **kwargs).sample(3, gen(7))
+    norm, lab2 = data.MovingMNIST(images, labels, normalise=True, **kwargs).sample(3, gen(7))
+    assert torch.allclose(norm, (raw - data.MMNIST_MEAN) / data.MMNIST_STD, atol=1e-6)
+    assert all(torch.equal(lab[k], lab2[k]) for k in lab)
+    assert not data.MovingMNIST(images, labels, **kwargs).normalise  # off by default
+
+
+def test_mmnist_mean_and_std_are_those_of_two_digit_clips(mnist_dir):
+    """MMNIST_MEAN and MMNIST_STD are the pixel mean and std of two-digit 64x64 MovingMNIST
+    clips of real MNIST digits (to about 5%)."""
+    images, labels = data.load_digits(str(mnist_dir))
+    clips, _ = data.MovingMNIST(images, labels, num_frames=10, img_size=64,
+                                num_digits=2).sample(200, gen(8))
+    assert float(clips.mean()) == pytest.approx(data.MMNIST_MEAN, rel=0.05)
+    assert float(clips.std()) == pytest.approx(data.MMNIST_STD, rel=0.05)
+
+
 def test_moving_mnist_start_and_velocity_distribution():
     """Over many clips: the start (top-left in frame 0) covers the whole range [0, 64-28] with
     mean at its middle, speeds are uniform in the range (mean in the middle), and directions are

@@ -68,6 +68,43 @@ def test_ema_update_against_the_formula():
         assert torch.allclose(t1, 0.9 * t0 + 0.1 * e, atol=1e-7)
 
 
+def test_drift_against_a_hand_computation():
+    """|w - w0| / |w0| over all parameters together: w0 = ([3, 0], [4]) has norm 5; moving to
+    ([3, 4], [1]) is a step of norm sqrt(16 + 9) = 5, so the drift is 1."""
+    lin = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[3.0, 4.0]]))
+        lin.bias.copy_(torch.tensor([1.0]))
+    start = [torch.tensor([[3.0, 0.0]]), torch.tensor([4.0])]
+    assert train.drift(lin, start) == pytest.approx(1.0)
+    assert train.drift(lin, [p.detach().clone() for p in lin.parameters()]) == 0.0
+
+
+def test_log_drift_of_the_encoder_and_of_a_frozen_target(tmp_path, mnist_args):
+    """With EMA momentum 1 throughout, the target encoder never moves (drift_target 0) while
+    the online encoder does; drift_encoder equals |w - w0| / |w0| computed from the final
+    checkpoint and a model built afresh from the seed."""
+    out = str(tmp_path / "frozen")
+    train.main(TINY + mnist_args + ["--ema_start", "1.0", "--ema_end", "1.0", "--max_steps", "4",
+                                    "--log_every", "2", "--val_clips", "0", "--out_dir", out])
+    log = read_log(out)
+    assert [r["step"] for r in log] == [2, 4]
+    assert all(r["drift_target"] == 0.0 for r in log)
+    assert 0 < log[0]["drift_encoder"] < log[1]["drift_encoder"]
+    cfg = train.parse_config(TINY + mnist_args)
+    torch.manual_seed(cfg.seed)
+    _, nets, _ = train.build(cfg, None, torch.device("cpu"))
+    state = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)
+    prefix = "module.backbone."
+    moved = norm = 0.0
+    for name, p0 in nets["encoder"].named_parameters():
+        p0 = p0.detach().double()
+        moved += float((state["encoder"][prefix + name].double() - p0).pow(2).sum())
+        norm += float(p0.pow(2).sum())
+        assert torch.equal(state["target_encoder"][prefix + name], p0.float())  # never moved
+    assert log[-1]["drift_encoder"] == pytest.approx(math.sqrt(moved / norm), rel=1e-4)
+
+
 def test_rankme_closed_forms():
     q, _ = torch.linalg.qr(torch.randn(50, 10))  # 10 equal singular values
     assert train.rankme(q) == pytest.approx(10, rel=1e-4)
@@ -274,7 +311,7 @@ def test_vit_route_of_vjvcr(tmp_path, mnist_args):
                 "--val_clips", "8", "--dtype", "float32", "--out_dir", out] + mnist_args)
     record = read_log(out)[-1]
     assert {"pred", "pixel", "var", "cov"} <= set(record)
-    results = probe.main(["--ckpt", os.path.join(out, "ckpt.pt"), "--train_clips", "64",
+    results = probe.main(["--ckpt", os.path.join(out, "ckpt.pt"), "--fit_clips", "64",
                           "--test_clips", "16"])
     assert results["decoder"] == "the model's own" and math.isfinite(results["psnr"])
 
