@@ -228,13 +228,14 @@ class MovingMNIST:
     pos [B, n, T, 2] as (y, x), unrounded (the digit is drawn at the rounded corner)."""
 
     def __init__(self, images, labels, num_frames=20, img_size=64, num_digits=2,
-                 speed=(1.0, 4.0), normalise=False):
+                 speed=(1.0, 4.0), normalise=False, background=0.0):
         if img_size < images.shape[-1]:
             raise ValueError(f"img_size={img_size} is smaller than a digit ({images.shape[-1]})")
         self.images, self.labels = images, labels
         self.num_frames, self.img_size, self.num_digits, self.speed = (
             num_frames, img_size, num_digits, speed)
         self.normalise = normalise  # (x - MMNIST_MEAN) / MMNIST_STD, as video gets ImageNet's
+        self.background = background  # brightness of a static random background (0: black)
 
     def sample(self, batch, generator):
         B, n, T = batch, self.num_digits, self.num_frames
@@ -250,6 +251,11 @@ class MovingMNIST:
         digits = self.images[which].float() / 255
         clips = paste(self.img_size, digits, pos.round().long())
         labels = {"speed": speed, "velocity": velocity, "digits": self.labels[which], "pos": pos}
+        if self.background:  # a smooth random pattern per clip, the same in every frame
+            coarse = torch.rand(B, 1, 4, 4, generator=g) * self.background
+            bg = F.interpolate(coarse, size=(self.img_size,) * 2, mode="bilinear",
+                               align_corners=True)  # (B, 1, S, S)
+            clips = torch.maximum(clips, bg)
         if self.normalise:
             clips = (clips - MMNIST_MEAN) / MMNIST_STD
         return clips[:, None], labels  # (B, 1, T, S, S)

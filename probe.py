@@ -628,11 +628,13 @@ def probe_sets(config, encoder, a):
     digits = data.load_digits(a.mnist_dir or config.get("mnist_dir", ""))
     T, H, _ = encoder.input_size
     sources = {part: data.MovingMNIST(*data.split_digits(*digits, split), T, H, num_digits=1,
-                                      normalise=config.get("normalise", False))
+                                      normalise=config.get("normalise", False),
+                                      background=config.get("background", 0.0))
                for part, split in (("fit", "train"), ("test", "val"))}
     spec = {"fit": (a.fit_clips, 1), "test": (a.test_clips, 2),
             "digits": [len(digits[0]), int(digits[0][:100].float().sum())],
-            "normalise": config.get("normalise", False)}
+            "normalise": config.get("normalise", False),
+            "background": config.get("background", 0.0)}
     return sources, spec
 
 
@@ -747,6 +749,69 @@ def vjepa_summary(r):
                          f"{c['random'][0]:.1%} ± {c['random'][1]:.1%} | {c['gap_over_std']} |")
     lines.append(f"probe time {r['probe_s'] / 60:.1f} min")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Does the predictor use the context? (a V-JEPA diagnostic)
+
+def context_dependence(path, clips=64, seed=0):
+    """`python probe.py --context OUT_DIR/ckpt.pt`: does the predictor use the context? For the
+    checkpoint's weights and for the same run's initial weights (a function of its seed): the
+    V-JEPA loss on fixed validation clips when the predictor gets each clip's own encoded
+    context, another clip's (the batch rolled by one), or zeros; how much the predictions change
+    with another clip's context (|p' - p| / |p|); and the gradient norms of the encoder and the
+    predictor. Plus the run's last log line. When another clip's context costs nothing, the
+    predictor predicts the targets from their positions alone, and the encoder, which only
+    reaches the loss through the context, gets (almost) no gradient."""
+    state = train.read_state(path)
+    cfg = train.Config(**state["config"])
+    if cfg.objective != "vjepa":
+        raise ValueError(f"--context: {path} is a {cfg.objective} checkpoint; expected vjepa")
+    run = train.setup(cfg)  # the initial weights
+    videos, _ = data.fixed_set(train.make_source(cfg, "val"), clips, seed=12345)
+    out = {"ckpt": path, "step": state["step"]}
+    for when in ("init", "trained"):
+        if when == "trained":
+            for name, net in run.nets.items():
+                model.load_strict(net, model.from_release(state[name]), f"{path} {name}")
+        g = torch.Generator().manual_seed(seed)
+        losses_ = {"own": [], "other_clip": [], "zeros": []}
+        change, grads = [], {"encoder": 0.0, "predictor": 0.0}
+        for batch in videos.split(16):
+            step_masks = run.sampler(len(batch), g)
+            with torch.no_grad():
+                h = run.target(batch)
+                targets = F.layer_norm(h.float(), h.shape[-1:])
+            preds = {}
+            for kind, edit in zip(losses_, (lambda z: z, lambda z: z.roll(1, 0),
+                                            torch.zeros_like)):
+                preds[kind] = [run.module.predictor(edit(run.module.encoder(batch, keep=ctx)),
+                                                    ctx, tgt, mask_id)
+                               for mask_id, (ctx, tgt) in enumerate(step_masks)]
+                loss = getattr(losses, cfg.loss)(
+                    preds[kind], [model.gather_tokens(targets, tgt) for _, tgt in step_masks])
+                if kind == "own":
+                    run.module.zero_grad(set_to_none=True)
+                    loss.backward()
+                    for name in grads:
+                        grads[name] += sum(float(p.grad.pow(2).sum()) for p in getattr(
+                            run.module, name).parameters() if p.grad is not None)
+                losses_[kind].append(float(loss.detach()))
+            change.append(float(sum((p - q).detach().norm() for p, q in zip(
+                preds["own"], preds["other_clip"])) / sum(p.detach().norm() for p in preds["own"])))
+        n = len(change)
+        out[when] = {"loss": {k: round(sum(v) / n, 4) for k, v in losses_.items()},
+                     "prediction_change": round(sum(change) / n, 4),
+                     "grad_norm": {k: round(math.sqrt(v / n), 5) for k, v in grads.items()}}
+    log = os.path.join(os.path.dirname(path), "log.jsonl")
+    if os.path.exists(log):
+        with open(log) as f:
+            last = [json.loads(line) for line in f if line.strip()][-1]
+        out["last_log"] = {k: round(last[k], 4) for k in ("step", "loss", "emb_std", "rankme",
+                                                          "drift_encoder", "drift_target")
+                           if k in last}
+    print(json.dumps(out))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -882,6 +947,8 @@ def main(argv):
     p.add_argument("--curve", metavar="OUT_DIR",
                    help="V-JEPA: probe the run's snapshots (train.py --snapshot_every) and "
                         "draw its learning curve, OUT_DIR/curve.png")
+    p.add_argument("--context", metavar="CKPT",
+                   help="V-JEPA: does the predictor use the context? (context_dependence)")
     p.add_argument("--fit_clips", type=int, default=0,
                    help="clips to fit the probes on (default: 5000 V-JEPA, 4096 VJ-VCR)")
     p.add_argument("--test_clips", type=int, default=0,
@@ -916,6 +983,8 @@ def main(argv):
         return None
     if a.curve:
         return learning_curve(a)
+    if a.context:
+        return context_dependence(a.context)
     if not a.ckpt:
         raise ValueError("give --ckpt OUT_DIR/ckpt.pt (or --table OUT_DIR ..., --curve OUT_DIR)")
     for path in a.ckpt:

@@ -63,6 +63,8 @@ class Config:
     normalise: bool = False  # MovingMNIST pixels -> (x - 0.05) / 0.2, their mean and std (as
     #                          video is ImageNet-normalised): in [0, 1], a tubelet's embedding
     #                          is drowned by the positional code it is added to
+    background: float = 0.0  # MovingMNIST: brightness of a smooth random background, static
+    #                          within a clip (0: black)
     num_workers: int = 0  # DataLoader worker processes
     check_data: bool = False  # video_folder: read every file's header, list the unusable, exit
     # clip geometry and tokens
@@ -365,7 +367,7 @@ def make_source(cfg, part="train", digits=None):
             return data.SwitchingMovingMNIST(images, labels, cfg.num_frames, cfg.img_size,
                                              switch_at=cfg.mask_ctx_frames)
         return data.MovingMNIST(images, labels, cfg.num_frames, cfg.img_size, cfg.num_digits,
-                                normalise=cfg.normalise)
+                                normalise=cfg.normalise, background=cfg.background)
     if cfg.dataset == "mmnist_file":
         return data.MovingMNISTFile(cfg.data_path, cfg.num_frames)
     return data.VideoFolder(cfg.data_path, cfg.num_frames, cfg.img_size, cfg.in_chans)

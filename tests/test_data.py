@@ -738,3 +738,22 @@ def test_switching_mnist_too_fast_for_canvas(small_digits):
     images, labels = small_digits
     with pytest.raises(ValueError, match="does not fit"):
         data.SwitchingMovingMNIST(images, labels, num_frames=6, img_size=64, speed=4.0)
+
+
+def test_moving_mnist_background(small_digits):
+    """background=b: the same labels as without (same generator seed), over a pattern that is
+    the same in every frame, lies in [0, b], differs between clips, and is smooth: bilinear
+    between 4x4 random levels, so neighbouring pixels differ by at most b over the width of
+    one bilinear cell, (size - 1) / 3 pixels."""
+    images, labels = small_digits
+    images = torch.zeros_like(images)  # black digits: only the background shows
+    kwargs = dict(num_frames=4, img_size=37, num_digits=1)
+    plain, lab = data.MovingMNIST(images, labels, **kwargs).sample(3, gen(5))
+    bg, lab2 = data.MovingMNIST(images, labels, background=0.5, **kwargs).sample(3, gen(5))
+    assert plain.abs().max() == 0 and all(torch.equal(lab[k], lab2[k]) for k in lab)
+    frames = bg[:, 0]  # (B, T, H, W)
+    assert torch.equal(frames, frames[:, :1].expand_as(frames))  # static
+    assert frames.min() >= 0 and frames.max() <= 0.5 and frames.max() > 0.1
+    assert not torch.allclose(frames[0], frames[1])  # another pattern per clip
+    step = 0.5 / ((37 - 1) / 3)  # the largest slope of a bilinear cell, per pixel
+    assert (frames[..., 1:] - frames[..., :-1]).abs().max() <= step + 1e-6

@@ -741,3 +741,21 @@ def test_snapshots_and_the_learning_curve(tmp_path):
         assert r["trained"] == [t[r["pooling"]][r["task"]][0] for t in curve["trained"]]
     from PIL import Image
     assert Image.open(os.path.join(out, "curve.png")).size == (3 * 330, 3 * 210)  # 9 panels
+
+
+def test_context_dependence_tells_a_blind_predictor_from_one_that_reads(tmp_path, two_seeds):
+    """A predictor whose context embedding is zeroed cannot see the context: another clip's
+    context, or zeros, give exactly its loss, its predictions do not change, and the encoder
+    gets no gradient. The same checkpoint unmodified reads its context (a change above 0)."""
+    state = torch.load(two_seeds[0], map_location="cpu", weights_only=False)
+    reads = probe.context_dependence(two_seeds[0], clips=16)
+    for key in [k for k in state["predictor"] if "predictor_embed." in k]:
+        state["predictor"][key] = torch.zeros_like(state["predictor"][key])
+    blind_path = str(tmp_path / "blind.pt")
+    torch.save(state, blind_path)
+    blind = probe.context_dependence(blind_path, clips=16)["trained"]
+    assert blind["loss"]["own"] == blind["loss"]["other_clip"] == blind["loss"]["zeros"]
+    assert blind["prediction_change"] == 0 and blind["grad_norm"]["encoder"] == 0
+    assert blind["grad_norm"]["predictor"] > 0
+    assert reads["trained"]["prediction_change"] > 0 and reads["trained"]["grad_norm"]["encoder"] > 0
+    assert reads["init"] == probe.context_dependence(blind_path, clips=16)["init"]  # the seed's init
