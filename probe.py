@@ -780,8 +780,7 @@ def context_dependence(path, clips=64, seed=0):
         for batch in videos.split(16):
             step_masks = run.sampler(len(batch), g)
             with torch.no_grad():
-                h = run.target(batch)
-                targets = F.layer_norm(h.float(), h.shape[-1:])
+                targets = train.feature_targets(run, batch)[1]
             preds = {}
             for kind, edit in zip(losses_, (lambda z: z, lambda z: z.roll(1, 0),
                                             torch.zeros_like)):

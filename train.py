@@ -88,6 +88,9 @@ class Config:
     objective: str = "vjepa"  # vjepa | pixel (V-JEPA's masks, normalised pixels as targets)
     #                           | vjvcr | generative
     loss: str = "vjepa_l1"  # the prediction loss: the name of a function in losses.py
+    center_targets: bool = False  # vjepa: subtract from each position's target its mean over
+    #                               the batch, the part a predictor gets from positions alone
+    #                               (not in the paper; docs/results.md, section 1)
     vcr_alpha: float = 0.5  # vjvcr / generative: weight of the variance term (eq. 1)
     vcr_beta: float = 0.1  # weight of the covariance term (eq. 3)
     vcr_gamma: float = 0.0  # vjvcr: weight of the pixel reconstruction term (0: no decoder)
@@ -738,6 +741,17 @@ def pixel_targets(clips, patch_size, tubelet_size, eps=1e-6):
     return (x - mean) / (var + eps).sqrt()
 
 
+def feature_targets(run, clips):
+    """V-JEPA's targets for every token: the EMA target encoder's features, layer-normalised
+    without affine parameters -> (the encoder's output h [B, N, D], targets [B, N, D] float32).
+    Computed once per clip and shared by all masks."""
+    h = run.target(clips)
+    full = F.layer_norm(h.float(), h.shape[-1:])
+    if run.cfg.center_targets:  # what is left cannot be predicted from positions alone
+        full = full - full.mean(0, keepdim=True)
+    return h, full
+
+
 def forward(run, clips, g):
     """The energy of one (micro-)batch -> (loss, {term: value}, embeddings for the collapse
     monitors [B, N, D] (None for pixel targets: no encoder sees the whole clip), time steps
@@ -753,8 +767,7 @@ def forward(run, clips, g):
         if cfg.objective == "pixel":
             h, full = None, pixel_targets(clips, cfg.patch_size, cfg.tubelet_size)
         else:
-            h = run.target(clips)  # (B, N, D): once per clip, shared by all masks
-            full = F.layer_norm(h.float(), h.shape[-1:])
+            h, full = feature_targets(run, clips)
         targets = [model.gather_tokens(full, tgt) for _, tgt in step_masks]
     with record("context encoder + predictor"):
         preds = run.net(clips, step_masks)

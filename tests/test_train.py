@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import data
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -356,3 +357,23 @@ def test_pixel_objective_trains_and_its_checkpoint_loads(tmp_path, mnist_args):
 def test_mask_ablation_presets(preset, mask):
     cfg = train.parse_config(["--preset", preset])
     assert cfg.mask == mask and cfg.objective == "vjepa" and cfg.enc_dim == 192
+
+
+def test_centred_targets_subtract_each_positions_batch_mean(mnist_args):
+    """--center_targets: every token's target minus the mean of that position's targets over
+    the batch (a loop over positions), so a predictor that sees only positions can do no better
+    than 0 and the targets average to 0 at every position."""
+    cfg = train.parse_config(TINY + mnist_args + ["--center_targets", "true"])
+    run = train.setup(cfg)
+    clips, _ = data.fixed_set(train.make_source(cfg, "train"), 4, seed=3)
+    with torch.no_grad():
+        h, full = train.feature_targets(run, clips)
+        plain = torch.nn.functional.layer_norm(run.target(clips).float(), h.shape[-1:])
+    expected = torch.empty_like(plain)
+    for n in range(plain.shape[1]):
+        expected[:, n] = plain[:, n] - sum(plain[b, n] for b in range(len(plain))) / len(plain)
+    assert torch.allclose(full, expected, atol=1e-5)
+    assert full.mean(0).abs().max() < 1e-5 and full.abs().max() > 1e-2  # not all zeros
+    run.cfg.center_targets = False
+    with torch.no_grad():
+        assert torch.equal(train.feature_targets(run, clips)[1], plain)
