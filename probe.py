@@ -754,13 +754,22 @@ def vjepa_summary(r):
 # ----------------------------------------------------------------------------------------------
 # Does the predictor use the context? (a V-JEPA diagnostic)
 
+def content_share(targets):
+    """The share of the targets' variance [B, N, D] that their positions do not explain: the
+    mean squared deviation from each position's mean over the clips, over the mean square.
+    A predictor that sees only positions can at best leave this share of the squared error."""
+    centred = targets - targets.mean(0, keepdim=True)
+    return float(centred.pow(2).mean() / targets.pow(2).mean())
+
+
 def context_dependence(path, clips=64, seed=0):
     """`python probe.py --context OUT_DIR/ckpt.pt`: does the predictor use the context? For the
     checkpoint's weights and for the same run's initial weights (a function of its seed): the
     V-JEPA loss on fixed validation clips when the predictor gets each clip's own encoded
     context, another clip's (the batch rolled by one), or zeros; how much the predictions change
-    with another clip's context (|p' - p| / |p|); and the gradient norms of the encoder and the
-    predictor. Plus the run's last log line. When another clip's context costs nothing, the
+    with another clip's context (|p' - p| / |p|); the gradient norms of the encoder and the
+    predictor; and the share of the targets' variance that their positions do not explain
+    (`content_share`). Plus the run's last log line. When another clip's context costs nothing, the
     predictor predicts the targets from their positions alone, and the encoder, which only
     reaches the loss through the context, gets (almost) no gradient."""
     state = train.read_state(path)
@@ -777,6 +786,8 @@ def context_dependence(path, clips=64, seed=0):
         g = torch.Generator().manual_seed(seed)
         losses_ = {"own": [], "other_clip": [], "zeros": []}
         change, grads = [], {"encoder": 0.0, "predictor": 0.0}
+        with torch.no_grad():
+            share = content_share(train.feature_targets(run, videos)[1])
         for batch in videos.split(16):
             step_masks = run.sampler(len(batch), g)
             with torch.no_grad():
@@ -801,6 +812,7 @@ def context_dependence(path, clips=64, seed=0):
         n = len(change)
         out[when] = {"loss": {k: round(sum(v) / n, 4) for k, v in losses_.items()},
                      "prediction_change": round(sum(change) / n, 4),
+                     "target_content_share": round(share, 4),
                      "grad_norm": {k: round(math.sqrt(v / n), 5) for k, v in grads.items()}}
     log = os.path.join(os.path.dirname(path), "log.jsonl")
     if os.path.exists(log):

@@ -759,3 +759,17 @@ def test_context_dependence_tells_a_blind_predictor_from_one_that_reads(tmp_path
     assert blind["grad_norm"]["predictor"] > 0
     assert reads["trained"]["prediction_change"] > 0 and reads["trained"]["grad_norm"]["encoder"] > 0
     assert reads["init"] == probe.context_dependence(blind_path, clips=16)["init"]  # the seed's init
+
+
+def test_content_share_against_a_loop():
+    g = torch.Generator().manual_seed(3)
+    targets = torch.randn(5, 7, 4, generator=g) + 3 * torch.randn(1, 7, 4, generator=g)
+    num = den = 0.0
+    for n in range(7):  # per position: deviations from that position's mean over the clips
+        for d in range(4):
+            col = [float(targets[b, n, d]) for b in range(5)]
+            mean = sum(col) / 5
+            num += sum((c - mean) ** 2 for c in col)
+            den += sum(c ** 2 for c in col)
+    assert abs(probe.content_share(targets) - num / den) < 1e-6
+    assert probe.content_share(targets[:1].expand(5, -1, -1)) < 1e-10  # positions explain all
