@@ -80,6 +80,8 @@ class Config:
     enc_heads: int = 3
     pred_dim: int = 96
     pred_depth: int = 4
+    embed_gain: float = 1.0  # the tubelet embedding's initial weights x this (model.PatchEmbed3D):
+    #                          how loud a token's content starts against its positional code
     # masks
     mask: str = "multiblock"  # multiblock | random_tube | causal | future
     mask_ratio: float = 0.9  # random_tube: share of spatial positions removed
@@ -670,7 +672,7 @@ def build(cfg, grid, device):
         cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size, cfg.in_chans,
         cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.pred_dim, cfg.pred_depth,
         num_masks=2, uniform_power=cfg.uniform_power,
-        out_dim=pixels if cfg.objective == "pixel" else None)
+        out_dim=pixels if cfg.objective == "pixel" else None, embed_gain=cfg.embed_gain)
     net = model.JEPA(encoder, predictor).to(device)
     if cfg.objective == "pixel":  # no target encoder: probes read the encoder itself
         return net, {"encoder": net.encoder, "predictor": net.predictor,

@@ -335,3 +335,18 @@ def test_conv_networks_match_plain_modules(decoder):
         assert net.state_dict().keys() == want.keys()
         for k, fast in net.state_dict().items():
             assert torch.allclose(fast.double(), want[k].double(), rtol=1e-5, atol=1e-6), (mode, k)
+
+
+def test_embed_gain_scales_only_the_tubelet_embedding_and_survives_reinit():
+    def build(gain):
+        torch.manual_seed(7)
+        return model.VisionTransformer(4, 16, 4, 2, 1, dim=32, depth=2, heads=2, embed_gain=gain)
+    plain, loud = build(1.0).state_dict(), build(3.0).state_dict()
+    for key in plain:
+        expected = 3 * plain[key] if key == "patch_embed.proj.weight" else plain[key]
+        assert torch.equal(loud[key], expected), key
+    fresh = build(3.0)  # re-initialising (as probe.random_init_like does) keeps the gain
+    torch.manual_seed(7)
+    model.init_weights(fresh, fresh.blocks)
+    w = fresh.patch_embed.proj.weight
+    assert 3 * 0.015 < float(w.std()) < 3 * 0.02  # truncated normal(0.02) x 3
