@@ -185,15 +185,22 @@ def unpatchify(tokens, grid, channels, patch_size, tubelet_size):
 
 
 class PatchEmbed3D(nn.Module):
-    """Tubelets of t x p x p pixels -> tokens. [B, C, T, H, W] -> [B, T/t * H/p * W/p, D]."""
+    """Tubelets of t x p x p pixels -> tokens. [B, C, T, H, W] -> [B, T/t * H/p * W/p, D].
+
+    The weights are a Conv3d's (kernel = stride = tubelet), as in the release; the forward pass
+    computes the same thing as one matrix product of each tubelet's pixels with the flattened
+    kernel, which on CPUs is several times faster than the convolution kernels, in float32 and
+    bfloat16, forward and backward."""
 
     def __init__(self, in_chans, dim, patch_size, tubelet_size):
         super().__init__()
+        self.patch_size, self.tubelet_size = patch_size, tubelet_size
         k = (tubelet_size, patch_size, patch_size)
         self.proj = nn.Conv3d(in_chans, dim, kernel_size=k, stride=k)
 
     def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)  # time-major flatten of (T', H', W')
+        pixels = patchify(x, self.patch_size, self.tubelet_size)  # (B, N, C*t*p*p), time-major
+        return F.linear(pixels, self.proj.weight.flatten(1), self.proj.bias)  # (B, N, D)
 
 
 class VisionTransformer(nn.Module):

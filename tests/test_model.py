@@ -57,6 +57,8 @@ def test_tubelet_token_order_is_time_major():
                 cube = x[:, :, it * t:(it + 1) * t, ih * p:(ih + 1) * p, iw * p:(iw + 1) * p]
                 tokens.append(cube.reshape(B, -1) @ weight.T + embed.proj.bias)
     assert torch.allclose(embed(x), torch.stack(tokens, 1), atol=1e-5)
+    # the release's Conv3d (kernel = stride = tubelet) on the same weights gives the same
+    assert torch.allclose(embed(x), embed.proj(x).flatten(2).transpose(1, 2), atol=1e-5)
 
 
 def test_attention_matches_naive_softmax():
