@@ -230,7 +230,9 @@ class VisionTransformer(nn.Module):
         if x.shape[1] != self.in_chans or tuple(x.shape[2:]) != self.input_size:
             raise ValueError(f"clip of shape {tuple(x.shape[1:])} does not fit an encoder built "
                              f"for {(self.in_chans, *self.input_size)} (C, T, H, W)")
-        x = self.patch_embed(x) + self.pos_embed  # positions are added before tokens are dropped
+        x = self.patch_embed(x)  # bf16 under autocast: the residual stream stays in it, so no
+        #                          product casts its input and no sum mixes two precisions
+        x = x + self.pos_embed.to(x.dtype)  # positions are added before tokens are dropped
         if keep is not None:
             x = gather_tokens(x, keep)
         return self.norm(run_blocks(self.blocks, x, self.grad_checkpoint))
@@ -262,9 +264,10 @@ class Predictor(nn.Module):
         """z: [B, Kc, D] encoded context at positions ctx_idx [B, Kc];
         tgt_idx: [B, Kt] positions to predict -> [B, Kt, out_dim]."""
         B, Kc = ctx_idx.shape
-        pos = self.predictor_pos_embed.expand(B, -1, -1)
-        ctx = self.predictor_embed(z) + gather_tokens(pos, ctx_idx)  # (B, Kc, Dp)
-        tgt = self.mask_tokens[mask_id] + gather_tokens(pos, tgt_idx)  # (B, Kt, Dp)
+        ctx = self.predictor_embed(z)  # (B, Kc, Dp); its precision (bf16 under autocast) is kept
+        pos = self.predictor_pos_embed.to(ctx.dtype).expand(B, -1, -1)
+        ctx = ctx + gather_tokens(pos, ctx_idx)
+        tgt = self.mask_tokens[mask_id].to(ctx.dtype) + gather_tokens(pos, tgt_idx)  # (B, Kt, Dp)
         x = run_blocks(self.predictor_blocks, torch.cat([ctx, tgt], dim=1), self.grad_checkpoint)
         return self.predictor_proj(self.predictor_norm(x[:, Kc:]))
 

@@ -29,7 +29,7 @@ def one_step(argv, x):
 
 def test_bf16_autocast_loss_is_close_to_float32():
     """Tolerance: 1% of the loss. bf16 keeps 8 significant bits per number, but the L1 loss
-    averages thousands of them; the gap measured here is about 2e-5 of the loss."""
+    averages thousands of them; the gap measured here is about 5e-5 of the loss."""
     x = clips()
     loss32, _ = one_step(TINY, x)
     loss16, _ = one_step(TINY + ["--dtype", "bfloat16"], x)
