@@ -717,8 +717,8 @@ def setup(cfg, rank=0, world=1, device=torch.device("cpu")):
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:  # mask sizes change every step: dynamic shapes instead of recompiling
-        net = torch.compile(net, dynamic=True)
+    if cfg.compile:  # the masks' token counts are fixed (masks.py): static shapes
+        net = torch.compile(net)
     return Run(cfg, module, net, nets, target, opt, sampler, grid, rank, world, device,
                pick_dtype(cfg, device))
 
