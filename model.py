@@ -68,7 +68,7 @@ def sincos_3d(dim, grid, uniform_power=True):
 def attention(q, k, v):
     """softmax(q k^T / sqrt(Dh)) v over the last two dims. PyTorch's fused kernels, except on
     CPUs in bfloat16 when gradients are recorded: there the fused kernel's forward and backward
-    take 1.2-3.5x as long as the two matrix products written out (the [N, N] scores then sit
+    take 1.2-3.6x as long as the two matrix products written out (the [N, N] scores then sit
     in memory, fine at CPU sizes), while without gradients (the target encoder) the fused
     forward takes half as long (docs/results.md, section 5)."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad:
