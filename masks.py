@@ -5,17 +5,24 @@ Every sampler returns, per mask configuration, a pair of LongTensors of token in
 index = (i_t * H' + i_h) * W' + i_w. Indices in a row are sorted and the two sets are disjoint.
 
 Rectangular tensors need the same K in every row, but unions of random blocks differ in size.
-We cut every row to the batch minimum by keeping a *uniformly random* subset of its candidates
-(the original kept the first K, which starves the last time steps, see SPEC section 6). For the
-multi-block and random-tube masks the subset is drawn over spatial positions and then expanded
-through time, so context and target stay unions of full-length tubes and every time step holds
-exactly the same number of them. Tokens cut this way are neither context nor target.
+We cut every row to a count fixed by the geometry (`fixed_counts`: the average that a cut to
+the batch minimum keeps at batch 8, the laptop batch), so every step has the same shapes:
+CPU kernels compiled for a shape are reused, and torch.compile or CUDA graphs need no dynamic
+shapes. A sample with fewer candidates than that is drawn again (about a quarter of them in the
+laptop geometry), so unions of blocks at the extremes of their size range are not used. The
+rows are cut by keeping a *uniformly random* subset of the candidates (the original kept the
+first K, which starves the last time steps, see SPEC section 6). For the multi-block and
+random-tube masks the subset is drawn over spatial positions and then expanded through time,
+so context and target stay unions of full-length tubes and every time step holds exactly the
+same number of them. Tokens cut this way are neither context nor target. `cut="batch"`
+keeps the earlier rule, the batch minimum, whose counts change from step to step.
 
 `python masks.py` prints statistics for the paper geometry and draws a few masks.
 """
 import argparse
 import functools
 import json
+import math
 
 import torch
 
@@ -108,39 +115,83 @@ def tubes(pos, T, S):
     return (pos[:, None, :] + _step_starts(T, S)).flatten(1)  # (B, T, K) -> (B, T*K)
 
 
-def _blocks_with_context(batch, hw, configs, generator, tries=100):
-    """block_masks, re-drawn for the samples where some configuration leaves no context or no
-    target. Re-drawing all configurations of such a sample keeps them independent, each with
-    the distribution conditioned on leaving both. -> [C, B, H*W] bool"""
-    masked = block_masks(batch, hw, configs, generator)
+def _blocks_with_counts(batch, hw, configs, generator, min_ctx, min_tgt, accept=1.0, tries=100):
+    """block_masks of the samples where every configuration c leaves at least min_ctx[c] context
+    candidates and min_tgt[c] target candidates (ints or (C,) tensors). About batch / accept
+    samples are drawn at once (accept: the share expected to leave enough), the first `batch`
+    that do are kept, and more are drawn if some are missing. Keeping or dropping all
+    configurations of a sample together keeps them independent, each with the distribution
+    conditioned on leaving enough. -> [C, B, H*W] bool"""
+    S = hw[0] * hw[1]
+    min_ctx, min_tgt = torch.as_tensor(min_ctx).view(-1, 1), torch.as_tensor(min_tgt).view(-1, 1)
+    kept, missing = [], batch
     for _ in range(tries):
-        n_tgt = masked.sum(2)  # (C, B)
-        bad = ((n_tgt == 0) | (n_tgt == masked.shape[2])).any(0)  # (B,)
-        if not bad.any():
-            return masked
-        masked[:, bad] = block_masks(int(bad.sum()), hw, configs, generator)
+        masked = block_masks(math.ceil(missing / accept), hw, configs, generator)  # (C, n, S)
+        n_tgt = masked.sum(2)  # (C, n)
+        good = ((n_tgt >= min_tgt) & (S - n_tgt >= min_ctx)).all(0).nonzero()[:missing, 0]
+        kept.append(masked[:, good])
+        missing -= len(good)
+        if not missing:
+            return torch.cat(kept, 1)
     blocks = ", ".join(f"{n} blocks of scale {s}" for n, s in configs)
     raise ValueError(f"{blocks} on a {hw[0]}x{hw[1]} grid leave no context or no target (too "
                      "often); use fewer or smaller blocks")
 
 
-def multiblock_configs(batch, grid, configs, generator):
+REFERENCE_BATCH = 8  # fixed_counts keep what a cut to the batch minimum kept at this batch
+CUTS = ("fixed", "batch")
+
+
+@functools.lru_cache
+def fixed_counts(hw, configs, batch=REFERENCE_BATCH, draws=8192):
+    """The spatial positions every sample keeps, per configuration, and the share of samples
+    that have that many -> (context (C,), target (C,), share). Each count is the average over
+    `draws` seeded draws (the same on every machine and run) of the batch minimum at `batch`,
+    rounded: what the cut to the batch minimum kept on average there, now the same at every
+    step, batch size and number of processes. At least 1 each."""
+    masked = _blocks_with_counts(draws, hw, configs, torch.Generator().manual_seed(0), 1, 1)
+    n_tgt = masked.sum(2)  # (C, draws)
+    n_ctx = masked.shape[2] - n_tgt
+    k_ctx, k_tgt = (n.view(len(configs), -1, batch).amin(2).float().mean(1).round().long()
+                    .clamp(min=1) for n in (n_ctx, n_tgt))
+    share = ((n_ctx >= k_ctx[:, None]) & (n_tgt >= k_tgt[:, None])).all(0).float().mean()
+    return k_ctx, k_tgt, max(float(share), 0.01)
+
+
+def _spatial_masks(batch, hw, configs, generator, cut):
+    """Unions of blocks that leave enough candidates for `cut`, and how many of each every row
+    keeps -> (masked [C, B, S], context counts (C,), target counts (C,)); counts are spatial
+    positions."""
+    if cut not in CUTS:
+        raise ValueError(f"cut={cut!r}: expected one of {CUTS}")
+    configs = tuple(map(tuple, configs))
+    if cut == "fixed":
+        k_ctx, k_tgt, share = fixed_counts(tuple(hw), configs)
+        # 10% more than the share expected to qualify, so that one draw is nearly always enough
+        masked = _blocks_with_counts(batch, hw, configs, generator, k_ctx, k_tgt, share / 1.1)
+        return masked, k_ctx, k_tgt
+    masked = _blocks_with_counts(batch, hw, configs, generator, 1, 1)
+    n_tgt = masked.sum(2)  # (C, B)
+    return masked, masked.shape[2] - n_tgt.amax(1), n_tgt.amin(1)
+
+
+def multiblock_configs(batch, grid, configs, generator, cut="fixed"):
     """V-JEPA multi-block: the target is a union of spatial blocks spanning all time steps.
-    Several configurations [(num_blocks, scale), ...] at once -> [(ctx, tgt), ...]."""
+    Several configurations [(num_blocks, scale), ...] at once -> [(ctx, tgt), ...].
+    cut: "fixed" (every row keeps fixed_counts) or "batch" (the batch minimum)."""
     T, H, W = grid
     S = H * W
-    masked = _blocks_with_context(batch, (H, W), configs, generator)  # (C, B, S)
-    n_tgt = masked.sum(2)  # (C, B)
+    masked, k_ctx, k_tgt = _spatial_masks(batch, (H, W), configs, generator, cut)  # (C, B, S)
     out = []
-    for m, k_ctx, k_tgt in zip(masked, (S - n_tgt.amax(1)).tolist(), n_tgt.amin(1).tolist()):
-        ctx, tgt = random_split(m, k_ctx, k_tgt, generator)  # cut to the batch minimum
+    for m, n_ctx, n_tgt in zip(masked, k_ctx.tolist(), k_tgt.tolist()):
+        ctx, tgt = random_split(m, n_ctx, n_tgt, generator)
         out.append((tubes(ctx, T, S), tubes(tgt, T, S)))
     return out
 
 
-def multiblock(batch, grid, num_blocks, scale, generator):
+def multiblock(batch, grid, num_blocks, scale, generator, cut="fixed"):
     """multiblock_configs for one configuration -> (ctx, tgt)."""
-    return multiblock_configs(batch, grid, [(num_blocks, scale)], generator)[0]
+    return multiblock_configs(batch, grid, [(num_blocks, scale)], generator, cut)[0]
 
 
 def _tube_count(ratio, S):
@@ -163,23 +214,26 @@ def random_tube(batch, grid, ratio, generator):
     return tubes(ctx, T, S), tubes(tgt, T, S)
 
 
-def causal_multiblock_configs(batch, grid, ctx_steps, configs, generator):
+def causal_multiblock_configs(batch, grid, ctx_steps, configs, generator, cut="fixed"):
     """Context = the first `ctx_steps` time steps minus a multi-block mask; target = the rest
     (the blocks within those steps and every token after them). Several configurations
-    [(num_blocks, scale), ...] at once -> [(ctx, tgt), ...]."""
+    [(num_blocks, scale), ...] at once -> [(ctx, tgt), ...]. The counts follow those of the
+    spatial blocks: ctx_steps x the spatial context, and every later token plus ctx_steps x the
+    spatial target."""
     T, H, W = grid
-    L = T * H * W
-    masked = _blocks_with_context(batch, (H, W), configs, generator)  # (C, B, S)
-    early = (_arange(T) < ctx_steps).repeat_interleave(H * W)  # (L,) time-major
+    S = H * W
+    masked, k_ctx, k_tgt = _spatial_masks(batch, (H, W), configs, generator, cut)  # (C, B, S)
+    early = (_arange(T) < ctx_steps).repeat_interleave(S)  # (L,) time-major
     in_tgt = ~early | masked.repeat(1, 1, T)  # (C, B, L)
-    n_tgt = in_tgt.sum(2)  # (C, B)
-    return [random_split(m, k_ctx, k_tgt, generator)
-            for m, k_ctx, k_tgt in zip(in_tgt, (L - n_tgt.amax(1)).tolist(), n_tgt.amin(1).tolist())]
+    k_ctx, k_tgt = ctx_steps * k_ctx, (T - ctx_steps) * S + ctx_steps * k_tgt
+    return [random_split(m, n_ctx, n_tgt, generator)
+            for m, n_ctx, n_tgt in zip(in_tgt, k_ctx.tolist(), k_tgt.tolist())]
 
 
-def causal_multiblock(batch, grid, ctx_steps, num_blocks, scale, generator):
+def causal_multiblock(batch, grid, ctx_steps, num_blocks, scale, generator, cut="fixed"):
     """causal_multiblock_configs for one configuration -> (ctx, tgt)."""
-    return causal_multiblock_configs(batch, grid, ctx_steps, [(num_blocks, scale)], generator)[0]
+    return causal_multiblock_configs(batch, grid, ctx_steps, [(num_blocks, scale)], generator,
+                                     cut)[0]
 
 
 def future(batch, grid, ctx_steps):
@@ -197,12 +251,15 @@ class MaskSampler:
     multiblock / causal: two configurations (short-range, long-range); each gets its own mask
     token in the predictor. random_tube / future: one configuration.
     ctx_frames (causal, future) counts video frames and must be a multiple of the tubelet size.
+    cut (multiblock, causal): "fixed" token counts or the "batch" minimum (see the top).
     """
 
-    def __init__(self, strategy, grid, tubelet_size, ratio=0.9, ctx_frames=0):
+    def __init__(self, strategy, grid, tubelet_size, ratio=0.9, ctx_frames=0, cut="fixed"):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown mask strategy {strategy!r}; expected one of {STRATEGIES}")
-        self.strategy, self.grid, self.ratio = strategy, grid, ratio
+        if cut not in CUTS:
+            raise ValueError(f"cut={cut!r}: expected one of {CUTS}")
+        self.strategy, self.grid, self.ratio, self.cut = strategy, grid, ratio, cut
         self.ctx_steps = 0
         if strategy == "random_tube":
             _tube_count(ratio, grid[1] * grid[2])
@@ -223,10 +280,11 @@ class MaskSampler:
 
     def __call__(self, batch, generator):
         if self.strategy == "multiblock":
-            return multiblock_configs(batch, self.grid, (SHORT_RANGE, LONG_RANGE), generator)
+            return multiblock_configs(batch, self.grid, (SHORT_RANGE, LONG_RANGE), generator,
+                                      self.cut)
         if self.strategy == "causal":
             return causal_multiblock_configs(batch, self.grid, self.ctx_steps,
-                                             (SHORT_RANGE, LONG_RANGE), generator)
+                                             (SHORT_RANGE, LONG_RANGE), generator, self.cut)
         if self.strategy == "random_tube":
             return [random_tube(batch, self.grid, self.ratio, generator)]
         return [future(batch, self.grid, self.ctx_steps)]
@@ -249,7 +307,7 @@ def mask_stats(sampler, batch, batches, generator):
             target[i] += tgt.shape[1] / L
             ctx_steps[i] += torch.bincount(ctx.flatten() // (H * W), minlength=T) / ctx.numel()
             tgt_steps[i] += torch.bincount(tgt.flatten() // (H * W), minlength=T) / tgt.numel()
-    return [{"strategy": sampler.strategy, "config": name,
+    return [{"strategy": sampler.strategy, "cut": sampler.cut, "config": name,
              "masked_fraction": round(float(hidden[i] / batches), 4),
              "target_fraction": round(float(target[i] / batches), 4),
              "ctx_share_per_step": [round(float(v), 4) for v in ctx_steps[i] / batches],
@@ -298,8 +356,10 @@ def main():
     a = p.parse_args()
     grid = (a.frames // a.tubelet_size, a.img_size // a.patch_size, a.img_size // a.patch_size)
     samplers = [MaskSampler(s, grid, a.tubelet_size, ctx_frames=a.ctx_frames) for s in STRATEGIES]
+    earlier = [MaskSampler(s, grid, a.tubelet_size, ctx_frames=a.ctx_frames, cut="batch")
+               for s in ("multiblock", "causal")]  # the cut to the batch minimum, to compare
     g = torch.Generator().manual_seed(a.seed)
-    for sampler in samplers:
+    for sampler in samplers + earlier:
         for row in mask_stats(sampler, a.batch, a.batches, g):
             print(json.dumps(row))
     draw_masks(samplers, a.png)

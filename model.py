@@ -67,9 +67,11 @@ def sincos_3d(dim, grid, uniform_power=True):
 
 def attention(q, k, v):
     """softmax(q k^T / sqrt(Dh)) v over the last two dims. PyTorch's fused kernels, except on
-    CPUs in bfloat16, where the fused kernel is about 2.5x slower than the two matrix products
-    written out (tests/benchmark.py; the [N, N] scores then sit in memory, fine at CPU sizes)."""
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+    CPUs in bfloat16 when gradients are recorded: there the fused kernel's forward and backward
+    take 1.2-3.6x as long as the two matrix products written out (the [N, N] scores then sit
+    in memory, fine at CPU sizes), while without gradients (the target encoder) the fused
+    forward takes half as long (docs/results.md, section 5)."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad:
         scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
         return scores.softmax(dim=-1) @ v
     return F.scaled_dot_product_attention(q, k, v)
@@ -190,16 +192,23 @@ class PatchEmbed3D(nn.Module):
     gain multiplies the initial weights (init_weights): a token's embedding starts with a std of
     about 0.02 * gain * sqrt(C t p p) times the pixels' std, against the positional code's 0.71
     it is added to. In the paper's geometry (3 x 2 x 16 x 16 = 1,536 inputs) gain 1 gives 0.78;
-    a one-channel MovingMNIST tubelet of 2 x 16 x 16 gives 0.45 and of 2 x 8 x 8 only 0.23."""
+    a one-channel MovingMNIST tubelet of 2 x 16 x 16 gives 0.45 and of 2 x 8 x 8 only 0.23.
+
+    The weights are a Conv3d's (kernel = stride = tubelet), as in the release; the forward pass
+    computes the same thing as one matrix product of each tubelet's pixels with the flattened
+    kernel, which on CPUs is several times faster than the convolution kernels, in float32 and
+    bfloat16, forward and backward."""
 
     def __init__(self, in_chans, dim, patch_size, tubelet_size, gain=1.0):
         super().__init__()
         self.gain = gain
+        self.patch_size, self.tubelet_size = patch_size, tubelet_size
         k = (tubelet_size, patch_size, patch_size)
         self.proj = nn.Conv3d(in_chans, dim, kernel_size=k, stride=k)
 
     def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)  # time-major flatten of (T', H', W')
+        pixels = patchify(x, self.patch_size, self.tubelet_size)  # (B, N, C*t*p*p), time-major
+        return F.linear(pixels, self.proj.weight.flatten(1), self.proj.bias)  # (B, N, D)
 
 
 class VisionTransformer(nn.Module):
@@ -229,7 +238,9 @@ class VisionTransformer(nn.Module):
         if x.shape[1] != self.in_chans or tuple(x.shape[2:]) != self.input_size:
             raise ValueError(f"clip of shape {tuple(x.shape[1:])} does not fit an encoder built "
                              f"for {(self.in_chans, *self.input_size)} (C, T, H, W)")
-        x = self.patch_embed(x) + self.pos_embed  # positions are added before tokens are dropped
+        x = self.patch_embed(x)  # bf16 under autocast: the residual stream stays in it, so no
+        #                          product casts its input and no sum mixes two precisions
+        x = x + self.pos_embed.to(x.dtype)  # positions are added before tokens are dropped
         if keep is not None:
             x = gather_tokens(x, keep)
         return self.norm(run_blocks(self.blocks, x, self.grad_checkpoint))
@@ -261,9 +272,10 @@ class Predictor(nn.Module):
         """z: [B, Kc, D] encoded context at positions ctx_idx [B, Kc];
         tgt_idx: [B, Kt] positions to predict -> [B, Kt, out_dim]."""
         B, Kc = ctx_idx.shape
-        pos = self.predictor_pos_embed.expand(B, -1, -1)
-        ctx = self.predictor_embed(z) + gather_tokens(pos, ctx_idx)  # (B, Kc, Dp)
-        tgt = self.mask_tokens[mask_id] + gather_tokens(pos, tgt_idx)  # (B, Kt, Dp)
+        ctx = self.predictor_embed(z)  # (B, Kc, Dp); its precision (bf16 under autocast) is kept
+        pos = self.predictor_pos_embed.to(ctx.dtype).expand(B, -1, -1)
+        ctx = ctx + gather_tokens(pos, ctx_idx)
+        tgt = self.mask_tokens[mask_id].to(ctx.dtype) + gather_tokens(pos, tgt_idx)  # (B, Kt, Dp)
         x = run_blocks(self.predictor_blocks, torch.cat([ctx, tgt], dim=1), self.grad_checkpoint)
         return self.predictor_proj(self.predictor_norm(x[:, Kc:]))
 

@@ -32,10 +32,12 @@ import sys
 import time
 from dataclasses import dataclass
 
-# V-JEPA's masks change the number of tokens at every step, and oneDNN (bf16 matrix products
-# on CPUs) keeps a compiled kernel per shape, 1024 by default: a laptop run's memory would grow
-# by hundreds of MB. A small cache costs no measurable speed. Read when torch first multiplies.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
+# oneDNN (bf16 matrix products on CPUs) compiles a kernel per shape and keeps the last ones in
+# a cache. The masks' token counts are fixed (masks.py), so a laptop step needs the same ~110
+# kernels at every step: they must all fit, or a fifth of the step goes into compiling them
+# again (with the earlier masks' changing counts, a cache this large grew by hundreds of MB).
+# oneDNN's default; read when torch first multiplies.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -717,8 +719,8 @@ def setup(cfg, rank=0, world=1, device=torch.device("cpu")):
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:  # mask sizes change every step: dynamic shapes instead of recompiling
-        net = torch.compile(net, dynamic=True)
+    if cfg.compile:  # the masks' token counts are fixed (masks.py): static shapes
+        net = torch.compile(net)
     return Run(cfg, module, net, nets, target, opt, sampler, grid, rank, world, device,
                pick_dtype(cfg, device))
 

@@ -1,19 +1,25 @@
 """Speed and memory of this machine running the project: training steps, masks, FISTA.
 
     python tests/benchmark.py                 # the table in README "Performance" (~10 min)
+    python tests/benchmark.py --before 73dbc9b  # also that commit's steps, interleaved: ratios
     python tests/benchmark.py --scaling       # also batch 4 / 8 / 16 and 1 vs 2 threads
     python tests/benchmark.py --smoke         # a few steps of everything (the test suite)
     python tests/benchmark.py --profile       # where the time of a tiny-video step goes
     python tests/benchmark.py --estimate      # vitl16 on GPUs: an estimate from FLOPs
 
-Every measurement runs in a fresh child process (its own thread count and peak memory).
-Per training config: ms/step (median and min over --steps timed steps after --warmup),
-clips/s, GFLOP/step counted by torch.utils.flop_counter on one step (forward, backward and
-the target encoder; not the optimizer), the achieved GFLOP/s and its share of this machine's
-matmul peak (2048 x 2048 in the same precision and thread count), and the peak resident
-memory. "laptop" is `python train.py` itself: data generation, logging and checkpoints
-included, so its clips/s is what a user sees. Results: a Markdown table on stdout and
-OUT/benchmark.json.
+Every measurement runs in a child process (its own thread count and peak memory). The
+training steps of one config, in each precision (and, with --before, at the earlier commit,
+checked out in a temporary git worktree), run in child processes that stay alive and take
+turns: --rounds rounds of --steps / --rounds steps each, so that a machine shared with other
+work slows all variants alike. Per variant: ms/step (median and min over its timed steps,
+after --warmup), clips/s, GFLOP/step counted by torch.utils.flop_counter on one step
+(forward, backward and the target encoder; not the optimizer), the achieved GFLOP/s and its
+share of this machine's matmul peak (2048 x 2048 in the same precision and thread count), and
+the peak resident memory; also the process's CPU time per step, which work of others on the
+machine inflates less than the time (with 1 thread it stays close to the work done). A
+speed-up is the median over rounds of the two variants' ratio in that round. "`python train.py`" is the laptop run itself: data generation, logging and
+checkpoints included, so its clips/s is what a user sees. The CPU's name comes first.
+Results: a Markdown table on stdout and OUT/benchmark.json.
 """
 import argparse
 import json
@@ -25,7 +31,9 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.abspath(__file__)
+# The project tree measured; a child measuring an earlier commit gets that commit's worktree.
+ROOT = os.environ.get("BENCHMARK_ROOT") or os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
 import infer_latent  # noqa: E402
@@ -91,34 +99,115 @@ def bench_matmul(dtype, n=2048, repeats=10):
     return {"gflops": 2 * n ** 3 / _median(times) / 1e9}
 
 
-def bench_step(config, dtype, batch, steps, warmup, extra=()):
-    """ms/step of train.train_step on pre-made clips (the data pipeline is not timed)."""
-    cfg = train.parse_config(CONFIGS[config] + ["--dtype", dtype, "--batch_size", str(batch),
-                                                *extra])
+def _reply(result):
+    """One line of JSON to the parent (other output of the project goes elsewhere or before)."""
+    print("@@" + json.dumps(result), flush=True)
+
+
+def step_worker(job):
+    """Time train.train_step on pre-made clips (the data pipeline is not timed), on request:
+    after --warmup steps, each line {"steps": n} on stdin is answered with n step times, and
+    {"finish": true} with the FLOPs of one step, the peak memory and the precision."""
+    cfg = train.parse_config(CONFIGS[job["config"]] + ["--dtype", job["dtype"], "--batch_size",
+                                                       str(job["batch"]), *job.get("extra", ())])
     run = train.setup(cfg)
     source = train.make_source(cfg, "train")
     g = torch.Generator().manual_seed(0)
     pool = [source.sample(cfg.batch_size * cfg.accum_steps, g)[0] for _ in range(4)]
-    for i in range(warmup):
-        float(train.train_step(run, pool[i % 4], i)[0])
-    times = []
-    for i in range(steps):
-        t = time.perf_counter()
-        float(train.train_step(run, pool[i % 4], warmup + i)[0])  # waits for the device
-        times.append(time.perf_counter() - t)
-    ms = 1e3 * _median(times)
-    try:
-        gflop = count_flops(lambda: train.train_step(run, pool[0], warmup + steps)) / 1e9
-    except RuntimeError:  # the counter's module hooks break autograd.grad (FISTA inside)
-        gflop = None
-    return {"ms_median": ms, "ms_min": 1e3 * min(times),
-            "clips_per_s": 1e3 * cfg.batch_size * cfg.accum_steps / ms,
-            "gflop_per_step": gflop, "gflops": gflop / (ms / 1e3) if gflop else None,
-            "peak_rss_mb": train.peak_rss_mb(), "dtype": str(run.dtype).replace("torch.", "")}
+    step = 0
+    for _ in range(job["warmup"]):
+        float(train.train_step(run, pool[step % 4], step)[0])
+        step += 1
+    _reply({"ready": True})
+    for line in sys.stdin:
+        request = json.loads(line)
+        if "steps" in request:
+            times, cpu = [], []
+            for _ in range(request["steps"]):
+                t, c = time.perf_counter(), time.process_time()
+                float(train.train_step(run, pool[step % 4], step)[0])  # waits for the device
+                times.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
+                step += 1
+            _reply({"times": times, "cpu": cpu})
+            continue
+        try:
+            gflop = count_flops(lambda: train.train_step(run, pool[0], step)) / 1e9
+        except RuntimeError:  # the counter's module hooks break autograd.grad (FISTA inside)
+            gflop = None
+        _reply({"gflop_per_step": gflop, "peak_rss_mb": train.peak_rss_mb(),
+                "dtype": str(run.dtype).replace("torch.", ""),
+                "clips_per_step": cfg.batch_size * cfg.accum_steps})
+        return
+
+
+class Worker:
+    """A step_worker child process: set up at creation, then asked for steps in turn."""
+
+    def __init__(self, job, root=None):
+        self.job = job
+        env = dict(os.environ, BENCHMARK_ROOT=root or ROOT)
+        env.setdefault("VJEPA_OFFLINE", "1")  # no download: procedural digits unless
+        #                                       MNIST_DIR or the cache has MNIST
+        self.stderr = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, HERE, "--worker", json.dumps(job)], cwd=root or ROOT, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        self.times, self.cpu, self.round_ms, self.round_cpu_ms = [], [], [], []
+        self.read()
+
+    def read(self):
+        for line in self.proc.stdout:
+            if line.startswith("@@"):
+                return json.loads(line[2:])
+        self.stderr.seek(0)
+        raise RuntimeError(f"benchmark worker {self.job} failed:\n{self.stderr.read()[-3000:]}")
+
+    def ask(self, request):
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def steps(self, n):
+        out = self.ask({"steps": n})
+        self.times += out["times"]
+        self.cpu += out["cpu"]
+        self.round_ms.append(1e3 * _median(out["times"]))
+        self.round_cpu_ms.append(1e3 * _median(out["cpu"]))
+
+    def finish(self):
+        out = self.ask({"finish": True})
+        self.proc.wait()
+        ms = 1e3 * _median(self.times)
+        gflop = out["gflop_per_step"]
+        return {**self.job, "kind": "step", "ms_median": ms, "ms_min": 1e3 * min(self.times),
+                "round_ms": self.round_ms, "cpu_ms_median": 1e3 * _median(self.cpu),
+                "round_cpu_ms": self.round_cpu_ms, "clips_per_s": 1e3 * out["clips_per_step"] / ms,
+                "gflop_per_step": gflop, "gflops": gflop / (ms / 1e3) if gflop else None,
+                "peak_rss_mb": out["peak_rss_mb"], "dtype": out["dtype"]}
+
+
+def interleaved(variants, rounds, steps):
+    """variants: [(job, root)]. Sets them up one after another (never two busy at once), then
+    `rounds` rounds of steps // rounds timed steps each, in turns, the order reversed every
+    other round. -> one result per variant."""
+    workers = [Worker(job, root) for job, root in variants]
+    per_round = max(1, steps // rounds)
+    for r in range(rounds):
+        for w in workers if r % 2 == 0 else workers[::-1]:
+            w.steps(per_round)
+    return [w.finish() for w in workers]
+
+
+def speedup(new, old, key="round_ms"):
+    """The median over rounds of old ms / new ms, both measured in that round (key
+    "round_cpu_ms": the processes' CPU time, which other work on the machine inflates less)."""
+    return _median([o / n for n, o in zip(new[key], old[key])])
 
 
 def bench_train_py(steps, extra=()):
-    """`python train.py` (the laptop preset) for `steps` steps, end to end."""
+    """`python train.py` (the laptop preset) for `steps` steps, end to end (in the tree this
+    child runs in: BENCHMARK_ROOT)."""
     with tempfile.TemporaryDirectory() as out:
         train.main(["--max_steps", str(steps), "--log_every", str(steps), "--out_dir", out,
                     *extra])
@@ -213,14 +302,9 @@ def estimate_gpu(preset, batch, mfu=(0.3, 0.5)):
 
 def child(job):
     torch.set_num_threads(job["threads"])
-    os.environ.setdefault("VJEPA_OFFLINE", "1")  # no download: procedural digits unless
-    #                                              MNIST_DIR or the cache has MNIST
     kind = job["kind"]
     if kind == "matmul":
         return bench_matmul(getattr(torch, job["dtype"]))
-    if kind == "step":
-        return bench_step(job["config"], job["dtype"], job["batch"], job["steps"], job["warmup"],
-                          job.get("extra", ()))
     if kind == "train.py":
         return bench_train_py(job["steps"], job.get("extra", ()))
     if kind == "masks":
@@ -234,59 +318,101 @@ def child(job):
     raise ValueError(f"unknown job kind {kind!r}")
 
 
-def run_child(job):
-    """Run one job in a fresh Python process; -> its result dict (with the job's fields)."""
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(job)],
-                         capture_output=True, text=True, cwd=ROOT)
+def run_child(job, root=None):
+    """Run one job in a fresh Python process (in the tree `root`, default this one);
+    -> its result dict (with the job's fields)."""
+    env = dict(os.environ, BENCHMARK_ROOT=root or ROOT)
+    env.setdefault("VJEPA_OFFLINE", "1")  # no download: procedural digits unless MNIST_DIR
+    #                                       or the cache has MNIST
+    out = subprocess.run([sys.executable, HERE, "--child", json.dumps(job)],
+                         capture_output=True, text=True, cwd=root or ROOT, env=env)
     if out.returncode:
         raise RuntimeError(f"benchmark job {job} failed:\n{out.stderr[-3000:]}")
     return {**job, **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
+class EarlierCommit:
+    """A temporary git worktree of `commit` (detached), removed on exit."""
+
+    def __init__(self, commit):
+        self.commit = commit
+        self.path = tempfile.mkdtemp(prefix="benchmark_before_")
+
+    def __enter__(self):
+        subprocess.run(["git", "worktree", "add", "--detach", "--force", self.path, self.commit],
+                       cwd=ROOT, check=True, capture_output=True)
+        return self.path
+
+    def __exit__(self, *exc):
+        subprocess.run(["git", "worktree", "remove", "--force", self.path], cwd=ROOT,
+                       capture_output=True)
+
+
 # ----------------------------------------------------------------------------------------------
 # The table
 
-def jobs(args):
-    step = dict(kind="step", steps=args.steps, warmup=args.warmup, threads=args.threads)
-    todo = [dict(kind="matmul", dtype=d, threads=args.threads) for d in ("float32", "bfloat16")]
+def measure(args, before_root=None):
+    """Everything the table shows, in order; with before_root, the earlier commit's steps and
+    train.py runs too (marked code="before")."""
+    def tag(results, code):
+        return [{**r, "code": code} for r in results]
+
+    results = [run_child(dict(kind="matmul", dtype=d, threads=args.threads))
+               for d in ("float32", "bfloat16")]
+    step = dict(steps=args.steps, warmup=args.warmup, threads=args.threads)
     for config in args.configs:
-        for dtype in ("auto", "float32"):
-            todo.append(dict(step, config=config, dtype=dtype, batch=args.batch.get(config)))
-    todo.append(dict(kind="train.py", steps=args.train_steps, threads=args.threads))
-    todo.append(dict(kind="masks", batch=256, seconds=args.seconds, threads=args.threads))
-    todo.append(dict(kind="masks", batch=24, seconds=args.seconds, threads=args.threads))
-    todo.append(dict(kind="fista", batch=256, iterations=args.fista_iterations,
-                     threads=args.threads))
+        _log(f"{config}: steps in turns ({args.rounds} rounds)")
+        jobs = [dict(step, config=config, dtype=d, batch=args.batch[config])
+                for d in args.dtypes]
+        variants = [(j, None) for j in jobs] + [(j, before_root) for j in jobs if before_root]
+        out = interleaved(variants, args.rounds, args.steps)
+        results += tag(out[:len(jobs)], "this") + tag(out[len(jobs):], "before")
+    train_job = dict(kind="train.py", steps=args.train_steps, threads=args.threads)
+    for i in range(args.train_runs):  # alternating with the earlier commit's, when asked
+        roots = [(None, "this"), (before_root, "before")][:2 if before_root else 1]
+        for root, code in roots if i % 2 == 0 else roots[::-1]:
+            _log(f"python train.py, {args.train_steps} steps ({code})")
+            results.append({**run_child(train_job, root), "code": code, "run": i})
+    for batch in (256, 24):
+        results.append(run_child(dict(kind="masks", batch=batch, seconds=args.seconds,
+                                      threads=args.threads)))
+    results.append(run_child(dict(kind="fista", batch=256, iterations=args.fista_iterations,
+                                  threads=args.threads)))
     if args.scaling:
-        for batch in (4, 8, 16):
-            for threads in (1, 2):
-                if (batch, threads) != (8, args.threads):
-                    todo.append(dict(step, config="tiny-video", dtype="auto", batch=batch,
-                                     threads=threads))
-        todo.append(dict(kind="matmul", dtype="bfloat16", threads=1))
-    return todo
+        jobs = [dict(step, config="tiny-video", dtype="auto", batch=batch, threads=threads)
+                for batch in (4, 8, 16) for threads in (1, 2) if (batch, threads) != (8, args.threads)]
+        _log(f"scaling: {len(jobs)} step variants in turns")
+        results += tag(interleaved([(j, None) for j in jobs], args.rounds, args.steps), "this")
+        results.append(run_child(dict(kind="matmul", dtype="bfloat16", threads=1)))
+    return results
 
 
-def table(results):
+def _log(text):
+    print(text, file=sys.stderr, flush=True)
+
+
+def table(results, before=None):
     peak = {(r["dtype"], r["threads"]): r["gflops"] for r in results if r["kind"] == "matmul"}
-    lines = ["| what | precision | threads | batch | ms/step median (min) | clips/s | GFLOP/step "
-             "| GFLOP/s | share of matmul peak | peak RSS MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    code = {"this": "this tree", "before": before}
+    lines = ["| what | code | precision | threads | batch | ms/step median (min) | CPU ms/step "
+             "| clips/s | GFLOP/step | GFLOP/s | share of matmul peak | peak RSS MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         if r["kind"] == "step":
             ref = FLOP_REFERENCE.get(r["config"])
-            flop, rate, share = "n/a", "n/a", "n/a"  # n/a: not countable (see bench_step)
+            flop, rate, share = "n/a", "n/a", "n/a"  # n/a: not countable (see step_worker)
             if r["gflop_per_step"]:
                 flop = f"{r['gflop_per_step']:.1f}" + (f" (reference {ref})" if ref else "")
                 rate = f"{r['gflops']:.0f}"
                 share = f"{r['gflops'] / peak[(r['dtype'], r['threads'])]:.0%}"
-            lines.append(f"| {r['config']} step | {r['dtype']} | {r['threads']} | {r['batch']} | "
-                         f"{r['ms_median']:.0f} ({r['ms_min']:.0f}) | {r['clips_per_s']:.1f} | "
-                         f"{flop} | {rate} | {share} | {r['peak_rss_mb']:.0f} |")
+            lines.append(f"| {r['config']} step | {code[r['code']]} | {r['dtype']} | "
+                         f"{r['threads']} | {r['batch']} | {r['ms_median']:.0f} ({r['ms_min']:.0f})"
+                         f" | {r['cpu_ms_median']:.0f} | {r['clips_per_s']:.1f} | {flop} | {rate} | {share} | "
+                         f"{r['peak_rss_mb']:.0f} |")
         elif r["kind"] == "train.py":
-            lines.append(f"| `python train.py`, {r['steps']} steps end to end | default | "
-                         f"{r['threads']} | 8 | {r['ms_median']:.0f} | {r['clips_per_s']:.1f} | "
-                         f"| | | {r['peak_rss_mb']:.0f} |")
+            lines.append(f"| `python train.py`, {r['steps']} steps end to end | {code[r['code']]} "
+                         f"| default | {r['threads']} | 8 | {r['ms_median']:.0f} | | "
+                         f"{r['clips_per_s']:.1f} | | | | {r['peak_rss_mb']:.0f} |")
     lines.append("")
     for r in results:
         if r["kind"] == "matmul":
@@ -300,17 +426,38 @@ def table(results):
             lines.append(f"- FISTA on a batch of {r['batch']} sparse latents (z in R^20): "
                          f"{r['iterations_per_s']:.0f} iterations/s "
                          f"({r['sample_iterations_per_s']:,.0f} sample-iterations/s)")
+    steps = [r for r in results if r["kind"] == "step"]
+    for new in steps:
+        old = [r for r in steps if r["code"] == "before" and new["code"] == "this" and all(
+            r[k] == new[k] for k in ("config", "dtype", "batch", "threads"))]
+        if old:
+            lines.append(f"- speed-up of this tree over {before}, {new['config']} step, "
+                         f"{new['dtype']}: **{speedup(new, old[0]):.2f}x** in time, "
+                         f"{speedup(new, old[0], 'round_cpu_ms'):.2f}x in CPU time (medians "
+                         f"over {len(new['round_ms'])} rounds; {old[0]['ms_median']:.0f} -> "
+                         f"{new['ms_median']:.0f} ms/step)")
+    runs = {c: [r for r in results if r["kind"] == "train.py" and r["code"] == c]
+            for c in ("this", "before")}
+    if runs["this"] and runs["before"]:
+        this, old = (_median([r["ms_median"] for r in runs[c]]) for c in ("this", "before"))
+        lines.append(f"- `python train.py` end to end over {before}: {old / this:.2f}x "
+                     f"({old:.0f} -> {this:.0f} ms/step, median of {len(runs['this'])} runs each)")
     return "\n".join(lines)
 
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument("--steps", type=int, default=20, help="timed steps per config")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per config and variant")
+    p.add_argument("--rounds", type=int, default=5, help="turns the variants take")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--train_steps", type=int, default=60, help="steps of `python train.py`")
+    p.add_argument("--train_runs", type=int, default=1, help="runs of `python train.py`")
+    p.add_argument("--before", metavar="COMMIT",
+                   help="also measure the steps and train.py at this commit, in turns: ratios")
     p.add_argument("--seconds", type=float, default=3.0, help="time per mask measurement")
     p.add_argument("--fista_iterations", type=int, default=200)
     p.add_argument("--scaling", action="store_true", help="batch 4/8/16 x 1/2 threads")
@@ -324,6 +471,15 @@ def main(argv):
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return None
+    if args.worker:
+        job = json.loads(args.worker)
+        torch.set_num_threads(job["threads"])
+        return step_worker(job)
+    machine = {"cpu": _cpu_name(), "torch": torch.__version__,
+               "cores": os.cpu_count(), "bf16_native": train.pick_dtype(
+                   train.Config(), torch.device("cpu")) == torch.bfloat16}
+    print(f"CPU: {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}",
+          flush=True)
     if args.estimate:
         r = run_child(dict(kind="estimate", preset="vitl16", batch=24, threads=args.threads))
         print(f"ESTIMATE (not measured): vitl16, batch 24 per GPU: {r['tflop_per_clip']:.2f} "
@@ -341,22 +497,21 @@ def main(argv):
             print(run_child(job)["text"] + "\n")
         return None
     if args.smoke:
-        args.steps, args.warmup, args.train_steps, args.seconds, args.fista_iterations = 2, 1, 2, 0.2, 5
+        args.steps, args.rounds, args.warmup, args.train_steps = 2, 2, 1, 2
+        args.seconds, args.fista_iterations = 0.2, 5
     args.batch = {"tiny-video": 8, "vjvcr": 64, "switch_sparse80": 64}
+    args.dtypes = ("auto", "float32")
     if args.smoke:
-        args.batch = {k: 4 for k in args.batch}
-    todo = jobs(args)
-    results = []
-    for job in todo:
-        print(f"[{len(results) + 1}/{len(todo)}] {job}", file=sys.stderr, flush=True)
-        results.append(run_child(job))
-    text = table(results)
-    machine = {"cpu": _cpu_name(), "torch": torch.__version__,
-               "cores": os.cpu_count(), "bf16_native": train.pick_dtype(
-                   train.Config(), torch.device("cpu")) == torch.bfloat16}
+        args.batch, args.dtypes = {k: 4 for k in args.batch}, ("float32",)
+    if args.before:
+        with EarlierCommit(args.before) as before_root:
+            results = measure(args, before_root)
+    else:
+        results = measure(args)
+    text = table(results, args.before)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "benchmark.json"), "w") as f:
-        json.dump({"machine": machine, "results": results}, f, indent=1)
+        json.dump({"machine": machine, "before": args.before, "results": results}, f, indent=1)
     print(f"{machine}\n\n{text}\n\nJSON: {os.path.join(args.out, 'benchmark.json')}")
     return results
 

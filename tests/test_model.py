@@ -57,6 +57,8 @@ def test_tubelet_token_order_is_time_major():
                 cube = x[:, :, it * t:(it + 1) * t, ih * p:(ih + 1) * p, iw * p:(iw + 1) * p]
                 tokens.append(cube.reshape(B, -1) @ weight.T + embed.proj.bias)
     assert torch.allclose(embed(x), torch.stack(tokens, 1), atol=1e-5)
+    # the release's Conv3d (kernel = stride = tubelet) on the same weights gives the same
+    assert torch.allclose(embed(x), embed.proj(x).flatten(2).transpose(1, 2), atol=1e-5)
 
 
 def test_attention_matches_naive_softmax():
@@ -70,6 +72,26 @@ def test_attention_matches_naive_softmax():
         outs.append(a @ v[..., s])
     ref = attn.proj(torch.cat(outs, -1))
     assert torch.allclose(attn(x), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_bf16_attention_matches_a_loop_with_and_without_gradients(grad):
+    """In bf16 on a CPU, attention takes the written-out products when gradients are recorded
+    and the fused kernel when not: both equal a loop over (sample, head) in float64 to bf16's
+    precision, and the gradient flows."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 4, generator=g).bfloat16().requires_grad_(grad)
+               for _ in range(3))
+    out = model.attention(q, k, v)
+    ref = torch.zeros(2, 3, 7, 4, dtype=torch.float64)
+    for b in range(2):
+        for h in range(3):
+            qd, kd, vd = (t[b, h].double() for t in (q, k, v))
+            ref[b, h] = torch.softmax(qd @ kd.T / 2.0, dim=-1) @ vd
+    assert out.dtype == torch.bfloat16 and torch.allclose(out.double(), ref, atol=3e-2)
+    if grad:
+        out.float().sum().backward()
+        assert q.grad is not None and torch.isfinite(q.grad.float()).all()
 
 
 def tiny_encoder():
