@@ -389,7 +389,9 @@ def vcr_scores(cfg, net, sets, decoder_steps=None):
     representation h~_y to the speed, penalty by 3-fold CV; MSE and R^2 on the held-out
     digits) and RankMe of h~_y; with decoder_steps (not None) also the PSNR of the decoded
     predictions (the model's own decoder, else one trained for decoder_steps on the frozen
-    predictions). -> (scores, (h~_y of the test clips [N, T * d], decoded frames) or None)."""
+    predictions; on the ViT route, which has one vector per tubelet, of each tubelet's mean
+    frame). -> (scores, (h~_y of the test clips [N, T * d], decoded frames, their targets)
+    or None)."""
     n = cfg.mask_ctx_frames
     (fit, fit_labels), (test, test_labels) = sets["fit"], sets["test"]
     speed_fit, speed_test = fit_labels["speed"][:, 0], test_labels["speed"][:, 0]
@@ -402,12 +404,15 @@ def vcr_scores(cfg, net, sets, decoder_steps=None):
               "rankme": round(train.rankme(flat), 2)}
     if decoder_steps is None:
         return scores, None
+    y_fit, y_test = fit[:, :, n:], test[:, :, n:]
     if recon is None:
-        decoder = train_decoder(cfg, h_fit, fit[:, :, n:], decoder_steps)
+        if h_fit.shape[1] < y_fit.shape[2]:  # ViT route: one vector per tubelet of frames
+            y_fit, y_test = (y.unflatten(2, (h_fit.shape[1], -1)).mean(3) for y in (y_fit, y_test))
+        decoder = train_decoder(cfg, h_fit, y_fit, decoder_steps)
         with torch.no_grad():
             recon = torch.cat([decoder(h) for h in h_test.split(128)])
-    scores["psnr"] = round(psnr(recon, test[:, :, n:]), 2)
-    return scores, (flat, recon)
+    scores["psnr"] = round(psnr(recon, y_test), 2)
+    return scores, (flat, recon, y_test)
 
 
 def summarise(runs):
@@ -466,13 +471,12 @@ def probe_vcr(a):
                    torch.full_like(speed_test, float(speed_fit.mean())), speed_test),
                "summary": {"trained": summarise(trained), "random_init": summarise(random)},
                "runs": trained, "random_init_runs": random}
-    flat, recon = pictures
+    flat, recon, targets = pictures
     s, explained = spectrum(flat)
     with open(os.path.join(out_dir, "spectrum.json"), "w") as f:
         json.dump({"singular_values": s.tolist(), "cumulative_explained": explained.tolist()}, f)
     draw_spectrum(s, explained, os.path.join(out_dir, "spectrum.png"))
-    n = cfg.mask_ctx_frames
-    save_gif(sets["test"][0][:, :, n:], recon, os.path.join(out_dir, "predictions.gif"))
+    save_gif(targets, recon, os.path.join(out_dir, "predictions.gif"))
     results["probe_s"] = round(time.time() - start, 1)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)

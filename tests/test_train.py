@@ -332,20 +332,22 @@ def test_the_readme_loss_example_runs(tmp_path, mnist_args, monkeypatch):
     assert all(math.isfinite(r["pred"]) for r in read_log(out))
 
 
-def test_vit_route_of_vjvcr(tmp_path, mnist_args):
+@pytest.mark.parametrize("gamma", ["1.0", "0"])
+def test_vit_route_of_vjvcr(tmp_path, mnist_args, gamma):
     """VJ-VCR with the V-JEPA networks: future-prediction masks, VCR on each step's pooled grid,
-    per-token pixel decoder; trains, checkpoints and probes."""
+    per-token pixel decoder (gamma > 0); trains, checkpoints and probes (without a decoder of
+    its own, the probe's decoder reconstructs each tubelet's mean frame)."""
     import probe
     out = str(tmp_path / "vit")
     train.main(["--preset", "vjvcr_vit", "--img_size", "32", "--patch_size", "8",
                 "--num_frames", "8", "--mask_ctx_frames", "2", "--enc_dim", "32",
                 "--enc_depth", "1", "--enc_heads", "2", "--pred_dim", "16", "--pred_depth", "1",
-                "--batch_size", "8", "--vcr_gamma", "1.0", "--max_steps", "3", "--log_every", "1",
+                "--batch_size", "8", "--vcr_gamma", gamma, "--max_steps", "3", "--log_every", "1",
                 "--val_clips", "8", "--dtype", "float32", "--out_dir", out] + mnist_args)
     record = read_log(out)[-1]
-    assert {"pred", "pixel", "var", "cov"} <= set(record)
+    assert {"pred", "var", "cov"} <= set(record) and ("pixel" in record) == (gamma != "0")
     results = probe.main(["--ckpt", os.path.join(out, "ckpt.pt"), "--fit_clips", "64",
-                          "--test_clips", "16"])
+                          "--test_clips", "16", "--decoder_steps", "2", "--random_inits", "1"])
     assert math.isfinite(results["runs"][0]["psnr"])
     assert results["runs"][0]["rankme"] <= 16  # 16 test clips
 
