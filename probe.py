@@ -463,12 +463,16 @@ def probe_vcr(a):
         net, _, _ = train.build(cfg, None, torch.device("cpu"))
         random.append(vcr_scores(cfg, batch_norm_mode(net, a.bn), sets)[0])
     speed_fit, speed_test = sets["fit"][1]["speed"][:, 0], sets["test"][1]["speed"][:, 0]
+    n = cfg.mask_ctx_frames
+    mean_frames = sets["fit"][0][:, :, n:].mean(0, keepdim=True)  # the average target clip
     results = {"ckpt": a.ckpt, "preset": cfg.preset, "objective": cfg.objective,
                "pool_grid": cfg.pool_grid, "enc_dim": cfg.enc_dim, "bn": a.bn,
                "fit_clips": a.fit_clips, "test_clips": a.test_clips,
                "random_inits": a.random_inits,
                "speed_mean_baseline": regression_scores(
                    torch.full_like(speed_test, float(speed_fit.mean())), speed_test),
+               "psnr_mean_frames": round(psnr(mean_frames.expand_as(sets["test"][0][:, :, n:]),
+                                              sets["test"][0][:, :, n:]), 2),
                "summary": {"trained": summarise(trained), "random_init": summarise(random)},
                "runs": trained, "random_init_runs": random}
     flat, recon, targets = pictures
@@ -518,11 +522,13 @@ def _minutes(runs, key):
 
 def vcr_table(results):
     """VJ-VCR's Table 1 from probe results (one per row, each over its seeds): mean ± std, the
-    paper's values in brackets, random init and predict-the-mean beside; then every ordering of
+    paper's values in brackets, random init, predict-the-mean and the PSNR of the average
+    target clip of the fitting set (what a decoder gets without knowing the clip) beside;
+    then every ordering of
     the paper's table that both rows are there for, with its verdict (`ordering`)."""
     lines = ["| row | seeds | speed MSE (paper) | speed R^2 | random init: MSE | random init: R^2 "
-             "| predict the mean: MSE | PSNR dB (paper) | RankMe | RankMe, random init "
-             "| train min | probe min |", "|" + " --- |" * 12]
+             "| predict the mean: MSE | PSNR dB (paper) | PSNR, mean frames | RankMe "
+             "| RankMe, random init | train min | probe min |", "|" + " --- |" * 13]
     rows = {}
     for r in results:
         t, rnd = r["summary"]["trained"], r["summary"]["random_init"]
@@ -532,6 +538,7 @@ def vcr_table(results):
             f"| {r['preset']} | {len(r['runs'])} | {_ms(t['speed_mse'])} ({mse}) | "
             f"{_ms(t['speed_r2'])} | {_ms(rnd['speed_mse'])} | {_ms(rnd['speed_r2'])} | "
             f"{r['speed_mean_baseline']['mse']:.3f} | {_ms(t.get('psnr'), 1)} ({db}) | "
+            f"{r.get('psnr_mean_frames', '-')} | "
             f"{_ms(t['rankme'], 1)} | {_ms(rnd['rankme'], 1)} | {_minutes(r['runs'], 'train_s')} "
             f"| {r['probe_s'] / 60 / len(r['runs']):.1f} |")
     checks = [(m, lo, hi) for m, lo, hi in PAPER_ORDERINGS if lo in rows and hi in rows

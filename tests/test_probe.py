@@ -77,6 +77,11 @@ def test_probe_end_to_end_over_seeds(tmp_path, mnist_args):
             assert results["summary"][name][key] == pytest.approx(
                 [statistics.mean(values), statistics.stdev(values)], abs=1e-4)
     assert "psnr" in results["summary"]["trained"] and "psnr" not in results["random_init_runs"][0]
+    test = probe.vcr_sets(probe.load_run(ckpts[0])[0], 128, 64)["test"][0][:, :, 3:]
+    fit = probe.vcr_sets(probe.load_run(ckpts[0])[0], 128, 64)["fit"][0][:, :, 3:]
+    mse = ((test - fit.mean(0)) ** 2).flatten(1).mean(1)  # per clip, against the mean clip
+    assert results["psnr_mean_frames"] == pytest.approx(
+        float((10 * torch.log10(1 / mse)).mean()), abs=0.01)
     assert results["runs"][0]["train_s"] > 0
     out = os.path.join(os.path.dirname(ckpts[0]), "probe")
     for name in ("results.json", "spectrum.json", "spectrum.png", "predictions.gif"):
@@ -118,7 +123,8 @@ def vcr_results(preset, mse, psnr_db, seeds=3):
         t["psnr"] = psnr_db
     return {"preset": preset, "summary": {"trained": t, "random_init": {
         "speed_mse": [0.3, 0.02], "speed_r2": [0.6, 0.02], "rankme": [40.0, 1.0]}},
-        "speed_mean_baseline": {"mse": 0.75, "r2": 0.0}, "probe_s": 90.0,
+        "speed_mean_baseline": {"mse": 0.75, "r2": 0.0}, "psnr_mean_frames": 17.1,
+        "probe_s": 90.0,
         "runs": [{"train_s": 60.0 * (i + 1)} for i in range(seeds)]}
 
 
@@ -133,8 +139,8 @@ def test_table_lists_each_row_beside_the_paper_with_its_orderings(tmp_path, caps
     probe.main(["--table", *dirs])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[2] == ("| vjvcr | 3 | 0.050 ± 0.010 (0.04) | 0.500 ± 0.010 | 0.300 ± 0.020 | "
-                        "0.600 ± 0.020 | 0.750 | 18.2 ± 0.1 (19.5) | 12.5 ± 0.5 | 40.0 ± 1.0 | "
-                        "2.0 | 0.5 |")
+                        "0.600 ± 0.020 | 0.750 | 18.2 ± 0.1 (19.5) | 17.1 | 12.5 ± 0.5 | "
+                        "40.0 ± 1.0 | 2.0 | 0.5 |")
     # speed: 0.40 - 0.05 = 0.35 > 2 sqrt(0.01^2 + 0.02^2) = 0.045; PSNR: 18.0 - 18.25 < 0
     assert "| speed_mse: vjvcr < generative | +0.350 | 0.045 | match |" in lines
     assert "| psnr: vjvcr < generative | -0.250 | 0.632 | not distinguishable |" in lines
