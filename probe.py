@@ -529,10 +529,10 @@ def vcr_table(results):
     lines = ["| row | seeds | speed MSE (paper) | speed R^2 | random init: MSE | random init: R^2 "
              "| predict the mean: MSE | PSNR dB (paper) | PSNR, mean frames | RankMe "
              "| RankMe, random init | train min | probe min |", "|" + " --- |" * 13]
-    rows = {}
+    rows, randoms = {}, {}
     for r in results:
         t, rnd = r["summary"]["trained"], r["summary"]["random_init"]
-        rows[r["preset"]] = t
+        rows[r["preset"]], randoms[r["preset"]] = t, rnd
         mse, db = PAPER_TABLE1.get(r["preset"], ("-", "-"))
         lines.append(
             f"| {r['preset']} | {len(r['runs'])} | {_ms(t['speed_mse'])} ({mse}) | "
@@ -541,14 +541,15 @@ def vcr_table(results):
             f"{r.get('psnr_mean_frames', '-')} | "
             f"{_ms(t['rankme'], 1)} | {_ms(rnd['rankme'], 1)} | {_minutes(r['runs'], 'train_s')} "
             f"| {r['probe_s'] / 60 / len(r['runs']):.1f} |")
-    checks = [(m, lo, hi) for m, lo, hi in PAPER_ORDERINGS if lo in rows and hi in rows
-              and m in rows[lo] and m in rows[hi]]
-    if checks:
-        lines += ["", "| the paper's ordering | gap | 2 x combined std | verdict |",
-                  "|" + " --- |" * 4]
-        for m, lo, hi in checks:
-            gap, combined, verdict = ordering(rows[lo][m], rows[hi][m])
-            lines.append(f"| {m}: {lo} < {hi} | {gap:+.3f} | {2 * combined:.3f} | {verdict} |")
+    checks = [(m, lo, hi, rows[lo][m], rows[hi][m]) for m, lo, hi in PAPER_ORDERINGS
+              if lo in rows and hi in rows and m in rows[lo] and m in rows[hi]]
+    checks += [("speed_mse", row, "random init", rows[row]["speed_mse"],
+                randoms[row]["speed_mse"]) for row in rows]  # does training help at all?
+    lines += ["", "| ordering (the paper's, then each row against random init) | gap "
+              "| 2 x combined std | verdict |", "|" + " --- |" * 4]
+    for m, lo, hi, low, high in checks:
+        gap, combined, verdict = ordering(low, high)
+        lines.append(f"| {m}: {lo} < {hi} | {gap:+.3f} | {2 * combined:.3f} | {verdict} |")
     return "\n".join(lines)
 
 

@@ -144,6 +144,8 @@ def test_table_lists_each_row_beside_the_paper_with_its_orderings(tmp_path, caps
     # speed: 0.40 - 0.05 = 0.35 > 2 sqrt(0.01^2 + 0.02^2) = 0.045; PSNR: 18.0 - 18.25 < 0
     assert "| speed_mse: vjvcr < generative | +0.350 | 0.045 | match |" in lines
     assert "| psnr: vjvcr < generative | -0.250 | 0.632 | not distinguishable |" in lines
+    # 0.3 - 0.05 = 0.25 > 2 sqrt(0.01^2 + 0.02^2)
+    assert "| speed_mse: vjvcr < random init | +0.250 | 0.045 | match |" in lines
     with pytest.raises(FileNotFoundError, match="train and probe"):
         probe.main(["--table", str(tmp_path / "missing")])
 
