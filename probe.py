@@ -719,12 +719,13 @@ def latent_table(results):
         paper = PAPER_TABLE2.get(r["preset"], ("-", "-", "-"))
         pct = lambda key: (f"{100 * s[key][0]:.1f} ± {100 * s[key][1]:.1f}%"  # noqa: E731
                            if key in s else "-")
-        steps = [x.get("codes_used_from_step") for x in r["runs"]]
+        steps = ", ".join("never" if x.get("codes_used_from_step") is None
+                          else str(x["codes_used_from_step"]) for x in r["runs"])
         lines.append(
             f"| {r['preset']} | {len(r['runs'])} | {pct('psi_accuracy')} ({paper[0]}) | "
             f"{pct('digit_accuracy')} ({paper[1]}) | {pct('zero_fraction')} ({paper[2]}) | "
             f"{pct('top_option_share')} | {pct('all_zero_clips')} | "
-            f"{', '.join(str(x) for x in steps) if r['latent'] == 'sparse' else '-'} | "
+            f"{steps if r['latent'] == 'sparse' else '-'} | "
             f"{pct('psi_from_target')} | {_ms(s['pred_mse'], 4)} | {_ms(s['psnr'], 1)} | "
             f"{_minutes(r['runs'], 'train_s')} | {r['probe_s'] / 60 / len(r['runs']):.1f} |")
     majority = results[0]["majority"]
