@@ -3,30 +3,14 @@
 With the networks fixed, a latent is inferred per sample as the minimiser of an energy: over a
 finite set of options (`discrete_argmin`) or, for a continuous sparse z in R^k, as
 z* = argmin_z E(z) + lam ||z||_1 (`fista`, built on `minimise_l1`). `infer_z` applies them to
-a VJ-VCR predictor; train.py calls it at every step.
+a VJ-VCR predictor; train.py calls it at every step, and probe.py to evaluate a trained model
+(`python probe.py --ckpt out/switch_sparse80/ckpt.pt`: what z* knows, VJ-VCR Table 2).
 
-    python infer_latent.py --ckpt out/switch_sparse80/ckpt.pt
-
-evaluates a model trained on stochastic MovingMNIST (VJ-VCR sec. 4.3.2, Table 2, Figure 3):
-it infers z* on clips of the training digits and of the held-out digits, fits linear
-classifiers from z* to the switch psi (5 classes) and to the digit (10 classes), prints their
-held-out accuracies and the share of zeros in z*, and draws target, overlap and decoded
-predicted frames (OUT_DIR/latent/figure3.png, predictions.gif).
-
-    python infer_latent.py --table out/switch_discrete out/switch_sparse80 ...
-
-prints evaluated runs beside the paper's Table 2.
+This file imports nothing of the project (only torch): data, masks, losses, model ->
+infer_latent -> train -> probe.
 """
-import argparse
-import json
-import os
-import sys
-import time
-
-import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 MAX_BACKTRACKS = 30  # halvings of a sample's step per iteration before we accept the step anyway
 SHRINK = 0.5         # factor applied to a step that fails the sufficient-decrease test
@@ -214,7 +198,7 @@ def discrete_argmin(energies):
 
 
 # ----------------------------------------------------------------------------------------------
-# z* for a VJ-VCR predictor (used by train.py at every step and by the evaluation below)
+# z* for a VJ-VCR predictor (used by train.py at every step and by probe.py's evaluation)
 
 def infer_z(predictor, h_x, h_y, kind, lam=0.0, steps=20, tol=1e-4, method="fista"):
     """z* = argmin_z E(z) (+ lam |z|_1 when sparse) with the networks frozen (VJ-VCR eq. 6),
@@ -239,175 +223,3 @@ def infer_z(predictor, h_x, h_y, kind, lam=0.0, steps=20, tol=1e-4, method="fist
             return (residual + z @ M).pow(2).mean(1)
 
         return minimise_l1(energy, z0, lam, steps, tol, method)[0]
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation: what z* knows (Table 2) and what the predictions look like (Figure 3)
-
-def linear_classifier(x_fit, y_fit, x_test, y_test, classes, weight_decay=1e-4):
-    """Multinomial logistic regression on standardised features (full-batch L-BFGS, a small L2
-    penalty), fitted on (x_fit, y_fit) -> accuracy on (x_test, y_test)."""
-    mean, std = x_fit.mean(0), x_fit.std(0) + 1e-6
-    xf, xt = (x_fit - mean) / std, (x_test - mean) / std
-    layer = torch.nn.Linear(xf.shape[1], classes).double()
-    torch.nn.init.zeros_(layer.weight)
-    torch.nn.init.zeros_(layer.bias)
-    opt = torch.optim.LBFGS(layer.parameters(), lr=1, max_iter=500, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(layer(xf.double()), y_fit) + weight_decay * layer.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return float((layer(xt.double()).argmax(1) == y_test).double().mean())
-
-
-def overlap_picture(targets, preds, path, scale=2):
-    """Figure 3 as a PNG. One row per clip: the target frames, their overlap with the decoded
-    prediction (target in white/magenta, prediction in green), and the prediction alone.
-    targets, preds: [N, T, H, W] in [0, 1]."""
-    from PIL import Image
-
-    t, p = targets.clamp(0, 1), preds.clamp(0, 1)
-    grey = lambda x: x[..., None].expand(*x.shape, 3)  # noqa: E731
-    overlap = torch.stack([t, p, t], -1)  # R and B: target, G: prediction
-    gap = torch.ones(t.shape[0], t.shape[2], 4, 3)  # a white bar between frames
-    rows = []
-    for panel in (grey(t), overlap, grey(p)):
-        for i in range(t.shape[1]):
-            rows += [panel[:, i], gap]
-    image = torch.cat(rows, dim=2)  # (N, H, W_total, 3)
-    image = torch.cat([torch.cat([r, torch.ones(4, r.shape[1], 3)]) for r in image])
-    pixels = (image.numpy() * 255).astype(np.uint8)
-    Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale),
-                                   Image.NEAREST).save(path)
-
-
-@torch.no_grad()
-def encode(net, clips, batch=256):
-    """Frozen encodings of clips [N, C, T, H, W] -> (h_x [N, n, d], h_y [N, T - n, d])."""
-    n, parts = net.cfg.mask_ctx_frames, []
-    for c in clips.split(batch):
-        parts.append((net.encoder(c[:, :, :n]), net.encoder(c[:, :, n:])))
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-
-# Table 2 of VJ-VCR: accuracy of linear classifiers from z* to the switch psi and to the digit,
-# and the share of zeros in z*.
-PAPER_TABLE2 = {"switch_discrete": ("80%", "~10%", "-"), "switch_sparse80": ("94.7%", "31.6%", "80%"),
-                "switch_sparse20": ("99.5%", "57.6%", "20%")}
-
-
-def table(out_dirs):
-    """A markdown table of evaluated runs (OUT_DIR/summary.json, OUT_DIR/latent/results.json)."""
-    lines = ["| row | psi accuracy (paper) | digit accuracy (paper) | zeros in z* (paper) "
-             "| psi from h_y | prediction MSE | PSNR dB | train min | eval min |",
-             "|" + " --- |" * 9]
-    for d in out_dirs:
-        rows = []
-        for path in (os.path.join(d, "summary.json"), os.path.join(d, "latent", "results.json")):
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"{path} is missing: train and evaluate {d} first")
-            with open(path) as f:
-                rows.append(json.load(f))
-        summary, r = rows
-        paper = PAPER_TABLE2.get(r["preset"], ("-", "-", "-"))
-        cell = lambda key: f"{100 * r[key]:.1f}%" if key in r else "-"  # noqa: E731
-        lines.append(f"| {r['preset']} | {cell('psi_accuracy')} ({paper[0]}) | "
-                     f"{cell('digit_accuracy')} ({paper[1]}) | {cell('zero_fraction')} "
-                     f"({paper[2]}) | {cell('psi_from_target')} | {r['pred_mse']:.4f} | "
-                     f"{r['psnr']:.1f} | "
-                     f"{summary['wall_s'] / 60:.1f} | {r['eval_s'] / 60:.1f} |")
-    return "\n".join(lines)
-
-
-def main(argv):
-    import data  # here, not at the top: train.py imports this module for its solvers
-    import probe
-    import train
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", help="a checkpoint trained on switching_mnist")
-    p.add_argument("--table", nargs="+", metavar="OUT_DIR", help="print evaluated runs as a table")
-    p.add_argument("--fit_clips", type=int, default=4096, help="clips to fit the classifiers on")
-    p.add_argument("--test_clips", type=int, default=1024, help="held-out clips to score on")
-    p.add_argument("--method", default="fista", choices=("fista", "ista", "gd"),
-                   help="sparse latents: the solver")
-    p.add_argument("--steps", type=int, default=300, help="sparse latents: solver iterations")
-    p.add_argument("--tol", type=float, default=1e-5, help="sparse latents: solver tolerance")
-    p.add_argument("--decoder_steps", type=int, default=300,
-                   help="steps of the decoder trained on the frozen predictions (pictures, PSNR)")
-    p.add_argument("--mnist_dir", default="")
-    a = p.parse_args(argv)
-    if a.table:
-        print(table(a.table))
-        return None
-    if not a.ckpt:
-        raise ValueError("give --ckpt OUT_DIR/ckpt.pt (or --table OUT_DIR ...)")
-    start = time.time()
-    cfg, net = probe.load_run(a.ckpt, a.mnist_dir)
-    if cfg.dataset != "switching_mnist":
-        raise ValueError(f"{a.ckpt} was trained on {cfg.dataset}; this evaluates models of "
-                         "switching_mnist (presets switch_*)")
-    out_dir = os.path.join(os.path.dirname(os.path.abspath(a.ckpt)), "latent")
-    os.makedirs(out_dir, exist_ok=True)
-    digits = data.load_digits(cfg.mnist_dir)
-    n = cfg.mask_ctx_frames
-
-    sets = {}
-    for part, size, seed in (("fit", a.fit_clips, 1), ("test", a.test_clips, 2)):
-        clips, labels = data.fixed_set(train.make_source(cfg, "train" if part == "fit" else "val",
-                                                         digits), size, seed=seed)
-        h_x, h_y = encode(net, clips)
-        z = [None] * len(range(0, len(clips), 256))
-        if cfg.latent != "none":
-            z = [infer_z(net.predictor, hx, hy, cfg.latent, cfg.latent_lam, a.steps, a.tol,
-                         a.method) for hx, hy in tqdm(zip(h_x.split(256), h_y.split(256)),
-                                                      total=len(z), desc=f"z* ({part})")]
-        with torch.no_grad():
-            pred = torch.cat([net.predictor(hx, zc) for hx, zc in zip(h_x.split(256), z)])
-        sets[part] = dict(labels=labels, y=clips[:, :, n:], h_y=h_y, pred=pred,
-                          z=torch.cat(z) if cfg.latent != "none" else None)
-    fit, test = sets["fit"], sets["test"]
-
-    results = {"ckpt": a.ckpt, "preset": cfg.preset, "latent": cfg.latent,
-               "pred_mse": round(float((test["pred"] - test["h_y"]).pow(2).mean()), 5)}
-    # the ceiling for z*: how well the encoded target frames themselves tell the direction
-    results["psi_from_target"] = round(linear_classifier(
-        fit["h_y"].flatten(1), fit["labels"]["k"], test["h_y"].flatten(1), test["labels"]["k"],
-        5), 4)
-    if cfg.latent != "none":
-        results["solver"] = (f"{a.method}, lam {cfg.latent_lam}, {a.steps} steps, tol {a.tol}"
-                             if cfg.latent == "sparse" else "argmin over the options")
-        results["zero_fraction"] = round(float((test["z"] == 0).double().mean()), 4)
-        for key, label, classes in (("psi_accuracy", "k", 5), ("digit_accuracy", "digits", 10)):
-            results[key] = round(linear_classifier(fit["z"], fit["labels"][label], test["z"],
-                                                   test["labels"][label], classes), 4)
-            results[key.replace("accuracy", "majority")] = round(float(
-                torch.bincount(test["labels"][label]).max()) / len(test["z"]), 4)
-
-    decoder = probe.train_decoder(cfg, fit["pred"], fit["y"], a.decoder_steps)
-    with torch.no_grad():
-        recon = torch.cat([decoder(h) for h in test["pred"].split(256)])
-    results["psnr"] = round(probe.psnr(recon, test["y"]), 2)
-    k = test["labels"]["k"]
-    rows = torch.stack([(k == i).nonzero()[0, 0] for i in k.unique()])  # a clip per direction
-    overlap_picture(test["y"][rows, 0], recon[rows, 0], os.path.join(out_dir, "figure3.png"))
-    probe.save_gif(test["y"][rows], recon[rows], os.path.join(out_dir, "predictions.gif"),
-                   clips=len(rows))
-    results["eval_s"] = round(time.time() - start, 1)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    print(json.dumps(results))
-    return results
-
-
-if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)

@@ -561,13 +561,25 @@ def _channels_last(x):
     return x.clone(memory_format=torch.channels_last_3d)
 
 
+def grid_pool(x, grid):
+    """Average pooling of a feature map x [B, C, T, H, W] to a grid x grid map per time step,
+    flattened per frame -> [B, T, C * grid * grid], in the order (channel, row, column).
+    grid 1 is the global average over space; a larger grid keeps where things are, at
+    H / grid x W / grid positions of the map per cell. H and W must be multiples of grid."""
+    B, C, T, H, W = x.shape
+    cells = F.avg_pool3d(x, (1, H // grid, W // grid))  # (B, C, T, g, g)
+    return cells.transpose(1, 2).reshape(B, T, C * grid * grid)
+
+
 class ConvEncoder(nn.Module):
     """3 spatial convolutions (kernel 1x4x4, stride 2: 64 -> 32 -> 16 -> 8 pixels), 2 temporal
-    ones (kernel 3x1x1, 'same' in time), each with BatchNorm and ReLU, then the average over
-    space. [B, C, T, H, W] -> [B, T, dim]."""
+    ones (kernel 3x1x1, 'same' in time), each with BatchNorm and ReLU, then average pooling of
+    the 8x8 map to a grid x grid one, flattened (`grid_pool`; grid 1: the global average).
+    [B, C, T, H, W] -> [B, T, dim * grid^2]: one vector per frame, `out_dim` wide."""
 
-    def __init__(self, in_chans=1, dim=128, width=32):
+    def __init__(self, in_chans=1, dim=128, width=32, grid=1):
         super().__init__()
+        self.grid, self.out_dim = grid, dim * grid * grid
         spatial = dict(kernel=(1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1))
         temporal = dict(kernel=(3, 1, 1), stride=1, padding=(1, 0, 0))
         self.layers = nn.Sequential(
@@ -578,7 +590,10 @@ class ConvEncoder(nn.Module):
             _conv_bn_relu(dim, dim, **temporal))
 
     def forward(self, x):
-        return self.layers(_channels_last(x)).mean(dim=(3, 4)).transpose(1, 2)  # (B, T, dim)
+        if x.shape[-1] % (8 * self.grid):
+            raise ValueError(f"a {x.shape[-1]}-pixel frame gives a {x.shape[-1] // 8}-wide map, "
+                             f"not a multiple of grid={self.grid}")
+        return grid_pool(self.layers(_channels_last(x)), self.grid)  # (B, T, dim * g^2)
 
 
 class MLPPredictor(nn.Module):
@@ -630,14 +645,18 @@ class MLPPredictor(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """The encoder mirrored: a linear map undoes the spatial average (dim -> dim x 8 x 8), 2
-    temporal convolutions, then 3 transposed spatial ones (8 -> 16 -> 32 -> 64 pixels) and a
-    sigmoid for pixels in [0, 1]. [B, T, dim] -> [B, C, T, H, W]."""
+    """The encoder mirrored: undo the pooling, 2 temporal convolutions, then 3 transposed
+    spatial ones (8 -> 16 -> 32 -> 64 pixels) and a sigmoid for pixels in [0, 1].
+    [B, T, dim * grid^2] -> [B, C, T, H, W].
+    Undoing the pooling: with grid > 1 each cell's dim values are repeated over the
+    8/grid x 8/grid positions it averaged (nearest upsampling, the transpose of the average up
+    to a factor). A global vector (grid 1) repeated would put the same values everywhere and
+    could not say where the digit is, so there a linear map makes the 8x8 map (dim -> dim x 8 x 8)."""
 
-    def __init__(self, in_chans=1, dim=128, width=32, img_size=64):
+    def __init__(self, in_chans=1, dim=128, width=32, img_size=64, grid=1):
         super().__init__()
-        self.dim, self.side = dim, img_size // 8
-        self.unpool = nn.Linear(dim, dim * self.side ** 2)
+        self.dim, self.side, self.grid = dim, img_size // 8, grid
+        self.unpool = nn.Linear(dim, dim * self.side ** 2) if grid == 1 else None
         spatial = dict(kernel=(1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1), transpose=True)
         temporal = dict(kernel=(3, 1, 1), stride=1, padding=(1, 0, 0))
         self.layers = nn.Sequential(
@@ -647,9 +666,17 @@ class ConvDecoder(nn.Module):
             _conv_bn_relu(2 * width, width, **spatial),
             nn.ConvTranspose3d(width, in_chans, (1, 4, 4), (1, 2, 2), (0, 1, 1)))
 
-    def forward(self, h):
+    def unpool_map(self, h):
+        """[B, T, dim * grid^2] -> the 8x8 map [B, dim, T, side, side] the convolutions start from."""
         B, T, _ = h.shape
-        x = self.unpool(h).view(B, T, self.dim, self.side, self.side).transpose(1, 2)
+        g, s = self.grid, self.side
+        if g == 1:
+            return self.unpool(h).view(B, T, self.dim, s, s).transpose(1, 2)
+        cells = h.view(B, T, self.dim, g, g).transpose(1, 2)  # (B, dim, T, g, g)
+        return cells.repeat_interleave(s // g, dim=3).repeat_interleave(s // g, dim=4)
+
+    def forward(self, h):
+        x = self.unpool_map(h)
         return torch.sigmoid(self.layers(_channels_last(x)))  # (B, C, T, H, W)
 
 

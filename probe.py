@@ -15,25 +15,29 @@ degrees) and the speed (4 bins over 1-4 pixels per frame).
 Every accuracy is printed next to the same probe (same initial weights, `--seed`) on a
 randomly initialised encoder, with the collapse monitors (per-channel std, RankMe) of both.
 
-VJ-VCR and generative (VJ-VCR paper, sec. 4.3.1 and appendix B.2):
+VJ-VCR and generative (VJ-VCR paper, sec. 4.3 and appendix B.2), over the checkpoints of
+several training seeds (`--ckpt s0/ckpt.pt s1/ckpt.pt s2/ckpt.pt`), mean ± std:
 
-- Speed probe: a linear (ridge) regression from the predicted target representation h~_y
-  (all 12 predicted steps, flattened; the ViT route's tokens averaged per step) to the digit's
-  speed, fitted on clips of the training
-  digits, scored (MSE, R^2) on clips of the held-out digits; beside it the predict-the-mean
-  baseline and the same probe on a randomly initialised network.
+- Speed probe (Table 1): a ridge regression from the predicted target representation h~_y
+  (all predicted steps' per-frame vectors, flattened) to the digit's speed, fitted on clips of
+  the training digits, scored (MSE, R^2) on clips of the held-out digits; beside it the
+  predict-the-mean baseline and the same probe on `--random_inits` randomly initialised
+  networks of the same architecture.
 - Decoder PSNR of the predicted frames: the model's own decoder when it has one, else a decoder
-  trained here on the frozen predictions.
-- RankMe and the singular-value spectrum of h~_y, saved as JSON and drawn as a PNG, and a GIF
-  of target frames beside decoded predicted frames.
-Results go to OUT_DIR/probe/ (OUT_DIR = the checkpoint's folder; `--out_dir` elsewhere) and to
-stdout as JSON.
+  trained here on the frozen predictions. RankMe of h~_y and its singular-value spectrum
+  (JSON, PNG), a GIF of target frames beside decoded predicted frames (first seed).
+- Models of stochastic MovingMNIST (presets switch_*; Table 2, Figure 3): z* inferred with the
+  networks frozen (infer_latent.py), linear classifiers from z* to the switch psi and to the
+  digit, how z* is used, and Figure 3 (figure3.png).
+Results go to OUT_DIR/probe/ (OUT_DIR = the first checkpoint's folder; `--out_dir` elsewhere).
 
     python probe.py --table out/vjvcr out/vjvcr_dec out/generative_vcr out/generative
+    python probe.py --table out/switch_none out/switch_discrete out/switch_sparse80 ...
     python probe.py --table out/laptop out/laptop_pixel out/laptop_tube out/laptop_causal
 
-prints probed runs side by side with the paper's numbers (VJ-VCR Table 1, or V-JEPA Tables
-1, 3 and 4).
+prints probed runs (folders with results.json or probe/results.json) side by side with the
+paper's numbers (VJ-VCR Tables 1 and 2 with the verdict of each ordering, or V-JEPA Tables 1,
+3 and 4).
 """
 import argparse
 import copy
@@ -52,6 +56,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import infer_latent
 import losses
 import model
 import train
@@ -239,11 +244,6 @@ def save_gif(targets, recon, path, clips=4):
     iio.imwrite(path, (frames.numpy() * 255).astype(np.uint8), duration=200, loop=0)
 
 
-# VJ-VCR Table 1, MovingMNIST: speed-probe MSE and decoder PSNR per row.
-PAPER_TABLE1 = {"vjvcr": (0.04, 19.5), "vjvcr_dec": (0.04, 21.2), "generative_vcr": (0.10, 22.9),
-                "generative": (0.15, 22.8)}
-
-
 # V-JEPA's frozen-evaluation findings (K400 top-1, attentive probe unless noted): feature vs.
 # pixel targets (Table 1), attentive vs. average pooling (Table 3), masks (Table 4).
 PAPER_VJEPA = {("vjepa", "multiblock", "attentive"): "73.7 (T1, T3); 72.9 (T4)",
@@ -254,35 +254,25 @@ PAPER_VJEPA = {("vjepa", "multiblock", "attentive"): "73.7 (T1, T3); 72.9 (T4)",
 
 
 def _load_results(d):
-    """(summary.json or {}, results.json) of a run folder, or of a probe-results folder (a
-    V-JEPA probe of several seeds writes results.json to its --out_dir)."""
-    if os.path.exists(os.path.join(d, "results.json")):
-        with open(os.path.join(d, "results.json")) as f:
-            return {}, json.load(f)
-    paths = [os.path.join(d, "summary.json"), os.path.join(d, "probe", "results.json")]
-    for path in paths:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} is missing: train and probe {d} first")
-    with open(paths[0]) as f, open(paths[1]) as g:
-        return json.load(f), json.load(g)
+    """({}, results.json) of a probe-results folder (`--out_dir`) or of a run folder
+    (OUT_DIR/probe/results.json)."""
+    for path in (os.path.join(d, "results.json"), os.path.join(d, "probe", "results.json")):
+        if os.path.exists(path):
+            with open(path) as f:
+                return {}, json.load(f)
+    raise FileNotFoundError(f"{os.path.join(d, 'probe', 'results.json')} is missing: train and "
+                            f"probe {d} first")
 
 
 def table(out_dirs):
-    """A markdown table of probed runs (OUT_DIR/summary.json and OUT_DIR/probe/results.json,
-    or a folder holding a V-JEPA results.json): VJ-VCR's Table 1, or V-JEPA's findings."""
-    runs = [_load_results(d) for d in out_dirs]
-    if "linear" in runs[0][1]:
-        return vjepa_table([r for _, r in runs])
-    lines = ["| row | speed MSE (paper) | speed R^2 | MSE, random init | MSE, predict the mean "
-             "| PSNR dB (paper) | RankMe | train min | probe min |", "|" + " --- |" * 9]
-    for summary, r in runs:
-        mse, db = PAPER_TABLE1.get(r["preset"], ("-", "-"))
-        lines.append(f"| {r['preset']} | {r['speed_trained']['mse']:.3f} ({mse}) | "
-                     f"{r['speed_trained']['r2']:.3f} | {r['speed_random_init']['mse']:.3f} | "
-                     f"{r['speed_mean_baseline']['mse']:.3f} | {r['psnr']:.1f} ({db}) | "
-                     f"{r['rankme']:.1f} | {summary['wall_s'] / 60:.1f} | "
-                     f"{r['probe_s'] / 60:.1f} |")
-    return "\n".join(lines)
+    """A markdown table of probed runs (each a folder with results.json or probe/results.json):
+    VJ-VCR's Table 1, its Table 2 (latent models), or V-JEPA's findings."""
+    runs = [r for _, r in (_load_results(d) for d in out_dirs)]
+    if "linear" in runs[0]:
+        return vjepa_table(runs)
+    if "psi_from_target" in runs[0]["summary"]:
+        return latent_table(runs)
+    return vcr_table(runs)
 
 
 # The pooling each task is read with in the findings table, fixed for every run.
@@ -314,11 +304,50 @@ def vjepa_table(runs):
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------------------
+# VJ-VCR and generative models (VJ-VCR sec. 4.3 and appendix B.2): Table 1 and Table 2, each
+# over the checkpoints of several training seeds
+
+def load_run(path, mnist_dir=""):
+    """A VJ-VCR or generative checkpoint -> (its Config, its networks as one
+    train.VCRObjective in eval mode). mnist_dir overrides the one it was trained with."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--ckpt {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    config = {"pool_grid": 1, **state["config"]}  # saved before pool_grid existed: global
+    cfg = train.Config(**{**config, "mnist_dir": mnist_dir or config["mnist_dir"]})
+    if cfg.objective in ("vjepa", "pixel"):
+        raise ValueError(f"{path} is a V-JEPA checkpoint; this evaluates VJ-VCR and "
+                         "generative ones (objective vjvcr or generative)")
+    net, _, _ = train.build(cfg, None, torch.device("cpu"))
+    for name in ("encoder", "predictor", "decoder"):
+        if getattr(net, name) is not None:
+            model.load_strict(getattr(net, name), model.from_release(state[name]),
+                              f"{path} {name}")
+    return cfg, net.eval()
+
+
+def batch_norm_mode(net, mode):
+    """A copy of `net` as it is probed. "running": eval mode, BatchNorm normalises with the
+    running statistics kept in training (the default). "batch": every BatchNorm normalises
+    with the statistics of the batch it sees, as in training, where the 3 context frames and
+    the 12 target frames go through the encoder apart, while the running statistics average
+    the two (the probe's batches are 128 clips; the weights are not changed)."""
+    if mode not in ("running", "batch"):
+        raise ValueError(f"--bn {mode!r}: expected 'running' or 'batch'")
+    net = copy.deepcopy(net).eval()
+    if mode == "batch":
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+    return net
+
+
 @torch.no_grad()
 def predict(net, clips, batch=128, decode=True):
     """Frozen predictions for clips [N, C, T, H, W]: h~_y per target step [N, T_tgt, d] (the
-    ViT route averages each step's tokens), and the frames the model's own decoder makes of
-    them (None without a decoder, or with decode=False: decoding is most of the cost)."""
+    per-frame vectors: the pooled grid, flattened), and the frames the model's own decoder makes
+    of them (None without a decoder, or with decode=False: decoding is most of the cost)."""
     steps, recon = [], []
     for c in clips.split(batch):
         _, pred, pred_steps = net.predict(c)
@@ -328,14 +357,16 @@ def predict(net, clips, batch=128, decode=True):
     return torch.cat(steps), (torch.cat(recon) if recon else None)
 
 
-def train_decoder(cfg, h, frames, steps, seed=0):
-    """A decoder fitted to frozen predictions h [N, T, d] -> frames [N, C, T, H, W]."""
+def train_decoder(cfg, h, frames, steps, seed=0, batch=32):
+    """A decoder (the encoder mirrored, model.ConvDecoder) fitted to frozen predictions
+    h [N, T, d] -> frames [N, C, T, H, W]: Adam 1e-3, `steps` batches of `batch`."""
     torch.manual_seed(seed)
-    dec = model.ConvDecoder(cfg.in_chans, cfg.enc_dim, img_size=cfg.img_size)
+    dec = model.ConvDecoder(cfg.in_chans, h.shape[-1] // cfg.pool_grid ** 2,
+                            img_size=cfg.img_size, grid=cfg.pool_grid)
     opt = torch.optim.Adam(dec.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        i = torch.randint(len(h), (64,), generator=g)
+        i = torch.randint(len(h), (batch,), generator=g)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = losses.pixel_mse(dec(h[i]), frames[i])
         opt.zero_grad()
@@ -344,22 +375,363 @@ def train_decoder(cfg, h, frames, steps, seed=0):
     return dec.eval()
 
 
-def load_run(path, mnist_dir=""):
-    """A VJ-VCR or generative checkpoint -> (its Config, its networks as one
-    train.VCRObjective in eval mode). mnist_dir overrides the one it was trained with."""
+def vcr_sets(cfg, fit_clips, test_clips):
+    """{"fit": (clips, labels) of the training digits, "test": of the held-out digits}, the
+    same clips (seeds 1 and 2) for every run of one config."""
+    digits = data.load_digits(cfg.mnist_dir)
+    return {part: data.fixed_set(train.make_source(cfg, split, digits), n, seed=seed)
+            for part, split, n, seed in (("fit", "train", fit_clips, 1),
+                                         ("test", "val", test_clips, 2))}
+
+
+def vcr_scores(cfg, net, sets, decoder_steps=None):
+    """One network, frozen: the speed probe (ridge from the flattened predicted target
+    representation h~_y to the speed, penalty by 3-fold CV; MSE and R^2 on the held-out
+    digits) and RankMe of h~_y; with decoder_steps (not None) also the PSNR of the decoded
+    predictions (the model's own decoder, else one trained for decoder_steps on the frozen
+    predictions; on the ViT route, which has one vector per tubelet, of each tubelet's mean
+    frame). -> (scores, (h~_y of the test clips [N, T * d], decoded frames, their targets)
+    or None)."""
+    n = cfg.mask_ctx_frames
+    (fit, fit_labels), (test, test_labels) = sets["fit"], sets["test"]
+    speed_fit, speed_test = fit_labels["speed"][:, 0], test_labels["speed"][:, 0]
+    h_fit, _ = predict(net, fit, decode=False)
+    h_test, recon = predict(net, test, decode=decoder_steps is not None)
+    speed = regression_scores(ridge_fit(h_fit.flatten(1), speed_fit)(h_test.flatten(1)),
+                              speed_test)
+    flat = h_test.flatten(1)
+    scores = {"speed_mse": speed["mse"], "speed_r2": speed["r2"],
+              "rankme": round(train.rankme(flat), 2)}
+    if decoder_steps is None:
+        return scores, None
+    y_fit, y_test = fit[:, :, n:], test[:, :, n:]
+    if recon is None:
+        if h_fit.shape[1] < y_fit.shape[2]:  # ViT route: one vector per tubelet of frames
+            y_fit, y_test = (y.unflatten(2, (h_fit.shape[1], -1)).mean(3) for y in (y_fit, y_test))
+        decoder = train_decoder(cfg, h_fit, y_fit, decoder_steps)
+        with torch.no_grad():
+            recon = torch.cat([decoder(h) for h in h_test.split(128)])
+    scores["psnr"] = round(psnr(recon, y_test), 2)
+    return scores, (flat, recon, y_test)
+
+
+def summarise(runs):
+    """[{key: value}] over seeds -> {key: [mean, std]} for the keys every run has a number for."""
+    keys = [k for k in runs[0] if all(isinstance(r.get(k), (int, float)) for r in runs)]
+    return {k: [round(v, 4) for v in mean_std([r[k] for r in runs])] for k in keys}
+
+
+def training_time(ckpt):
+    """Training wall time in seconds from summary.json beside a checkpoint (None if absent)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(ckpt)), "summary.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"--ckpt {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = train.Config(**{**state["config"], "mnist_dir": mnist_dir or state["config"]["mnist_dir"]})
-    if cfg.objective == "vjepa":
-        raise ValueError(f"{path} is a V-JEPA checkpoint; this evaluates VJ-VCR and "
-                         "generative ones (objective vjvcr or generative)")
-    net, _, _ = train.build(cfg, None, torch.device("cpu"))
-    for name in ("encoder", "predictor", "decoder"):
-        if getattr(net, name) is not None:
-            model.load_strict(getattr(net, name), model.from_release(state[name]),
-                              f"{path} {name}")
-    return cfg, net.eval()
+        return None
+    with open(path) as f:
+        return json.load(f).get("wall_s")
+
+
+def probe_vcr(a):
+    """`python probe.py --ckpt CKPT [CKPT ...]` for VJ-VCR and generative checkpoints (the seeds
+    of one row): Table 1's measurements for each, the same for a.random_inits randomly
+    initialised networks of the same architecture, mean ± std over both; models of
+    switching_mnist go to `probe_latent` (Table 2). -> results dict (also results.json)."""
+    start = time.time()
+    runs = [load_run(c, a.mnist_dir) for c in a.ckpt]
+    cfg = runs[0][0]
+    kinds = {(c.preset, c.dataset) + tuple(getattr(c, k) for k in train.ARCH_KEYS)
+             for c, _ in runs}
+    if len(kinds) > 1:
+        raise ValueError(f"--ckpt: the checkpoints differ in preset, data or architecture "
+                         f"({len(kinds)} kinds); give the seeds of one run")
+    out_dir = a.out_dir or os.path.join(os.path.dirname(os.path.abspath(a.ckpt[0])), "probe")
+    os.makedirs(out_dir, exist_ok=True)
+    if cfg.dataset == "switching_mnist":
+        return probe_latent(a, runs, out_dir, start)
+    if cfg.latent != "none":
+        raise ValueError(f"{a.ckpt[0]} has a {cfg.latent} latent but was trained on "
+                         f"{cfg.dataset}; latents are evaluated on switching_mnist")
+    a.fit_clips, a.test_clips = a.fit_clips or 2048, a.test_clips or 1024
+    sets = vcr_sets(cfg, a.fit_clips, a.test_clips)
+    trained, pictures = [], None
+    for i, (path, (c, net)) in enumerate(zip(a.ckpt, runs)):
+        scores, pics = vcr_scores(c, batch_norm_mode(net, a.bn), sets, a.decoder_steps)
+        trained.append({"ckpt": path, "seed": c.seed, **scores, "train_s": training_time(path)})
+        pictures = pictures or pics
+    random = []
+    for i in range(a.random_inits):
+        torch.manual_seed(1000 + i)
+        net, _, _ = train.build(cfg, None, torch.device("cpu"))
+        random.append(vcr_scores(cfg, batch_norm_mode(net, a.bn), sets)[0])
+    speed_fit, speed_test = sets["fit"][1]["speed"][:, 0], sets["test"][1]["speed"][:, 0]
+    n = cfg.mask_ctx_frames
+    mean_frames = sets["fit"][0][:, :, n:].mean(0, keepdim=True)  # the average target clip
+    results = {"ckpt": a.ckpt, "preset": cfg.preset, "objective": cfg.objective,
+               "pool_grid": cfg.pool_grid, "enc_dim": cfg.enc_dim, "bn": a.bn,
+               "fit_clips": a.fit_clips, "test_clips": a.test_clips,
+               "random_inits": a.random_inits,
+               "speed_mean_baseline": regression_scores(
+                   torch.full_like(speed_test, float(speed_fit.mean())), speed_test),
+               "psnr_mean_frames": round(psnr(mean_frames.expand_as(sets["test"][0][:, :, n:]),
+                                              sets["test"][0][:, :, n:]), 2),
+               "summary": {"trained": summarise(trained), "random_init": summarise(random)},
+               "runs": trained, "random_init_runs": random}
+    flat, recon, targets = pictures
+    s, explained = spectrum(flat)
+    with open(os.path.join(out_dir, "spectrum.json"), "w") as f:
+        json.dump({"singular_values": s.tolist(), "cumulative_explained": explained.tolist()}, f)
+    draw_spectrum(s, explained, os.path.join(out_dir, "spectrum.png"))
+    save_gif(targets, recon, os.path.join(out_dir, "predictions.gif"))
+    results["probe_s"] = round(time.time() - start, 1)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(vcr_table([results]))
+    return results
+
+
+# VJ-VCR Table 1, MovingMNIST: speed-probe MSE and decoder PSNR per row.
+PAPER_TABLE1 = {"vjvcr": (0.04, 19.5), "vjvcr_dec": (0.04, 21.2), "generative_vcr": (0.10, 22.9),
+                "generative": (0.15, 22.8)}
+# The orderings Table 1 shows: (measure, the row the paper has lower, the row it has higher).
+PAPER_ORDERINGS = [("speed_mse", "vjvcr", "generative_vcr"), ("speed_mse", "vjvcr", "generative"),
+                   ("speed_mse", "vjvcr_dec", "generative_vcr"),
+                   ("speed_mse", "vjvcr_dec", "generative"),
+                   ("speed_mse", "generative_vcr", "generative"),
+                   ("psnr", "vjvcr", "vjvcr_dec"), ("psnr", "vjvcr", "generative_vcr"),
+                   ("psnr", "vjvcr", "generative"), ("psnr", "vjvcr_dec", "generative_vcr"),
+                   ("psnr", "vjvcr_dec", "generative")]
+
+
+def ordering(low, high):
+    """Is the first below the second? low, high: [mean, std] over seeds -> (gap = high - low,
+    combined std, verdict): "match" only where the gap exceeds twice the combined std,
+    "reversed" where the opposite gap does, else "not distinguishable"."""
+    gap, combined = high[0] - low[0], math.hypot(low[1], high[1])
+    verdict = ("match" if gap > 2 * combined else "reversed" if -gap > 2 * combined
+               else "not distinguishable")
+    return gap, combined, verdict
+
+
+def _ms(c, digits=3):
+    return f"{c[0]:.{digits}f} ± {c[1]:.{digits}f}" if c else "-"
+
+
+def _minutes(runs, key):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return f"{sum(values) / len(values) / 60:.1f}" if values else "-"
+
+
+def vcr_table(results):
+    """VJ-VCR's Table 1 from probe results (one per row, each over its seeds): mean ± std, the
+    paper's values in brackets, random init, predict-the-mean and the PSNR of the average
+    target clip of the fitting set (what a decoder gets without knowing the clip) beside;
+    then every ordering of
+    the paper's table that both rows are there for, with its verdict (`ordering`)."""
+    lines = ["| row | seeds | speed MSE (paper) | speed R^2 | random init: MSE | random init: R^2 "
+             "| predict the mean: MSE | PSNR dB (paper) | PSNR, mean frames | RankMe "
+             "| RankMe, random init | train min | probe min |", "|" + " --- |" * 13]
+    rows, randoms = {}, {}
+    for r in results:
+        t, rnd = r["summary"]["trained"], r["summary"]["random_init"]
+        rows[r["preset"]], randoms[r["preset"]] = t, rnd
+        mse, db = PAPER_TABLE1.get(r["preset"], ("-", "-"))
+        lines.append(
+            f"| {r['preset']} | {len(r['runs'])} | {_ms(t['speed_mse'])} ({mse}) | "
+            f"{_ms(t['speed_r2'])} | {_ms(rnd['speed_mse'])} | {_ms(rnd['speed_r2'])} | "
+            f"{r['speed_mean_baseline']['mse']:.3f} | {_ms(t.get('psnr'), 1)} ({db}) | "
+            f"{r.get('psnr_mean_frames', '-')} | "
+            f"{_ms(t['rankme'], 1)} | {_ms(rnd['rankme'], 1)} | {_minutes(r['runs'], 'train_s')} "
+            f"| {r['probe_s'] / 60 / len(r['runs']):.1f} |")
+    checks = [(m, lo, hi, rows[lo][m], rows[hi][m]) for m, lo, hi in PAPER_ORDERINGS
+              if lo in rows and hi in rows and m in rows[lo] and m in rows[hi]]
+    checks += [("speed_mse", row, "random init", rows[row]["speed_mse"],
+                randoms[row]["speed_mse"]) for row in rows]  # does training help at all?
+    lines += ["", "| ordering (the paper's, then each row against random init) | gap "
+              "| 2 x combined std | verdict |", "|" + " --- |" * 4]
+    for m, lo, hi, low, high in checks:
+        gap, combined, verdict = ordering(low, high)
+        lines.append(f"| {m}: {lo} < {hi} | {gap:+.3f} | {2 * combined:.3f} | {verdict} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Latent variables (VJ-VCR sec. 4.3.2, Table 2, Figure 3): what z* knows
+
+def linear_classifier(x_fit, y_fit, x_test, y_test, classes, weight_decay=1e-4):
+    """Multinomial logistic regression on standardised features (full-batch L-BFGS, a small L2
+    penalty), fitted on (x_fit, y_fit) -> accuracy on (x_test, y_test)."""
+    mean, std = x_fit.mean(0), x_fit.std(0) + 1e-6
+    xf, xt = (x_fit - mean) / std, (x_test - mean) / std
+    layer = torch.nn.Linear(xf.shape[1], classes).double()
+    torch.nn.init.zeros_(layer.weight)
+    torch.nn.init.zeros_(layer.bias)
+    opt = torch.optim.LBFGS(layer.parameters(), lr=1, max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(layer(xf.double()), y_fit) + weight_decay * layer.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float((layer(xt.double()).argmax(1) == y_test).double().mean())
+
+
+def overlap_picture(targets, preds, path, scale=2):
+    """Figure 3 as a PNG. One row per clip: the target frames, their overlap with the decoded
+    prediction (target in white/magenta, prediction in green), and the prediction alone.
+    targets, preds: [N, T, H, W] in [0, 1]."""
+    from PIL import Image
+
+    t, p = targets.clamp(0, 1), preds.clamp(0, 1)
+    grey = lambda x: x[..., None].expand(*x.shape, 3)  # noqa: E731
+    overlap = torch.stack([t, p, t], -1)  # R and B: target, G: prediction
+    gap = torch.ones(t.shape[0], t.shape[2], 4, 3)  # a white bar between frames
+    rows = []
+    for panel in (grey(t), overlap, grey(p)):
+        for i in range(t.shape[1]):
+            rows += [panel[:, i], gap]
+    image = torch.cat(rows, dim=2)  # (N, H, W_total, 3)
+    image = torch.cat([torch.cat([r, torch.ones(4, r.shape[1], 3)]) for r in image])
+    pixels = (image.numpy() * 255).astype(np.uint8)
+    Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale),
+                                   Image.NEAREST).save(path)
+
+
+@torch.no_grad()
+def encode(net, clips, batch=256):
+    """Frozen encodings of clips [N, C, T, H, W] -> (h_x [N, n, d], h_y [N, T - n, d])."""
+    n, parts = net.cfg.mask_ctx_frames, []
+    for c in clips.split(batch):
+        parts.append((net.encoder(c[:, :, :n]), net.encoder(c[:, :, n:])))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def option_shares(z):
+    """Discrete z* [N, K] one-hot -> the share of clips that chose each option, largest first."""
+    return sorted((torch.bincount(z.argmax(1), minlength=z.shape[1]).double() / len(z)).tolist(),
+                  reverse=True)
+
+
+def codes_used_from(log_path, below=0.99):
+    """The first logged training step at which fewer than `below` of the sparse codes' entries
+    were zero (`z_zero` in log.jsonl): how long the codes stayed (almost) unused. None if
+    never or without a log."""
+    if not os.path.exists(log_path):
+        return None
+    with open(log_path) as f:
+        log = [json.loads(line) for line in f if line.strip()]
+    return next((r["step"] for r in log if r.get("z_zero", 1.0) < below), None)
+
+
+def latent_scores(cfg, net, sets, a, ckpt):
+    """One switching_mnist model, frozen: z* on the fit and test clips (`infer_latent.infer_z`,
+    a.solver for sparse codes), linear classifiers from z* to the switch psi and to the digit,
+    the same from the encoded target frames h_y (the ceiling), how z* is used, and the PSNR of
+    a decoder trained on the frozen predictions -> (scores, (test targets, decoded, psi))."""
+    n, out = cfg.mask_ctx_frames, {}
+    for part in ("fit", "test"):
+        clips, labels = sets[part]
+        h_x, h_y = encode(net, clips)
+        z = [None] * len(range(0, len(clips), 256))
+        if cfg.latent != "none":
+            z = [infer_latent.infer_z(net.predictor, hx, hy, cfg.latent, cfg.latent_lam,
+                                      a.solver_steps, a.solver_tol, a.solver)
+                 for hx, hy in tqdm(zip(h_x.split(256), h_y.split(256)), total=len(z),
+                                    desc=f"z* ({part})")]
+        with torch.no_grad():
+            pred = torch.cat([net.predictor(hx, zc) for hx, zc in zip(h_x.split(256), z)])
+        out[part] = dict(labels=labels, y=clips[:, :, n:], h_y=h_y, pred=pred,
+                         z=torch.cat(z) if cfg.latent != "none" else None)
+    fit, test = out["fit"], out["test"]
+    r = {"ckpt": ckpt, "seed": cfg.seed,
+         "pred_mse": round(float((test["pred"] - test["h_y"]).pow(2).mean()), 5),
+         "psi_from_target": round(linear_classifier(
+             fit["h_y"].flatten(1), fit["labels"]["k"], test["h_y"].flatten(1),
+             test["labels"]["k"], 5), 4)}
+    if cfg.latent != "none":
+        r["zero_fraction"] = round(float((test["z"] == 0).double().mean()), 4)
+        for key, label, classes in (("psi_accuracy", "k", 5), ("digit_accuracy", "digits", 10)):
+            r[key] = round(linear_classifier(fit["z"], fit["labels"][label], test["z"],
+                                             test["labels"][label], classes), 4)
+    if cfg.latent == "discrete":
+        r["option_shares"] = [round(s, 4) for s in option_shares(test["z"])]
+        r["top_option_share"] = r["option_shares"][0]
+    if cfg.latent == "sparse":
+        r["all_zero_clips"] = round(float((test["z"] == 0).all(1).double().mean()), 4)
+        r["codes_used_from_step"] = codes_used_from(
+            os.path.join(os.path.dirname(os.path.abspath(ckpt)), "log.jsonl"))
+    decoder = train_decoder(cfg, fit["pred"], fit["y"], a.decoder_steps)
+    with torch.no_grad():
+        recon = torch.cat([decoder(h) for h in test["pred"].split(256)])
+    r["psnr"] = round(psnr(recon, test["y"]), 2)
+    r["train_s"] = training_time(ckpt)
+    return r, (test["y"], recon, test["labels"]["k"])
+
+
+# Table 2 of VJ-VCR: accuracy of linear classifiers from z* to the switch psi and to the digit,
+# and the share of zeros in z*.
+PAPER_TABLE2 = {"switch_discrete": ("80%", "~10%", "-"), "switch_sparse80": ("94.7%", "31.6%", "80%"),
+                "switch_sparse20": ("99.5%", "57.6%", "20%")}
+
+
+def probe_latent(a, runs, out_dir, start):
+    """Table 2 for the seeds of one switching_mnist row: `latent_scores` for each, mean ± std;
+    Figure 3 (figure3.png) and a GIF from the first seed, one held-out clip per direction."""
+    a.fit_clips, a.test_clips = a.fit_clips or 4096, a.test_clips or 1024
+    cfg = runs[0][0]
+    sets = vcr_sets(cfg, a.fit_clips, a.test_clips)
+    per_run, pictures = [], None
+    for path, (c, net) in zip(a.ckpt, runs):
+        scores, pics = latent_scores(c, batch_norm_mode(net, a.bn), sets, a, path)
+        per_run.append(scores)
+        pictures = pictures or pics
+    labels = sets["test"][1]
+    results = {"ckpt": a.ckpt, "preset": cfg.preset, "latent": cfg.latent,
+               "pool_grid": cfg.pool_grid, "bn": a.bn, "fit_clips": a.fit_clips,
+               "test_clips": a.test_clips,
+               "solver": (f"{a.solver}, lam {cfg.latent_lam}, {a.solver_steps} steps, "
+                          f"tol {a.solver_tol}"
+                          if cfg.latent == "sparse" else "argmin over the options"),
+               "majority": {key: round(float(torch.bincount(labels[key]).max()) / a.test_clips,
+                                       4) for key in ("k", "digits")},
+               "summary": summarise(per_run), "runs": per_run}
+    y, recon, k = pictures
+    rows = torch.stack([(k == i).nonzero()[0, 0] for i in k.unique()])  # a clip per direction
+    overlap_picture(y[rows, 0], recon[rows, 0], os.path.join(out_dir, "figure3.png"))
+    save_gif(y[rows], recon[rows], os.path.join(out_dir, "predictions.gif"), clips=len(rows))
+    results["probe_s"] = round(time.time() - start, 1)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(latent_table([results]))
+    return results
+
+
+def latent_table(results):
+    """VJ-VCR's Table 2 from probe results (one per row, mean ± std over its seeds), the paper's
+    values in brackets, with what limits them: how evenly the discrete options are used and
+    how long the sparse codes stayed at zero in training."""
+    lines = ["| row | seeds | psi accuracy (paper) | digit accuracy (paper) | zeros in z* (paper) "
+             "| most used option | clips with z* = 0 | codes used from step | psi from h_y "
+             "| prediction MSE | PSNR dB | train min | eval min |", "|" + " --- |" * 13]
+    for r in results:
+        s = r["summary"]
+        paper = PAPER_TABLE2.get(r["preset"], ("-", "-", "-"))
+        pct = lambda key: (f"{100 * s[key][0]:.1f} ± {100 * s[key][1]:.1f}%"  # noqa: E731
+                           if key in s else "-")
+        steps = ", ".join("never" if x.get("codes_used_from_step") is None
+                          else str(x["codes_used_from_step"]) for x in r["runs"])
+        lines.append(
+            f"| {r['preset']} | {len(r['runs'])} | {pct('psi_accuracy')} ({paper[0]}) | "
+            f"{pct('digit_accuracy')} ({paper[1]}) | {pct('zero_fraction')} ({paper[2]}) | "
+            f"{pct('top_option_share')} | {pct('all_zero_clips')} | "
+            f"{steps if r['latent'] == 'sparse' else '-'} | "
+            f"{pct('psi_from_target')} | {_ms(s['pred_mse'], 4)} | {_ms(s['psnr'], 1)} | "
+            f"{_minutes(r['runs'], 'train_s')} | {r['probe_s'] / 60 / len(r['runs']):.1f} |")
+    majority = results[0]["majority"]
+    lines.append(f"\nPredicting the majority class: psi {100 * majority['k']:.1f}%, digit "
+                 f"{100 * majority['digits']:.1f}% of the held-out clips.")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -953,7 +1325,7 @@ def learning_curve(a):
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", nargs="+", help="checkpoint(s) to probe; several: seeds of one "
-                   "run (V-JEPA), reported as mean ± std")
+                   "run, reported as mean ± std")
     p.add_argument("--table", nargs="+", metavar="OUT_DIR", help="print probed runs as a table")
     p.add_argument("--curve", metavar="OUT_DIR",
                    help="V-JEPA: probe the run's snapshots (train.py --snapshot_every) and "
@@ -961,12 +1333,13 @@ def main(argv):
     p.add_argument("--context", metavar="CKPT",
                    help="V-JEPA: does the predictor use the context? (context_dependence)")
     p.add_argument("--fit_clips", type=int, default=0,
-                   help="clips to fit the probes on (default: 5000 V-JEPA, 4096 VJ-VCR)")
+                   help="clips to fit the probes on (default: 5000 V-JEPA, 2048 VJ-VCR, 4096 "
+                        "VJ-VCR latent models)")
     p.add_argument("--test_clips", type=int, default=0,
                    help="held-out clips to score on (default: 2500 V-JEPA, a test-set standard "
                         "error of at most 1 point; 1024 VJ-VCR)")
     p.add_argument("--random_inits", type=int, default=3,
-                   help="V-JEPA: random-init encoders to compare with")
+                   help="random-init networks to compare with (V-JEPA, VJ-VCR Table 1)")
     p.add_argument("--cache_dir", default="",
                    help="V-JEPA: where encoded features are kept (default: feature_cache/ "
                         "beside the run's folder)")
@@ -976,7 +1349,14 @@ def main(argv):
                    help="V-JEPA: clips the attentive probe is trained on")
     p.add_argument("--decoder_steps", type=int, default=300,
                    help="VJ-VCR: steps of the decoder trained on frozen predictions (models "
-                        "without one)")
+                        "without one, and latent models)")
+    p.add_argument("--bn", default="running", choices=("running", "batch"),
+                   help="VJ-VCR: BatchNorm on the running statistics (eval mode) or on each "
+                        "probe batch's own (batch_norm_mode)")
+    p.add_argument("--solver", default="fista", choices=("fista", "ista", "gd"),
+                   help="VJ-VCR latent models, sparse codes: the solver of z*")
+    p.add_argument("--solver_steps", type=int, default=300, help="sparse z*: solver iterations")
+    p.add_argument("--solver_tol", type=float, default=1e-5, help="sparse z*: solver tolerance")
     p.add_argument("--epochs", type=int, default=20, help="attentive probe: training epochs")
     p.add_argument("--lr", type=float, default=1e-2,
                    help="attentive probe: peak LR (the paper's 1e-3 hardly moves it in a "
@@ -1005,62 +1385,7 @@ def main(argv):
     if config is None or config["objective"] in ("vjepa", "pixel"):  # a release file has none
         a.fit_clips, a.test_clips = a.fit_clips or 5000, a.test_clips or 2500
         return probe_vjepa(a)
-    if len(a.ckpt) > 1:
-        raise ValueError("--ckpt: one VJ-VCR checkpoint at a time")
-    a.ckpt = a.ckpt[0]
-    start = time.time()
-    a.fit_clips, a.test_clips = a.fit_clips or 4096, a.test_clips or 1024
-    cfg, trained = load_run(a.ckpt, a.mnist_dir)
-    if cfg.latent != "none":
-        raise ValueError(f"{a.ckpt} has a {cfg.latent} latent; evaluate it with "
-                         f"python infer_latent.py --ckpt {a.ckpt}")
-    out_dir = a.out_dir or os.path.join(os.path.dirname(os.path.abspath(a.ckpt)), "probe")
-    os.makedirs(out_dir, exist_ok=True)
-
-    digits = data.load_digits(cfg.mnist_dir)
-    fit_clips, fit_labels = data.fixed_set(train.make_source(cfg, "train", digits),
-                                           a.fit_clips, seed=1)
-    test_clips, test_labels = data.fixed_set(train.make_source(cfg, "val", digits),
-                                             a.test_clips, seed=2)
-    speed_fit, speed_test = fit_labels["speed"][:, 0], test_labels["speed"][:, 0]
-    n = cfg.mask_ctx_frames
-    y_fit, y_test = fit_clips[:, :, n:], test_clips[:, :, n:]
-
-    torch.manual_seed(cfg.seed + 1)
-    random_net, _, _ = train.build(cfg, None, torch.device("cpu"))
-
-    results = {"ckpt": a.ckpt, "preset": cfg.preset, "objective": cfg.objective,
-               "speed_mean_baseline": regression_scores(
-                   torch.full_like(speed_test, float(speed_fit.mean())), speed_test)}
-    for name, net in (("trained", trained), ("random_init", random_net.eval())):
-        # only the trained network's test predictions are ever decoded (PSNR, GIF)
-        h_fit, _ = predict(net, fit_clips, decode=False)
-        h_test, decoded = predict(net, test_clips, decode=name == "trained")
-        probe = ridge_fit(h_fit.flatten(1), speed_fit)
-        results[f"speed_{name}"] = regression_scores(probe(h_test.flatten(1)), speed_test)
-        if name == "trained":
-            flat = h_test.flatten(1)
-            results["rankme"] = round(train.rankme(flat), 2)
-            results["rankme_max"] = min(flat.shape)
-            s, explained = spectrum(flat)
-            recon = decoded
-            if recon is None:
-                decoder = train_decoder(cfg, h_fit, y_fit, a.decoder_steps)
-                results["decoder"] = f"trained on frozen predictions, {a.decoder_steps} steps"
-                with torch.no_grad():
-                    recon = torch.cat([decoder(h) for h in h_test.split(128)])
-            else:
-                results["decoder"] = "the model's own"
-            results["psnr"] = round(psnr(recon, y_test), 2)
-    with open(os.path.join(out_dir, "spectrum.json"), "w") as f:
-        json.dump({"singular_values": s.tolist(), "cumulative_explained": explained.tolist()}, f)
-    draw_spectrum(s, explained, os.path.join(out_dir, "spectrum.png"))
-    save_gif(y_test, recon, os.path.join(out_dir, "predictions.gif"))
-    results["probe_s"] = round(time.time() - start, 1)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    print(json.dumps(results))
-    return results
+    return probe_vcr(a)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,10 @@ class Config:
     vcr_beta: float = 0.1  # weight of the covariance term (eq. 3)
     vcr_gamma: float = 0.0  # vjvcr: weight of the pixel reconstruction term (0: no decoder)
     vcr_arch: str = "conv"  # vjvcr / generative networks: conv (the paper's) | vit
+    pool_grid: int = 4  # vjvcr / generative: each frame's feature map (conv: 8x8, vit: the
+    #                     token grid) averaged to a g x g grid and flattened: the per-frame
+    #                     vector has enc_dim * g^2 values. 1: the global average, which keeps
+    #                     no position (the paper says only "average pooling"; docs/results.md, 3)
     latent: str = "none"  # vjvcr (conv): none | discrete (one-hot, K options) | sparse (L1)
     latent_dim: int = 0  # K options (discrete) or the size of z (sparse)
     latent_lam: float = 0.0  # sparse: the L1 weight lambda in E(z) + lambda |z|_1
@@ -156,7 +160,7 @@ def _size(name):
 # predictor, one digit, 3 context frames -> 12 targets, Adam at a constant 1e-3. The paper
 # trains 100 epochs of 55,000 clips at batch 256; these presets fit 15 minutes on 2 CPU cores.
 _VCR = dict(objective="vjvcr", loss="mse", num_digits=1, num_frames=15, mask_ctx_frames=3,
-            enc_dim=128, batch_size=64, max_steps=500, optimizer="adam", start_lr=1e-3,
+            enc_dim=64, pool_grid=4, batch_size=64, max_steps=500, optimizer="adam", start_lr=1e-3,
             lr=1e-3, final_lr=1e-3, warmup_steps=0, weight_decay=0.0, final_weight_decay=0.0,
             ema_start=1.0, ema_end=1.0, ipe_scale=1.0, grad_clip=0.0, log_every=50,
             ckpt_every=250, vcr_alpha=0.5, vcr_beta=0.1)
@@ -195,7 +199,7 @@ PRESETS = {
 }
 ARCH_KEYS = ("objective", "num_frames", "img_size", "in_chans", "patch_size", "tubelet_size",
              "uniform_power", "enc_dim", "enc_depth", "enc_heads", "pred_dim", "pred_depth",
-             "mask", "mask_ctx_frames", "vcr_arch", "latent", "latent_dim")
+             "mask", "mask_ctx_frames", "vcr_arch", "pool_grid", "latent", "latent_dim")
 
 
 def parse_config(argv):
@@ -256,6 +260,10 @@ def check_config(cfg):
                              f"target among num_frames={cfg.num_frames}")
         if cfg.vcr_arch == "conv" and cfg.img_size % 8:
             raise ValueError(f"img_size={cfg.img_size}: the conv encoder needs a multiple of 8")
+        side = cfg.img_size // (8 if cfg.vcr_arch == "conv" else cfg.patch_size)
+        if cfg.pool_grid < 1 or side % cfg.pool_grid:
+            raise ValueError(f"pool_grid={cfg.pool_grid} does not divide the {side}x{side} map "
+                             f"of each frame (img_size={cfg.img_size})")
     if not callable(getattr(losses, cfg.loss, None)) or cfg.loss.startswith("_"):
         raise ValueError(f"--loss {cfg.loss!r} is not a function in losses.py")
     if cfg.latent != "none":
@@ -582,11 +590,12 @@ class VCRObjective(torch.nn.Module):
         has_decoder = cfg.objective == "generative" or cfg.vcr_gamma > 0
         self.decoder = None
         if cfg.vcr_arch == "conv":
-            self.encoder = model.ConvEncoder(cfg.in_chans, cfg.enc_dim)
-            self.predictor = model.MLPPredictor(n, cfg.num_frames - n, cfg.enc_dim,
+            self.encoder = model.ConvEncoder(cfg.in_chans, cfg.enc_dim, grid=cfg.pool_grid)
+            self.predictor = model.MLPPredictor(n, cfg.num_frames - n, self.encoder.out_dim,
                                                 latent=cfg.latent, latent_dim=cfg.latent_dim)
             if has_decoder:
-                self.decoder = model.ConvDecoder(cfg.in_chans, cfg.enc_dim, img_size=cfg.img_size)
+                self.decoder = model.ConvDecoder(cfg.in_chans, cfg.enc_dim, img_size=cfg.img_size,
+                                                 grid=cfg.pool_grid)
             return
         self.encoder, self.predictor = model.build_models(
             cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size, cfg.in_chans,
@@ -601,10 +610,13 @@ class VCRObjective(torch.nn.Module):
         self.register_buffer("tgt_idx", tgt, persistent=False)
 
     def per_step(self, tokens):
-        """[B, K, D] tokens of whole time steps -> their spatial average [B, K / S, D]."""
+        """[B, K, D] tokens of whole time steps -> one vector per step [B, K / S, D * g^2]:
+        each step's Hp x Wp tokens averaged to a g x g grid (g = pool_grid) and flattened,
+        as the conv encoder pools its map (model.grid_pool)."""
         B, K, D = tokens.shape
-        S = self.encoder.grid[1] * self.encoder.grid[2]
-        return tokens.view(B, K // S, S, D).mean(dim=2)
+        _, Hp, Wp = self.encoder.grid
+        steps = tokens.view(B, K // (Hp * Wp), Hp, Wp, D).permute(0, 4, 1, 2, 3)
+        return model.grid_pool(steps, self.cfg.pool_grid)  # (B, K / S, D * g^2)
 
     def predict(self, clips, h_y=None):
         """-> (h_x, h~_y, per-step h~_y), h_x and h~_y per step (conv) or per token (vit).

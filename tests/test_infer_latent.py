@@ -1,5 +1,6 @@
 """infer_latent.py against hand-computed values, an independent coordinate-descent Lasso solver
-and a brute-force choice among generating options."""
+and a brute-force choice among generating options; the one-way imports of the project's files.
+(The evaluation of latent models, probe.py, is tested in test_probe.py.)"""
 import os
 
 import numpy as np
@@ -343,58 +344,20 @@ def test_infer_z_sparse_is_optimal_and_respects_lambda():
                        torch.zeros(16, K, dtype=torch.float64))
 
 
-def test_linear_classifier_separable_and_chance():
-    from infer_latent import linear_classifier
+def test_imports_flow_one_way():
+    """data, masks, losses, model -> infer_latent -> train -> probe: each file imports only
+    files to its left (read from the source, every import statement anywhere in the file)."""
+    import ast
+    from pathlib import Path
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(900, 5, generator=g)
-    x = x[(x[:, :2].abs() > 0.2).all(1)][:600]  # keep a margin around the class boundaries
-    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()  # 4 linearly separable classes
-    assert linear_classifier(x[:500], y[:500], x[500:], y[500:], 4) > 0.95
-    noise = torch.randint(4, (len(x),), generator=g)
-    assert abs(linear_classifier(x[:500], noise[:500], x[500:], noise[500:], 4) - 0.25) < 0.12
-
-
-@pytest.mark.parametrize("latent", ["discrete", "sparse", "none"])
-def test_evaluation_end_to_end(tmp_path, mnist_args, latent, capsys):
-    import infer_latent
-    import train
-
-    preset = {"discrete": "switch_discrete", "sparse": "switch_sparse80",
-              "none": "switch_none"}[latent]
-    out = str(tmp_path / preset)
-    train.main(["--preset", preset, "--enc_dim", "16", "--batch_size", "16", "--max_steps", "3",
-                "--val_clips", "0", "--out_dir", out] + mnist_args)
-    results = infer_latent.main(["--ckpt", os.path.join(out, "ckpt.pt"), "--fit_clips", "96",
-                                 "--test_clips", "64", "--steps", "20", "--decoder_steps", "2"]
-                                + mnist_args)
-    assert results["preset"] == preset and results["pred_mse"] > 0
-    if latent != "none":
-        assert 0 <= results["psi_accuracy"] <= 1 and 0 <= results["digit_accuracy"] <= 1
-        assert 0 <= results["zero_fraction"] <= 1
-    if latent == "discrete":
-        assert results["zero_fraction"] == pytest.approx(0.8)  # one-hot of 5
-    for name in ("results.json", "figure3.png", "predictions.gif"):
-        assert os.path.exists(os.path.join(out, "latent", name))
-    from PIL import Image
-    with Image.open(os.path.join(out, "latent", "figure3.png")) as im:
-        # 5 rows (one per direction), 9 frames of 64 pixels plus gaps, drawn at scale 2
-        assert im.size == (2 * 9 * (64 + 4), 2 * 5 * (64 + 4))
-    capsys.readouterr()
-    infer_latent.main(["--table", out])
-    row = capsys.readouterr().out.splitlines()[-1]
-    assert row.startswith(f"| {preset} |")
-
-
-def test_evaluation_refuses_other_checkpoints(tmp_path, mnist_args):
-    import infer_latent
-    import train
-
-    out = str(tmp_path / "vjvcr")
-    train.main(["--preset", "vjvcr", "--img_size", "32", "--num_frames", "6", "--enc_dim", "16",
-                "--batch_size", "16", "--max_steps", "1", "--val_clips", "0", "--out_dir", out]
-               + mnist_args)
-    with pytest.raises(ValueError, match="switching_mnist"):
-        infer_latent.main(["--ckpt", os.path.join(out, "ckpt.pt")])
-    with pytest.raises(ValueError, match="needs --objective vjvcr"):
-        train.main(["--preset", "switch_sparse80", "--objective", "generative"])
+    order = {"data": 0, "masks": 0, "losses": 0, "model": 0, "infer_latent": 1, "train": 2,
+             "probe": 3}
+    root = Path(__file__).resolve().parents[1]
+    for name, level in order.items():
+        tree = ast.parse((root / f"{name}.py").read_text())
+        imported = {a.name.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.Import) for a in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module}
+        project = imported & set(order)
+        assert all(order[m] < level for m in project), (name, sorted(project))

@@ -187,21 +187,62 @@ def test_load_strict_names_what_does_not_match():
     assert torch.equal(other(x), enc(x))
 
 
-def test_vjvcr_conv_modules_shapes():
-    """Encoder: one vector per frame; predictor: 3 context steps -> 12 targets at once;
-    decoder: back to frames in [0, 1]."""
-    enc = model.ConvEncoder(in_chans=1, dim=16, width=4)
-    pred = model.MLPPredictor(ctx_steps=3, tgt_steps=12, dim=16, hidden=32)
-    dec = model.ConvDecoder(in_chans=1, dim=16, width=4, img_size=64)
+@pytest.mark.parametrize("grid", [1, 2, 4])
+def test_vjvcr_conv_modules_shapes(grid):
+    """Encoder: one vector of dim * grid^2 per frame; predictor: 3 context steps -> 12 targets
+    at once; decoder: back to frames in [0, 1]."""
+    d = 16 * grid * grid
+    enc = model.ConvEncoder(in_chans=1, dim=16, width=4, grid=grid)
+    pred = model.MLPPredictor(ctx_steps=3, tgt_steps=12, dim=d, hidden=32)
+    dec = model.ConvDecoder(in_chans=1, dim=16, width=4, img_size=64, grid=grid)
     x = torch.rand(2, 1, 3, 64, 64)
     h_x = enc(x)
-    assert h_x.shape == (2, 3, 16)
-    assert enc(torch.rand(2, 1, 12, 64, 64)).shape == (2, 12, 16)
+    assert enc.out_dim == d and h_x.shape == (2, 3, d)
+    assert enc(torch.rand(2, 1, 12, 64, 64)).shape == (2, 12, d)
     h_y = pred(h_x)
-    assert h_y.shape == (2, 12, 16)
+    assert h_y.shape == (2, 12, d)
     frames = dec(h_y)
     assert frames.shape == (2, 1, 12, 64, 64) and frames.min() >= 0 and frames.max() <= 1
-    assert dec.__class__(1, 16, 4, img_size=32)(h_y).shape == (2, 1, 12, 32, 32)
+    assert dec.__class__(1, 16, 4, img_size=32, grid=grid)(h_y).shape == (2, 1, 12, 32, 32)
+    assert (dec.unpool is None) == (grid > 1)  # a learnt unpooling only for the global vector
+    with pytest.raises(ValueError, match="grid=3"):
+        model.ConvEncoder(1, 16, 4, grid=3)(x)
+
+
+@pytest.mark.parametrize("grid", [1, 2, 4, 8])
+def test_grid_pool_against_a_loop_over_cells(grid):
+    """Each entry of the flattened vector is the mean of its channel over its cell's pixels,
+    in the order (channel, row, column)."""
+    x = torch.randn(2, 3, 4, 8, 8)  # (B, C, T, H, W)
+    out = model.grid_pool(x, grid)
+    k = 8 // grid
+    assert out.shape == (2, 4, 3 * grid * grid)
+    for b in range(2):
+        for t in range(4):
+            i = 0
+            for c in range(3):
+                for r in range(grid):
+                    for q in range(grid):
+                        cell = x[b, c, t, r * k:(r + 1) * k, q * k:(q + 1) * k]
+                        assert torch.allclose(out[b, t, i], cell.mean(), atol=1e-6)
+                        i += 1
+
+
+@pytest.mark.parametrize("grid", [2, 4, 8])
+def test_decoder_unpooling_mirrors_the_pooling(grid):
+    """With a grid, the decoder starts from each cell's vector repeated over the positions the
+    encoder averaged: every position holds its cell's values, and pooling the map again gives
+    back the vector exactly."""
+    dec = model.ConvDecoder(1, 5, 4, img_size=64, grid=grid)
+    h = torch.randn(2, 3, 5 * grid * grid)
+    m = dec.unpool_map(h)  # (B, dim, T, 8, 8)
+    assert m.shape == (2, 5, 3, 8, 8)
+    cells = h.view(2, 3, 5, grid, grid)
+    k = 8 // grid
+    for y in range(8):
+        for x in range(8):
+            assert torch.equal(m[:, :, :, y, x], cells[:, :, :, y // k, x // k].transpose(1, 2))
+    assert torch.allclose(model.grid_pool(m, grid), h, atol=1e-6)
 
 
 def test_patchify_matches_the_tubelet_embedding_and_unpatchify_inverts_it():
@@ -294,7 +335,8 @@ def plain_conv_reference(net):
 
     ref = nn.Module()
     if decoder:
-        ref.unpool = copy.deepcopy(net.unpool)
+        if net.unpool is not None:
+            ref.unpool = copy.deepcopy(net.unpool)
         ref.layers = nn.Sequential(
             block(dim, dim, False), block(dim, dim, False), block(dim, 2 * width, True),
             block(2 * width, width, True),
@@ -307,24 +349,33 @@ def plain_conv_reference(net):
     return ref
 
 
-def plain_conv_forward(ref, x, decoder, side=None):
+def plain_conv_forward(ref, x, decoder, side=None, grid=1):
+    """The reference forward; pooling to a grid by reshape-and-mean, its mirror by indexing."""
+    k = side // grid
     if not decoder:
-        return ref.layers(x).mean(dim=(3, 4)).transpose(1, 2)
-    B, T, dim = x.shape
-    x = ref.unpool(x).view(B, T, dim, side, side).transpose(1, 2)
+        y = ref.layers(x)  # (B, C, T, side, side)
+        B, C, T = y.shape[:3]
+        cells = y.reshape(B, C, T, grid, k, grid, k).mean(dim=(4, 6))
+        return cells.permute(0, 2, 1, 3, 4).reshape(B, T, C * grid * grid)
+    B, T, D = x.shape
+    if grid == 1:
+        x = ref.unpool(x).view(B, T, D, side, side).transpose(1, 2)
+    else:
+        idx = torch.arange(side) // k  # position -> its cell
+        x = x.view(B, T, D // grid ** 2, grid, grid)[:, :, :, idx][:, :, :, :, idx].transpose(1, 2)
     return torch.sigmoid(ref.layers(x))
 
 
-@pytest.mark.parametrize("decoder", [False, True])
-def test_conv_networks_match_plain_modules(decoder):
+@pytest.mark.parametrize("decoder,grid", [(False, 1), (True, 1), (False, 2), (True, 4)])
+def test_conv_networks_match_plain_modules(decoder, grid):
     """The conv encoder and decoder (channels-last order) against plain modules with the same
     weights, in float32: the same outputs and gradients (of the input and of every parameter),
     in train mode (BatchNorm on batch statistics, which also update the running ones the same
     way) and in eval mode (on the running statistics)."""
     torch.manual_seed(0)
     dim, width, side = 16, 8, 4
-    net = (model.ConvDecoder(1, dim, width, img_size=8 * side) if decoder
-           else model.ConvEncoder(1, dim, width))
+    net = (model.ConvDecoder(1, dim, width, img_size=8 * side, grid=grid) if decoder
+           else model.ConvEncoder(1, dim, width, grid=grid))
     with torch.no_grad():  # BatchNorm away from its identity start, so that it matters
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm3d):
@@ -333,12 +384,12 @@ def test_conv_networks_match_plain_modules(decoder):
                 m.running_mean.normal_(0, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
     ref = plain_conv_reference(net)
-    x = torch.randn(3, 5, dim) if decoder else torch.rand(3, 1, 5, 8 * side, 8 * side)
+    x = torch.randn(3, 5, dim * grid ** 2) if decoder else torch.rand(3, 1, 5, 8 * side, 8 * side)
     for mode in ("train", "eval"):
         net.train(mode == "train")
         ref.train(mode == "train")
         outs, grads = [], []
-        for m, run in ((net, net), (ref, lambda t: plain_conv_forward(ref, t, decoder, side))):
+        for m, run in ((net, net), (ref, lambda t: plain_conv_forward(ref, t, decoder, side, grid))):
             m.zero_grad(set_to_none=True)
             xi = x.clone().requires_grad_()
             out = run(xi)

@@ -52,19 +52,45 @@ def test_spectrum_matches_numpy():
     assert np.allclose(explained.numpy(), np.cumsum(ref ** 2) / np.sum(ref ** 2), rtol=1e-4)
 
 
-def test_probe_end_to_end(tmp_path, mnist_args):
-    out = str(tmp_path / "run")
-    train.main(["--preset", "vjvcr", "--img_size", "32", "--num_frames", "6", "--enc_dim", "16",
-                "--batch_size", "16", "--max_steps", "3", "--val_clips", "0", "--out_dir", out]
-               + mnist_args)
-    results = probe.main(["--ckpt", os.path.join(out, "ckpt.pt"), "--fit_clips", "128",
-                          "--test_clips", "64", "--decoder_steps", "2"])
-    for key in ("speed_trained", "speed_random_init", "speed_mean_baseline", "psnr", "rankme"):
-        assert key in results
+def tiny_vcr_runs(tmp_path, mnist_args, preset="vjvcr", seeds=(0, 1), extra=()):
+    """Checkpoints of a few steps of a tiny VJ-VCR config, one per seed."""
+    paths = []
+    for seed in seeds:
+        out = str(tmp_path / f"{preset}_s{seed}")
+        train.main(["--preset", preset, "--enc_dim", "4", "--batch_size", "16", "--max_steps",
+                    "3", "--val_clips", "0", "--seed", str(seed), "--out_dir", out,
+                    *extra] + mnist_args)
+        paths.append(os.path.join(out, "ckpt.pt"))
+    return paths
+
+
+def test_probe_end_to_end_over_seeds(tmp_path, mnist_args):
+    """Two training seeds and two random inits: each run's scores, mean ± std over each (the
+    sample std, as statistics.stdev), the pictures of the first seed."""
+    ckpts = tiny_vcr_runs(tmp_path, mnist_args, extra=("--img_size", "32", "--num_frames", "6"))
+    results = probe.main(["--ckpt", *ckpts, "--fit_clips", "128", "--test_clips", "64",
+                          "--decoder_steps", "2", "--random_inits", "2"])
+    assert [r["seed"] for r in results["runs"]] == [0, 1] and len(results["random_init_runs"]) == 2
+    for name, runs in (("trained", results["runs"]), ("random_init", results["random_init_runs"])):
+        for key in ("speed_mse", "speed_r2", "rankme"):
+            values = [r[key] for r in runs]
+            assert results["summary"][name][key] == pytest.approx(
+                [statistics.mean(values), statistics.stdev(values)], abs=1e-4)
+    assert "psnr" in results["summary"]["trained"] and "psnr" not in results["random_init_runs"][0]
+    test = probe.vcr_sets(probe.load_run(ckpts[0])[0], 128, 64)["test"][0][:, :, 3:]
+    fit = probe.vcr_sets(probe.load_run(ckpts[0])[0], 128, 64)["fit"][0][:, :, 3:]
+    mse = ((test - fit.mean(0)) ** 2).flatten(1).mean(1)  # per clip, against the mean clip
+    assert results["psnr_mean_frames"] == pytest.approx(
+        float((10 * torch.log10(1 / mse)).mean()), abs=0.01)
+    assert results["runs"][0]["train_s"] > 0
+    out = os.path.join(os.path.dirname(ckpts[0]), "probe")
     for name in ("results.json", "spectrum.json", "spectrum.png", "predictions.gif"):
-        assert os.path.exists(os.path.join(out, "probe", name))
-    with open(os.path.join(out, "probe", "spectrum.json")) as f:
-        assert len(json.load(f)["singular_values"]) == 16 * 3  # 3 predicted steps x 16
+        assert os.path.exists(os.path.join(out, name))
+    with open(os.path.join(out, "spectrum.json")) as f:  # 3 predicted steps x (4 x 4 x 4 cells)
+        assert len(json.load(f)["singular_values"]) == min(64, 3 * 4 * 16)
+    with pytest.raises(ValueError, match="differ in preset"):
+        probe.main(["--ckpt", ckpts[0], *tiny_vcr_runs(
+            tmp_path, mnist_args, "generative", (0,), ("--img_size", "32", "--num_frames", "6"))])
 
 
 def test_probe_refuses_what_it_cannot_evaluate(tmp_path):
@@ -72,19 +98,151 @@ def test_probe_refuses_what_it_cannot_evaluate(tmp_path):
         probe.main(["--ckpt", str(tmp_path / "none.pt")])
 
 
-def test_table_lists_each_run_beside_the_paper(tmp_path, capsys):
-    run = tmp_path / "vjvcr"
-    (run / "probe").mkdir(parents=True)
-    (run / "summary.json").write_text(json.dumps({"wall_s": 90.0}))
-    (run / "probe" / "results.json").write_text(json.dumps({
-        "preset": "vjvcr", "speed_trained": {"mse": 0.05, "r2": 0.9},
-        "speed_random_init": {"mse": 0.3}, "speed_mean_baseline": {"mse": 0.75}, "psnr": 18.25,
-        "rankme": 12.5, "probe_s": 30.0}))
-    probe.main(["--table", str(run)])
-    row = capsys.readouterr().out.strip().splitlines()[-1]
-    assert row == "| vjvcr | 0.050 (0.04) | 0.900 | 0.300 | 0.750 | 18.2 (19.5) | 12.5 | 1.5 | 0.5 |"
+def test_ordering_verdicts_by_hand():
+    """gap = high - low; combined std = sqrt(s_low^2 + s_high^2); a match needs gap > 2x it."""
+    gap, combined, verdict = probe.ordering([1.0, 0.3], [2.0, 0.4])
+    assert (gap, combined, verdict) == (pytest.approx(1.0), pytest.approx(0.5), "not distinguishable")
+    assert probe.ordering([1.0, 0.3], [2.1, 0.4])[2] == "match"
+    assert probe.ordering([2.1, 0.3], [1.0, 0.4])[2] == "reversed"
+    assert probe.ordering([1.0, 0.0], [1.0, 0.0])[2] == "not distinguishable"
+
+
+def test_summarise_matches_statistics():
+    runs = [{"a": 1.0, "b": 2, "c": None, "name": "x"}, {"a": 4.0, "b": 3, "c": 1.0, "name": "y"},
+            {"a": 2.5, "b": 7, "c": 2.0, "name": "z"}]
+    s = probe.summarise(runs)
+    assert set(s) == {"a", "b"}  # c is missing in one run, name is not a number
+    assert s["a"] == pytest.approx([2.5, statistics.stdev([1.0, 4.0, 2.5])], abs=1e-4)
+    assert probe.summarise(runs[:1])["a"] == [1.0, 0.0]
+
+
+def vcr_results(preset, mse, psnr_db, seeds=3):
+    """A results.json of `probe_vcr` with given [mean, std] per measure."""
+    t = {"speed_mse": mse, "speed_r2": [0.5, 0.01], "rankme": [12.5, 0.5]}
+    if psnr_db:
+        t["psnr"] = psnr_db
+    return {"preset": preset, "summary": {"trained": t, "random_init": {
+        "speed_mse": [0.3, 0.02], "speed_r2": [0.6, 0.02], "rankme": [40.0, 1.0]}},
+        "speed_mean_baseline": {"mse": 0.75, "r2": 0.0}, "psnr_mean_frames": 17.1,
+        "probe_s": 90.0,
+        "runs": [{"train_s": 60.0 * (i + 1)} for i in range(seeds)]}
+
+
+def test_table_lists_each_row_beside_the_paper_with_its_orderings(tmp_path, capsys):
+    dirs = []
+    for preset, mse, db in (("vjvcr", [0.05, 0.01], [18.25, 0.1]),
+                            ("generative", [0.40, 0.02], [18.0, 0.3])):
+        d = tmp_path / preset / "probe"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps(vcr_results(preset, mse, db)))
+        dirs.append(str(tmp_path / preset))
+    probe.main(["--table", *dirs])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[2] == ("| vjvcr | 3 | 0.050 ± 0.010 (0.04) | 0.500 ± 0.010 | 0.300 ± 0.020 | "
+                        "0.600 ± 0.020 | 0.750 | 18.2 ± 0.1 (19.5) | 17.1 | 12.5 ± 0.5 | "
+                        "40.0 ± 1.0 | 2.0 | 0.5 |")
+    # speed: 0.40 - 0.05 = 0.35 > 2 sqrt(0.01^2 + 0.02^2) = 0.045; PSNR: 18.0 - 18.25 < 0
+    assert "| speed_mse: vjvcr < generative | +0.350 | 0.045 | match |" in lines
+    assert "| psnr: vjvcr < generative | -0.250 | 0.632 | not distinguishable |" in lines
+    # 0.3 - 0.05 = 0.25 > 2 sqrt(0.01^2 + 0.02^2)
+    assert "| speed_mse: vjvcr < random init | +0.250 | 0.045 | match |" in lines
     with pytest.raises(FileNotFoundError, match="train and probe"):
         probe.main(["--table", str(tmp_path / "missing")])
+
+
+def test_batch_norm_mode_uses_each_batchs_statistics_and_leaves_the_network():
+    """"batch": the network computes what it computes in train mode (BatchNorm on the batch's
+    own mean and variance); "running": eval mode. The network passed in is not changed."""
+    torch.manual_seed(0)
+    enc = model.ConvEncoder(1, 4, 4, grid=2)
+    with torch.no_grad():
+        for m in enc.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    enc.eval()
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    x = torch.rand(6, 1, 3, 32, 32)
+    with torch.no_grad():
+        batch, running = (probe.batch_norm_mode(enc, mode)(x) for mode in ("batch", "running"))
+        reference = __import__("copy").deepcopy(enc).train()(x)
+    assert torch.allclose(batch, reference) and torch.allclose(running, enc(x))
+    assert not torch.allclose(batch, running, atol=1e-3)
+    assert all(torch.equal(v, before[k]) for k, v in enc.state_dict().items())
+    assert not enc.training
+    with pytest.raises(ValueError, match="'ema'"):
+        probe.batch_norm_mode(enc, "ema")
+
+
+def test_option_shares_and_codes_used_from_against_hand_counts(tmp_path):
+    z = torch.nn.functional.one_hot(torch.tensor([0, 2, 2, 4, 2, 0, 2, 2]), 5).float()
+    assert probe.option_shares(z) == [5 / 8, 2 / 8, 1 / 8, 0.0, 0.0]
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(json.dumps({"step": s, "z_zero": v})
+                             for s, v in ((50, 1.0), (100, 0.995), (150, 0.97), (200, 0.999))))
+    assert probe.codes_used_from(str(log)) == 150
+    assert probe.codes_used_from(str(log), below=0.5) is None
+    assert probe.codes_used_from(str(tmp_path / "none.jsonl")) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# VJ-VCR latent models (Table 2): moved here from infer_latent.py with their evaluation
+
+def test_linear_classifier_separable_and_chance():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(900, 5, generator=g)
+    x = x[(x[:, :2].abs() > 0.2).all(1)][:600]  # keep a margin around the class boundaries
+    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()  # 4 linearly separable classes
+    assert probe.linear_classifier(x[:500], y[:500], x[500:], y[500:], 4) > 0.95
+    noise = torch.randint(4, (len(x),), generator=g)
+    assert abs(probe.linear_classifier(x[:500], noise[:500], x[500:], noise[500:], 4) - 0.25) < 0.12
+
+
+@pytest.mark.parametrize("latent", ["discrete", "sparse", "none"])
+def test_latent_evaluation_end_to_end(tmp_path, mnist_args, latent, capsys):
+    """`python probe.py --ckpt` on switching_mnist models (two seeds for the discrete latent):
+    what z* knows, mean ± std over seeds, Figure 3 of the first seed, the Table 2 printout."""
+    preset = {"discrete": "switch_discrete", "sparse": "switch_sparse80",
+              "none": "switch_none"}[latent]
+    ckpts = tiny_vcr_runs(tmp_path, mnist_args, preset, (0, 1) if latent == "discrete" else (0,))
+    results = probe.main(["--ckpt", *ckpts, "--fit_clips", "96", "--test_clips", "64",
+                          "--solver_steps", "20", "--decoder_steps", "2"] + mnist_args)
+    assert results["preset"] == preset and len(results["runs"]) == len(ckpts)
+    runs, s = results["runs"], results["summary"]
+    assert all(r["pred_mse"] > 0 and 0 <= r["psi_from_target"] <= 1 for r in runs)
+    if latent != "none":
+        for key in ("psi_accuracy", "digit_accuracy", "zero_fraction"):
+            assert all(0 <= r[key] <= 1 for r in runs)
+            assert s[key][0] == pytest.approx(statistics.mean(r[key] for r in runs), abs=1e-4)
+    if latent == "discrete":
+        assert s["zero_fraction"] == [0.8, 0.0]  # one-hot of 5
+        for r in runs:
+            assert sum(r["option_shares"]) == pytest.approx(1) and r["top_option_share"] >= 0.2
+        assert s["psi_accuracy"][1] == pytest.approx(
+            statistics.stdev(r["psi_accuracy"] for r in runs), abs=1e-4)
+    if latent == "sparse":
+        assert 0 <= runs[0]["all_zero_clips"] <= 1 and "codes_used_from_step" in runs[0]
+    out = os.path.join(os.path.dirname(ckpts[0]), "probe")
+    for name in ("results.json", "figure3.png", "predictions.gif"):
+        assert os.path.exists(os.path.join(out, name))
+    from PIL import Image
+    with Image.open(os.path.join(out, "figure3.png")) as im:
+        # 5 rows (one per direction), 9 frames of 64 pixels plus gaps, drawn at scale 2
+        assert im.size == (2 * 9 * (64 + 4), 2 * 5 * (64 + 4))
+    capsys.readouterr()
+    probe.main(["--table", os.path.dirname(ckpts[0])])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith(f"| {preset} | {len(ckpts)} |")
+    assert lines[-1].startswith("Predicting the majority class: psi")
+
+
+def test_latent_evaluation_refuses_a_latent_without_switches(tmp_path, mnist_args):
+    ckpt = tiny_vcr_runs(tmp_path, mnist_args, "vjvcr", (0,), (
+        "--img_size", "32", "--num_frames", "6", "--latent", "discrete", "--latent_dim", "5"))
+    with pytest.raises(ValueError, match="latents are evaluated on switching_mnist"):
+        probe.main(["--ckpt", *ckpt])
+    with pytest.raises(ValueError, match="needs --objective vjvcr"):
+        train.main(["--preset", "switch_sparse80", "--objective", "generative"])
 
 
 # ----------------------------------------------------------------------------------------------

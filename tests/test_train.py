@@ -188,6 +188,7 @@ def test_torchrun_two_processes(tmp_path, mnist_args):
     (["--resume", "maybe"], "--resume expects a bool, got 'maybe'"),
     (["--loss", "l7"], "--loss 'l7' is not a function in losses.py"),
     (["--dataset", "kinetics"], "--dataset 'kinetics': expected one of"),
+    (["--preset", "vjvcr", "--pool_grid", "3"], "pool_grid=3 does not divide the 8x8 map"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device")]))
 def test_bad_config_is_one_clear_line(args, expected):
     code, err = run_cli(*args, "--out_dir", "/nonexistent/never-written")
@@ -253,11 +254,13 @@ VCR_TINY = ["--preset", "vjvcr", "--img_size", "32", "--num_frames", "6", "--enc
 
 def test_vcr_prevents_the_collapse_of_a_short_run(tmp_path, mnist_args):
     """The same 150 steps with and without variance-covariance regularisation: without it
-    the embedding std shrinks towards 0; with it, it does not."""
+    the embedding std shrinks towards 0; with it, it does not (global pooling, the per-frame
+    vector of the paper's encoder as we first read it)."""
     stds = {}
     for name, extra in (("plain", ["--vcr_alpha", "0", "--vcr_beta", "0"]), ("vcr", [])):
         out = str(tmp_path / name)
-        train.main(VCR_TINY + mnist_args + extra + ["--max_steps", "150", "--log_every", "1",
+        train.main(VCR_TINY + mnist_args + extra + ["--pool_grid", "1", "--max_steps", "150",
+                                                    "--log_every", "1",
                                                     "--out_dir", out])
         log = read_log(out)
         stds[name] = (log[0]["emb_std"], log[-1]["emb_std"])
@@ -265,6 +268,35 @@ def test_vcr_prevents_the_collapse_of_a_short_run(tmp_path, mnist_args):
     assert stds["plain"][0] == stds["vcr"][0]  # the same start
     assert stds["plain"][1] < 0.3 * stds["plain"][0], stds
     assert stds["vcr"][1] > stds["vcr"][0], stds
+
+
+def test_vcr_acts_per_time_step_on_the_flattened_grid_vector(mnist_args):
+    """The objective's variance and covariance terms equal eq. 1-3 written out with numpy, per
+    time step, on per-frame vectors pooled here by a loop over the cells of the encoder's
+    feature map: VCR sees each frame's whole flattened grid (channels x cells), not the cells
+    apart, and the context and target frames side by side in time."""
+    import numpy as np
+    cfg = train.parse_config(VCR_TINY + mnist_args + ["--pool_grid", "2", "--enc_dim", "4",
+                                                      "--vcr_alpha", "1", "--vcr_beta", "1"])
+    net = train.setup(cfg).module  # train mode: BatchNorm on batch statistics
+    clips, _ = data.fixed_set(train.make_source(cfg), 16, seed=0)
+    with torch.no_grad():
+        _, terms, h = net(clips)
+        n = cfg.mask_ctx_frames
+        maps = [net.encoder.layers(c).numpy() for c in (clips[:, :, :n], clips[:, :, n:])]
+    frames = []  # (N, d) per time step: the context's, then the target's
+    for m in maps:  # (N, C, T, 4, 4): cells of 2x2 pixels
+        for t in range(m.shape[2]):
+            frames.append(np.stack([m[:, c, t, 2 * r:2 * r + 2, 2 * q:2 * q + 2].mean((1, 2))
+                                    for c in range(4) for r in range(2) for q in range(2)], 1))
+    assert h.shape == (16, cfg.num_frames, 16)
+    assert np.allclose(h.numpy(), np.stack(frames, 1), rtol=1e-4, atol=1e-4)
+    T, d = len(frames), frames[0].shape[1]
+    l_var = sum(np.maximum(0, 1 - np.sqrt(f.var(0, ddof=1) + 1e-4)).sum() for f in frames) / (T * d)
+    l_cov = sum((np.cov(f, rowvar=False) ** 2).sum() - (np.var(f, 0, ddof=1) ** 2).sum()
+                for f in frames) / (T * d)
+    assert float(terms["var"]) == pytest.approx(l_var, rel=1e-3)
+    assert float(terms["cov"]) == pytest.approx(l_cov, rel=1e-3)
 
 
 def test_generative_and_decoder_objectives_log_their_terms(tmp_path, mnist_args):
@@ -300,21 +332,24 @@ def test_the_readme_loss_example_runs(tmp_path, mnist_args, monkeypatch):
     assert all(math.isfinite(r["pred"]) for r in read_log(out))
 
 
-def test_vit_route_of_vjvcr(tmp_path, mnist_args):
-    """VJ-VCR with the V-JEPA networks: future-prediction masks, VCR on per-step averages,
-    per-token pixel decoder; trains, checkpoints and probes."""
+@pytest.mark.parametrize("gamma", ["1.0", "0"])
+def test_vit_route_of_vjvcr(tmp_path, mnist_args, gamma):
+    """VJ-VCR with the V-JEPA networks: future-prediction masks, VCR on each step's pooled grid,
+    per-token pixel decoder (gamma > 0); trains, checkpoints and probes (without a decoder of
+    its own, the probe's decoder reconstructs each tubelet's mean frame)."""
     import probe
     out = str(tmp_path / "vit")
     train.main(["--preset", "vjvcr_vit", "--img_size", "32", "--patch_size", "8",
                 "--num_frames", "8", "--mask_ctx_frames", "2", "--enc_dim", "32",
                 "--enc_depth", "1", "--enc_heads", "2", "--pred_dim", "16", "--pred_depth", "1",
-                "--batch_size", "8", "--vcr_gamma", "1.0", "--max_steps", "3", "--log_every", "1",
+                "--batch_size", "8", "--vcr_gamma", gamma, "--max_steps", "3", "--log_every", "1",
                 "--val_clips", "8", "--dtype", "float32", "--out_dir", out] + mnist_args)
     record = read_log(out)[-1]
-    assert {"pred", "pixel", "var", "cov"} <= set(record)
+    assert {"pred", "var", "cov"} <= set(record) and ("pixel" in record) == (gamma != "0")
     results = probe.main(["--ckpt", os.path.join(out, "ckpt.pt"), "--fit_clips", "64",
-                          "--test_clips", "16"])
-    assert results["decoder"] == "the model's own" and math.isfinite(results["psnr"])
+                          "--test_clips", "16", "--decoder_steps", "2", "--random_inits", "1"])
+    assert math.isfinite(results["runs"][0]["psnr"])
+    assert results["runs"][0]["rankme"] <= 16  # 16 test clips
 
 
 # ----------------------------------------------------------------------------------------------
