@@ -275,6 +275,9 @@ def table(out_dirs):
     return vcr_table(runs)
 
 
+# The paper's orderings of the findings table, (lower preset, higher preset, paper table).
+VJEPA_ORDERINGS = [("laptop_pixel", "laptop", "T1"), ("laptop_tube", "laptop_multiblock", "T4"),
+                   ("laptop_causal", "laptop_multiblock", "T4")]
 # The pooling each task is read with in the findings table, fixed for every run.
 HEADLINE = {"digit": "max", "direction": "max", "speed": "mean", "velocity": "time",
             "position": "cells"}
@@ -301,6 +304,30 @@ def vjepa_table(runs):
             + " | " + " / ".join(cell(r["linear"]["mean"][t], t) for t in CLASS_TASKS)
             + " | " + (" / ".join(cell(att[t], t) for t in CLASS_TASKS) if att else "-")
             + f" | {PAPER_VJEPA.get((r['objective'], r['mask'], 'attentive'), '-')} |")
+    # the paper's orderings, each task at its HEADLINE pooling: Table 1 (features above pixels,
+    # same masks), Table 4 (multi-block above random-tube and causal); and Table 3 (attentive
+    # above average pooling) for every run with the attentive probe
+    by_preset = {r["preset"]: r for r in runs}
+    checks = []
+    for low, high, what in VJEPA_ORDERINGS:
+        if low in by_preset and high in by_preset:
+            seeds = min(len(by_preset[low]["ckpt"]), len(by_preset[high]["ckpt"]))
+            checks += [(f"{what}, {t} ({p}): {low} < {high}",
+                        by_preset[low]["linear"][p][t]["trained"],
+                        by_preset[high]["linear"][p][t]["trained"], seeds)
+                       for t, p in HEADLINE.items()]
+    for r in runs:
+        if r.get("attentive"):
+            checks += [(f"T3, {t}: average < attentive, {r['preset']}",
+                        r["linear"]["mean"][t]["trained"], r["attentive"][t]["trained"],
+                        len(r["ckpt"])) for t in CLASS_TASKS]
+    if checks:
+        lines += ["", "| ordering | gap | 2 x combined std | verdict |", "|" + " --- |" * 4]
+        for name, low, high, seeds in checks:
+            gap, combined, verdict = ordering(low, high)
+            if seeds < 2:  # no spread over seeds to judge a gap against
+                verdict = "not judged: one seed"
+            lines.append(f"| {name} | {gap:+.4f} | {2 * combined:.4f} | {verdict} |")
     return "\n".join(lines)
 
 

@@ -931,3 +931,45 @@ def test_content_share_against_a_loop():
             den += sum(c ** 2 for c in col)
     assert abs(probe.content_share(targets) - num / den) < 1e-6
     assert probe.content_share(targets[:1].expand(5, -1, -1)) < 1e-10  # positions explain all
+
+
+def vjepa_results(preset, objective, mask, digit_max, attentive=None):
+    """A results.json of `probe_vjepa` whose every task scores 0.5 ± 0.01 except the digit read
+    from the max token, given as [mean, std]."""
+    linear = {p: {t: {"trained": [0.5, 0.01], "random": [0.4, 0.01]}
+                  for t in probe.REGRESSION_TASKS + probe.CLASS_TASKS} for p in probe.POOLINGS}
+    linear["max"]["digit"]["trained"] = digit_max
+    r = {"preset": preset, "objective": objective, "mask": mask, "ckpt": ["a", "b", "c"],
+         "linear": linear}
+    if attentive:
+        r["attentive"] = {t: {"trained": attentive, "random": [0.1, 0.0]} for t in probe.CLASS_TASKS}
+    return r
+
+
+def test_vjepa_findings_table_judges_the_papers_orderings(tmp_path, capsys):
+    dirs = []
+    for preset, objective, digit, att in (("laptop", "vjepa", [0.60, 0.02], [0.7, 0.01]),
+                                          ("laptop_pixel", "pixel", [0.50, 0.03], None)):
+        d = tmp_path / preset
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps(vjepa_results(preset, objective, "future",
+                                                                 digit, att)))
+        dirs.append(str(d))
+    probe.main(["--table", *dirs])
+    lines = capsys.readouterr().out.strip().splitlines()
+    # 0.60 - 0.50 = 0.1 > 2 sqrt(0.02^2 + 0.03^2) = 0.0721: the paper's Table 1 ordering holds
+    assert "| T1, digit (max): laptop_pixel < laptop | +0.1000 | 0.0721 | match |" in lines
+    # equal scores elsewhere: 2 sqrt(2) 0.01 = 0.0283
+    assert "| T1, speed (mean): laptop_pixel < laptop | +0.0000 | 0.0283 | not distinguishable |" \
+        in lines
+    # Table 3 within the run that has the attentive probe: 0.7 - 0.5 > 0.0283
+    assert "| T3, digit: average < attentive, laptop | +0.2000 | 0.0283 | match |" in lines
+    assert not any("laptop_pixel" in line and "T3" in line for line in lines)
+    # a row of one seed has no spread to judge a gap against
+    one = vjepa_results("laptop_pixel", "pixel", "future", [0.10, 0.0])
+    one["ckpt"] = ["a"]
+    (tmp_path / "laptop_pixel" / "results.json").write_text(json.dumps(one))
+    probe.main(["--table", *dirs])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "| T1, digit (max): laptop_pixel < laptop | +0.5000 | 0.0400 | not judged: one seed |" \
+        in lines

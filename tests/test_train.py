@@ -15,7 +15,8 @@ import train
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num_frames", "4", "--img_size", "32", "--patch_size", "8", "--enc_dim", "32",
         "--enc_depth", "2", "--enc_heads", "2", "--pred_dim", "16", "--pred_depth", "1",
-        "--batch_size", "4", "--val_clips", "8", "--num_digits", "1", "--dtype", "float32"]
+        "--batch_size", "4", "--val_clips", "8", "--num_digits", "1", "--dtype", "float32",
+        "--mask", "multiblock", "--normalise", "false", "--embed_gain", "1"]  # the paper's V-JEPA
 
 
 def read_log(out):
@@ -126,6 +127,19 @@ def test_parse_config():
     assert (cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.img_size) == (1024, 24, 16, 224)
     assert (cfg.pred_dim, cfg.pred_depth, cfg.max_steps, cfg.warmup_steps) == (384, 12, 90000, 12000)
     assert train.parse_config(["--preset", "vith16_384"]).img_size == 384
+    laptop = train.parse_config([])  # the recipe that learns in 10 minutes (docs/results.md 1)
+    assert (laptop.patch_size, laptop.normalise, laptop.embed_gain, laptop.mask) == (
+        16, True, 3.0, "future")
+    assert (laptop.max_steps, laptop.warmup_steps, laptop.mask_ctx_frames, laptop.ema_start) == (
+        4000, 400, 8, 0.9998)
+
+
+@pytest.mark.parametrize("frames,tubelet,given,expected", [
+    (16, 2, 0, 8), (15, 2, 0, 6), (4, 2, 0, 2), (6, 4, 0, 4), (16, 2, 6, 6)])
+def test_context_frames_default_to_the_first_half(frames, tubelet, given, expected):
+    """mask_ctx_frames 0: the first half of the clip in whole tubelets, at least one."""
+    cfg = train.Config(num_frames=frames, tubelet_size=tubelet, mask_ctx_frames=given)
+    assert cfg.mask_ctx_frames == expected
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,7 +192,7 @@ def test_torchrun_two_processes(tmp_path, mnist_args):
 # bad input: one line naming the value, exit code 2, no traceback
 
 @pytest.mark.parametrize("args,expected", [
-    (["--img_size", "60"], "img_size=60 is not divisible by patch_size=8"),
+    (["--img_size", "60"], "img_size=60 is not divisible by patch_size=16"),
     (["--num_frames", "15"], "num_frames=15 is not divisible by tubelet_size=2"),
     (["--mask", "random_tube", "--mask_ratio", "1.0"], "mask_ratio=1.0"),
     (["--mask", "future", "--mask_ctx_frames", "16"], "mask_ctx_frames=16"),
@@ -388,10 +402,14 @@ def test_pixel_objective_trains_and_its_checkpoint_loads(tmp_path, mnist_args):
 
 
 @pytest.mark.parametrize("preset,mask", [("laptop_tube", "random_tube"),
-                                         ("laptop_causal", "causal")])
+                                         ("laptop_causal", "causal"),
+                                         ("laptop_multiblock", "multiblock")])
 def test_mask_ablation_presets(preset, mask):
-    cfg = train.parse_config(["--preset", preset])
+    """The ablations change the masks and nothing else of the laptop recipe."""
+    cfg, base = train.parse_config(["--preset", preset]), train.parse_config([])
     assert cfg.mask == mask and cfg.objective == "vjepa" and cfg.enc_dim == 192
+    changed = {k for k, v in vars(cfg).items() if getattr(base, k) != v}
+    assert changed <= {"preset", "mask", "mask_ctx_frames", "out_dir"}, changed
 
 
 def test_centred_targets_subtract_each_positions_batch_mean(mnist_args):
