@@ -406,7 +406,10 @@ def infer_architecture(encoder_state, predictor_state=None, config=None, heads=N
     arch = {"num_tokens": n, "predictor": None,
             "encoder": dict(num_frames=frames, img_size=side * p, patch_size=p, tubelet_size=t,
                             in_chans=in_chans, dim=dim, depth=_count(enc, "blocks."),
-                            heads=heads, mlp_ratio=_mlp_ratio(enc, "blocks.0", dim))}
+                            heads=heads, mlp_ratio=_mlp_ratio(enc, "blocks.0", dim),
+                            # not in the weights: how a re-initialisation scales the tubelet
+                            # embedding (probe.random_init_like), from the file's config
+                            embed_gain=config.get("embed_gain", 1.0))}
     if predictor_state is not None:
         pred = from_release(predictor_state)
         pred_dim = _shape(pred, "predictor_embed.weight", "the predictor")[0]  # [Dp, D]

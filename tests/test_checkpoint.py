@@ -208,7 +208,8 @@ def test_infer_released_architectures(dim, depth, heads, img, tokens):
                                     model.to_release(predictor.state_dict()))
     assert arch["num_tokens"] == tokens
     assert arch["encoder"] == dict(num_frames=16, img_size=img, patch_size=16, tubelet_size=2,
-                                   in_chans=3, dim=dim, depth=depth, heads=heads, mlp_ratio=4.0)
+                                   in_chans=3, dim=dim, depth=depth, heads=heads, mlp_ratio=4.0,
+                                   embed_gain=1.0)
     assert arch["predictor"] == dict(enc_dim=dim, dim=384, depth=12, heads=heads,
                                      num_mask_tokens=2, mlp_ratio=4.0, out_dim=dim)
 

@@ -973,3 +973,24 @@ def test_vjepa_findings_table_judges_the_papers_orderings(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert "| T1, digit (max): laptop_pixel < laptop | +0.5000 | 0.0400 | not judged: one seed |" \
         in lines
+
+
+def test_random_init_of_a_loaded_checkpoint_keeps_its_embed_gain(tmp_path):
+    """The baseline must start like the run did: a checkpoint trained with embed_gain 3, loaded
+    and re-initialised, has the tubelet weights of a fresh gain-3 network of that seed (the
+    gain is not in the weights; the loader reads it from the file's config)."""
+    torch.manual_seed(0)
+    enc = model.VisionTransformer(num_frames=4, img_size=32, patch_size=8, tubelet_size=2,
+                                  in_chans=1, dim=24, depth=1, heads=2, embed_gain=3.0)
+    state = {f"module.backbone.{k}": v for k, v in enc.state_dict().items()}
+    path = tmp_path / "ckpt.pt"
+    torch.save({"encoder": state, "target_encoder": state,
+                "config": {"embed_gain": 3.0, "enc_heads": 2, "num_frames": 4}}, path)
+    loaded, _ = model.load_vjepa_checkpoint(str(path))
+    fresh = probe.random_init_like(loaded, 7)
+    reference = model.VisionTransformer(num_frames=4, img_size=32, patch_size=8, tubelet_size=2,
+                                        in_chans=1, dim=24, depth=1, heads=2, embed_gain=1.0)
+    torch.manual_seed(7)
+    model.init_weights(reference, reference.blocks)  # the same draw at gain 1, times 3 by hand
+    assert torch.allclose(fresh.patch_embed.proj.weight, 3 * reference.patch_embed.proj.weight)
+    assert torch.equal(fresh.blocks[0].attn.qkv.weight, reference.blocks[0].attn.qkv.weight)
