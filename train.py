@@ -175,7 +175,7 @@ _VCR = dict(objective="vjvcr", loss="mse", num_digits=1, num_frames=15, mask_ctx
 _SWITCH = dict(_VCR, dataset="switching_mnist", num_frames=6, max_steps=600)
 _GENERATIVE = dict(_VCR, objective="generative", weight_decay=1e-6, final_weight_decay=1e-6)
 
-# V-JEPA on the laptop: the defaults above (ViT 192/6/3, 16x64x64 MovingMNIST) with four
+# V-JEPA on the laptop: the defaults above (ViT 192/6/3, 16x64x64 MovingMNIST) with the
 # changes that make a 10-minute run learn (docs/results.md, section 1). Patch 16, normalised
 # pixels and tubelet-embedding weights x3: a tubelet's content is as loud against its positional
 # code as in the paper's geometry (with patch 8 and raw pixels, 99.4% of the targets' variance
