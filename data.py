@@ -445,7 +445,7 @@ class VideoFolder:
 
 def step_seed(seed, rank, step, stream=0):
     """A well-mixed 63-bit seed for one (run seed, rank, step); `stream` separates independent
-    uses in one step (0: the clips, 1: the masks)."""
+    uses in one step (0: the clips, 1: the masks, 2: train.restart_unused_option)."""
     state = np.random.SeedSequence([seed, rank, step, stream]).generate_state(1, np.uint64)
     return int(state[0] >> 1)
 

@@ -120,3 +120,8 @@ def test_flops_counted_on_the_meta_device_equal_a_real_step():
         run = train.setup(train.parse_config(argv), device=meta)
     counted = benchmark.count_flops(lambda: train.train_step(run, clips(2).to(meta), 0))
     assert counted == real > 0
+
+
+def test_known_flags_drops_options_an_earlier_commit_lacks():
+    argv = ["--preset", "laptop", "--no_such_option", "3", "--patch_size", "8"]
+    assert benchmark.known_flags(argv) == ["--preset", "laptop", "--patch_size", "8"]

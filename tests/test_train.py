@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import data
+import model
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -430,3 +431,45 @@ def test_centred_targets_subtract_each_positions_batch_mean(mnist_args):
     run.cfg.center_targets = False
     with torch.no_grad():
         assert torch.equal(train.feature_targets(run, clips)[1], plain)
+
+
+def _adam_after_one_step(predictor):
+    opt = torch.optim.Adam(predictor.parameters(), lr=1e-3)
+    predictor(torch.randn(4, 3, 8), torch.eye(3)[[0, 1, 2, 0]]).pow(2).sum().backward()
+    opt.step()
+    return opt
+
+
+def test_restart_copies_the_most_chosen_option_into_the_unused_one():
+    """Counts [10, 0, 2]: option 1 (0 < 12 / (4 * 3)) becomes option 0's rows of the last layer
+    plus small noise, with option 0's Adam moments; options 0 and 2 are untouched."""
+    torch.manual_seed(0)
+    pred = model.MLPPredictor(ctx_steps=3, tgt_steps=2, dim=8, hidden=16, latent="discrete",
+                              latent_dim=3)
+    opt = _adam_after_one_step(pred)
+    last = pred.net[-1]
+    before = {n: p.detach().clone().view(3, 16, *p.shape[1:]) for n, p in
+              (("w", last.weight), ("b", last.bias))}
+    moments = {n: opt.state[p]["exp_avg_sq"].clone().view(3, 16, *p.shape[1:])
+               for n, p in (("w", last.weight), ("b", last.bias))}
+    out = train.restart_unused_option(pred, opt, torch.tensor([10.0, 0.0, 2.0]),
+                                      torch.Generator().manual_seed(1), noise=0.01)
+    assert out == 1
+    for n, p in (("w", last.weight), ("b", last.bias)):
+        after = p.detach().view(3, 16, *p.shape[1:])
+        assert torch.equal(after[0], before[n][0]) and torch.equal(after[2], before[n][2])
+        gap = (after[1] - before[n][0]).abs().max()
+        assert 0 < gap < 0.1 * before[n][0].std()  # a copy, and not an exact one
+        assert torch.equal(opt.state[p]["exp_avg_sq"].view(3, 16, *p.shape[1:])[1], moments[n][0])
+
+
+def test_restart_leaves_options_in_use_alone():
+    torch.manual_seed(0)
+    pred = model.MLPPredictor(ctx_steps=3, tgt_steps=2, dim=8, hidden=16, latent="discrete",
+                              latent_dim=3)
+    opt = _adam_after_one_step(pred)
+    w = pred.net[-1].weight.detach().clone()
+    # the least chosen option has 1 of 12 clips = exactly 1 / (4 * 3): not below the threshold
+    assert train.restart_unused_option(pred, opt, torch.tensor([6.0, 5.0, 1.0]),
+                                       torch.Generator().manual_seed(1)) is None
+    assert torch.equal(pred.net[-1].weight, w)
