@@ -67,7 +67,8 @@ def tiny_vcr_runs(tmp_path, mnist_args, preset="vjvcr", seeds=(0, 1), extra=()):
 def test_probe_end_to_end_over_seeds(tmp_path, mnist_args):
     """Two training seeds and two random inits: each run's scores, mean ± std over each (the
     sample std, as statistics.stdev), the pictures of the first seed."""
-    ckpts = tiny_vcr_runs(tmp_path, mnist_args, extra=("--img_size", "32", "--num_frames", "6"))
+    ckpts = tiny_vcr_runs(tmp_path, mnist_args, extra=("--img_size", "32", "--num_frames", "6",
+                                                       "--pool_grid", "4"))
     results = probe.main(["--ckpt", *ckpts, "--fit_clips", "128", "--test_clips", "64",
                           "--decoder_steps", "2", "--random_inits", "2"])
     assert [r["seed"] for r in results["runs"]] == [0, 1] and len(results["random_init_runs"]) == 2
@@ -90,7 +91,8 @@ def test_probe_end_to_end_over_seeds(tmp_path, mnist_args):
         assert len(json.load(f)["singular_values"]) == min(64, 3 * 4 * 16)
     with pytest.raises(ValueError, match="differ in preset"):
         probe.main(["--ckpt", ckpts[0], *tiny_vcr_runs(
-            tmp_path, mnist_args, "generative", (0,), ("--img_size", "32", "--num_frames", "6"))])
+            tmp_path, mnist_args, "generative", (0,), ("--img_size", "32", "--num_frames", "6",
+                                                        "--pool_grid", "4"))])
 
 
 def test_probe_refuses_what_it_cannot_evaluate(tmp_path):
