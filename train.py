@@ -845,7 +845,8 @@ def forward(run, clips, g):
 
 def train_step(run, clips, step):
     """One optimizer step on `clips` (accum_steps micro-batches of batch_size), then the EMA.
-    No host-device synchronisation: everything returned stays on the device.
+    No host-device synchronisation: everything returned stays on the device (one exception:
+    a discrete latent's option restarts, during their first `latent_restart` steps).
     -> (mean loss, terms and embeddings of the last micro-batch, time steps per clip, grad norm)"""
     cfg = run.cfg
     lr, wd, momentum = schedules(cfg, step)

@@ -388,11 +388,11 @@ def measure(args, before_root=None):
     for config in ("laptop", "tiny-video"):
         train_job = dict(kind="train.py", steps=args.train_steps, threads=args.threads,
                          config=config, extra=CONFIGS[config])
+        roots = [(None, "this")]  # an earlier commit's preset of that name is another config
+        if before_root and config in PINNED:
+            roots.append((before_root, "before"))
         for i in range(args.train_runs):  # alternating with the earlier commit's, when asked
-            roots = [(None, "this"), (before_root, "before")][:2 if before_root else 1]
             for root, code in roots if i % 2 == 0 else roots[::-1]:
-                if code == "before" and config not in PINNED:
-                    continue  # an earlier commit's preset of that name is another config
                 _log(f"python train.py {config}, {args.train_steps} steps ({code})")
                 results.append({**run_child(train_job, root), "code": code, "run": i})
     for batch in (256, 24):
