@@ -125,3 +125,18 @@ def test_flops_counted_on_the_meta_device_equal_a_real_step():
 def test_known_flags_drops_options_an_earlier_commit_lacks():
     argv = ["--preset", "laptop", "--no_such_option", "3", "--patch_size", "8"]
     assert benchmark.known_flags(argv) == ["--preset", "laptop", "--patch_size", "8"]
+
+
+def test_blocked_attention_of_the_dropped_lever_matches_the_formula():
+    """tests/attention_ab.py times a lever against the written-out attention; it must compute
+    the same values and gradients (float64, against autograd through the formula)."""
+    import attention_ab
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 50, 8, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    ref = torch.softmax(q @ k.transpose(-2, -1) / 8 ** 0.5, -1) @ v
+    g = torch.randn_like(ref)
+    out = attention_ab.BlockedAttention.apply(q, k, v, 4)  # blocks of 4, 2, as 6 pairs
+    assert torch.allclose(out, ref, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        assert torch.allclose(a, b, atol=1e-12)
