@@ -284,18 +284,19 @@ class JEPA(nn.Module):
     """Context encoder + predictor as one module, so data parallelism wraps a single forward.
 
     forward(clip, masks) with masks = [(ctx_idx, tgt_idx), ...], one pair per mask
-    configuration -> one prediction [B, Kt, D] per pair."""
+    configuration -> (one prediction [B, Kt, D] per pair, the encoded context [B, Kc, D] of
+    each pair: a regulariser may use them, train.forward)."""
 
     def __init__(self, encoder, predictor):
         super().__init__()
         self.encoder, self.predictor = encoder, predictor
 
     def forward(self, clip, masks):
-        preds = []
+        preds, contexts = [], []
         for mask_id, (ctx_idx, tgt_idx) in enumerate(masks):
-            z = self.encoder(clip, keep=ctx_idx)
-            preds.append(self.predictor(z, ctx_idx, tgt_idx, mask_id))
-        return preds
+            contexts.append(self.encoder(clip, keep=ctx_idx))
+            preds.append(self.predictor(contexts[-1], ctx_idx, tgt_idx, mask_id))
+        return preds, contexts
 
 
 def build_models(num_frames, img_size, patch_size, tubelet_size, in_chans, enc_dim, enc_depth,

@@ -276,7 +276,10 @@ def table(out_dirs):
 
 
 # The paper's orderings of the findings table, (lower preset, higher preset, paper table).
-VJEPA_ORDERINGS = [("laptop_pixel", "laptop", "T1"), ("laptop_tube", "laptop_multiblock", "T4"),
+# Each ordering is judged only between runs of the same token_vcr ("laptop" probed before
+# token_vcr existed is laptop_vjepa).
+VJEPA_ORDERINGS = [("laptop_pixel", "laptop_vjepa", "T1"), ("laptop_pixel", "laptop", "T1"),
+                   ("laptop_tube", "laptop_multiblock", "T4"),
                    ("laptop_causal", "laptop_multiblock", "T4")]
 # The pooling each task is read with in the findings table, fixed for every run.
 HEADLINE = {"digit": "max", "direction": "max", "speed": "mean", "velocity": "time",
@@ -297,8 +300,9 @@ def vjepa_table(runs):
 
     for r in runs:
         att = r.get("attentive")
+        vcr = f" + token_vcr {r['token_vcr']:g}" if r.get("token_vcr") else ""
         lines.append(
-            f"| {r['preset']} | {r['objective'].replace('vjepa', 'features')} | {r['mask']} | "
+            f"| {r['preset']}{vcr} | {r['objective'].replace('vjepa', 'features')} | {r['mask']} | "
             f"{len(r['ckpt'])} | " + " | ".join(cell(r["linear"][p][t], t)
                                                 for t, p in HEADLINE.items())
             + " | " + " / ".join(cell(r["linear"]["mean"][t], t) for t in CLASS_TASKS)
@@ -310,7 +314,8 @@ def vjepa_table(runs):
     by_preset = {r["preset"]: r for r in runs}
     checks = []
     for low, high, what in VJEPA_ORDERINGS:
-        if low in by_preset and high in by_preset:
+        if (low in by_preset and high in by_preset and by_preset[low].get("token_vcr", 0.0)
+                == by_preset[high].get("token_vcr", 0.0)):
             seeds = min(len(by_preset[low]["ckpt"]), len(by_preset[high]["ckpt"]))
             checks += [(f"{what}, {t} ({p}): {low} < {high}",
                         by_preset[low]["linear"][p][t]["trained"],
@@ -1069,6 +1074,7 @@ def probe_vjepa(a):
                          for task in scores["trained"][0][pooling]} for pooling in POOLINGS}
     results = {"ckpt": a.ckpt, "preset": config.get("preset", "release"),
                "objective": config.get("objective", "vjepa"), "mask": config.get("mask", ""),
+               "token_vcr": config.get("token_vcr", 0.0),
                "fit_clips": a.fit_clips, "test_clips": a.test_clips,
                "random_inits": a.random_inits, "linear": summary, "linear_runs": scores}
     if a.attentive_seeds:

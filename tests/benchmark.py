@@ -47,10 +47,11 @@ import train  # noqa: E402
 # multi-block masks, raw pixels, L1, AdamW, EMA): the laptop preset's network and batch with
 # the patch and masks the laptop preset had before issue 16. "laptop" is the preset as it is.
 TINY_VIDEO = ["--preset", "laptop", "--patch_size", "8", "--mask", "multiblock",
-              "--normalise", "false", "--embed_gain", "1"]
+              "--normalise", "false", "--embed_gain", "1", "--token_vcr", "0"]
 CONFIGS = {
     "tiny-video": TINY_VIDEO,
     "laptop": ["--preset", "laptop"],
+    "laptop_vjepa": ["--preset", "laptop_vjepa"],  # the default without token_vcr
     "vjvcr": ["--preset", "vjvcr"],
     "switch_sparse80": ["--preset", "switch_sparse80"],
 }
@@ -384,8 +385,9 @@ def measure(args, before_root=None):
                                                 if before_root and config in PINNED]
         out = interleaved(variants, args.rounds, args.steps)
         results += tag(out[:len(jobs)], "this") + tag(out[len(jobs):], "before")
-    # end to end: the default preset, and the tiny-video config (in both trees with --before)
-    for config in ("laptop", "tiny-video"):
+    # end to end: the default preset (and without token_vcr), and the tiny-video config (in
+    # both trees with --before), each when among --configs
+    for config in [c for c in ("laptop", "laptop_vjepa", "tiny-video") if c in args.configs]:
         train_job = dict(kind="train.py", steps=args.train_steps, threads=args.threads,
                          config=config, extra=CONFIGS[config])
         roots = [(None, "this")]  # an earlier commit's preset of that name is another config
@@ -523,7 +525,8 @@ def main(argv):
     if args.smoke:
         args.steps, args.rounds, args.warmup, args.train_steps = 2, 2, 1, 2
         args.seconds, args.fista_iterations = 0.2, 5
-    args.batch = {"tiny-video": 8, "laptop": 8, "vjvcr": 64, "switch_sparse80": 64}
+    args.batch = {"tiny-video": 8, "laptop": 8, "laptop_vjepa": 8, "vjvcr": 64,
+                  "switch_sparse80": 64}
     args.dtypes = ("auto", "float32")
     if args.smoke:
         args.batch, args.dtypes = {k: 4 for k in args.batch}, ("float32",)

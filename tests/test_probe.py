@@ -975,6 +975,14 @@ def test_vjepa_findings_table_judges_the_papers_orderings(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert "| T1, digit (max): laptop_pixel < laptop | +0.5000 | 0.0400 | not judged: one seed |" \
         in lines
+    # a laptop run with token_vcr against pixel targets without it: not Table 1's comparison
+    vcr = vjepa_results("laptop", "vjepa", "future", [0.60, 0.02])
+    vcr["token_vcr"] = 1.0
+    (tmp_path / "laptop" / "results.json").write_text(json.dumps(vcr))
+    probe.main(["--table", *dirs])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert not any("T1" in line for line in lines)
+    assert any(line.startswith("| laptop + token_vcr 1 | features |") for line in lines)
 
 
 def test_random_init_of_a_loaded_checkpoint_keeps_its_embed_gain(tmp_path):

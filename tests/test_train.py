@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num_frames", "4", "--img_size", "32", "--patch_size", "8", "--enc_dim", "32",
         "--enc_depth", "2", "--enc_heads", "2", "--pred_dim", "16", "--pred_depth", "1",
         "--batch_size", "4", "--val_clips", "8", "--num_digits", "1", "--dtype", "float32",
-        "--mask", "multiblock", "--normalise", "false", "--embed_gain", "1"]  # the paper's V-JEPA
+        "--mask", "multiblock", "--normalise", "false", "--embed_gain", "1",
+        "--token_vcr", "0"]  # the paper's V-JEPA
 
 
 def read_log(out):
@@ -133,6 +135,10 @@ def test_parse_config():
         16, True, 3.0, "future")
     assert (laptop.max_steps, laptop.warmup_steps, laptop.mask_ctx_frames, laptop.ema_start) == (
         4000, 400, 8, 0.9998)
+    assert laptop.token_vcr == 1.0
+    pure = train.parse_config(["--preset", "laptop_vjepa"])  # the same without the regulariser
+    assert {k for k, v in vars(pure).items() if getattr(laptop, k) != v} == {
+        "preset", "out_dir", "token_vcr"}
 
 
 @pytest.mark.parametrize("frames,tubelet,given,expected", [
@@ -310,8 +316,8 @@ def test_vcr_acts_per_time_step_on_the_flattened_grid_vector(mnist_args):
     l_var = sum(np.maximum(0, 1 - np.sqrt(f.var(0, ddof=1) + 1e-4)).sum() for f in frames) / (T * d)
     l_cov = sum((np.cov(f, rowvar=False) ** 2).sum() - (np.var(f, 0, ddof=1) ** 2).sum()
                 for f in frames) / (T * d)
-    assert float(terms["var"]) == pytest.approx(l_var, rel=1e-3)
-    assert float(terms["cov"]) == pytest.approx(l_cov, rel=1e-3)
+    assert float(terms["var"].detach()) == pytest.approx(l_var, rel=1e-3)
+    assert float(terms["cov"].detach()) == pytest.approx(l_cov, rel=1e-3)
 
 
 def test_generative_and_decoder_objectives_log_their_terms(tmp_path, mnist_args):
@@ -407,7 +413,8 @@ def test_pixel_objective_trains_and_its_checkpoint_loads(tmp_path, mnist_args):
                                          ("laptop_multiblock", "multiblock")])
 def test_mask_ablation_presets(preset, mask):
     """The ablations change the masks and nothing else of the laptop recipe."""
-    cfg, base = train.parse_config(["--preset", preset]), train.parse_config([])
+    cfg, base = (train.parse_config(["--preset", preset]),
+                 train.parse_config(["--preset", "laptop_vjepa"]))
     assert cfg.mask == mask and cfg.objective == "vjepa" and cfg.enc_dim == 192
     changed = {k for k, v in vars(cfg).items() if getattr(base, k) != v}
     assert changed <= {"preset", "mask", "mask_ctx_frames", "out_dir"}, changed
@@ -431,6 +438,32 @@ def test_centred_targets_subtract_each_positions_batch_mean(mnist_args):
     run.cfg.center_targets = False
     with torch.no_grad():
         assert torch.equal(train.feature_targets(run, clips)[1], plain)
+
+
+def test_token_vcr_adds_vcr_of_the_context_tokens(mnist_args):
+    """--token_vcr w: the loss is the V-JEPA loss + w (alpha l_var + beta l_cov), with the
+    statistics over every context token of every mask (numpy's covariance as the reference)."""
+    w, alpha, beta = 2.0, 0.5, 0.1
+    cfg = train.parse_config(TINY + mnist_args + ["--token_vcr", str(w)])
+    run = train.setup(cfg)
+    clips, _ = data.fixed_set(train.make_source(cfg, "train"), 4, seed=3)
+    loss, terms, _, _ = train.forward(run, clips, torch.Generator().manual_seed(7))
+    step_masks = run.sampler(len(clips), torch.Generator().manual_seed(7))  # the same masks
+    with torch.no_grad():
+        tokens = np.concatenate([run.module.encoder(clips, keep=ctx).reshape(-1, cfg.enc_dim)
+                                 .double().numpy() for ctx, _ in step_masks])
+    cov = np.cov(tokens, rowvar=False)  # 1 / (N - 1)
+    d = cfg.enc_dim
+    l_var = np.maximum(0.0, 1.0 - np.sqrt(np.diag(cov) + 1e-4)).sum() / d
+    l_cov = ((cov ** 2).sum() - (np.diag(cov) ** 2).sum()) / d
+    assert float(terms["var"].detach()) == pytest.approx(w * alpha * l_var, rel=1e-4)
+    assert float(terms["cov"].detach()) == pytest.approx(w * beta * l_cov, rel=1e-4)
+    run.cfg.token_vcr = 0.0
+    plain, none, _, _ = train.forward(run, clips, torch.Generator().manual_seed(7))
+    plain = float(plain.detach())
+    assert none == {} and float(terms["pred"].detach()) == pytest.approx(plain, rel=1e-6)
+    expected = plain + w * (alpha * l_var + beta * l_cov)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
 
 
 def _adam_after_one_step(predictor):
