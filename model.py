@@ -86,12 +86,16 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)  # rows [all q | all k | all v], heads contiguous
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x):
+    def forward(self, x, segments=None):
+        """x: [B, N, D]. segments: token counts that split N into parts that attend only within
+        themselves (several sequences packed into one, model.JEPA), or None: one sequence."""
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, Dh)
-        x = attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+        parts = [(q, k, v)] if segments is None else zip(
+            q.split(segments, 2), k.split(segments, 2), v.split(segments, 2))
+        x = torch.cat([attention(*part).transpose(1, 2) for part in parts], dim=1)  # (B,N,h,Dh)
+        return self.proj(x.reshape(B, N, D))
 
 
 class MLP(nn.Module):
@@ -115,8 +119,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x, segments=None):
+        x = x + self.attn(self.norm1(x), segments)
         return x + self.mlp(self.norm2(x))
 
 
@@ -151,14 +155,14 @@ def token_grid(num_frames, img_size, patch_size, tubelet_size):
     return num_frames // tubelet_size, img_size // patch_size, img_size // patch_size
 
 
-def run_blocks(blocks, x, grad_checkpoint=False):
-    """x through the blocks; with grad_checkpoint (and gradients on), each block's activations
-    are recomputed in the backward pass instead of being stored."""
+def run_blocks(blocks, x, grad_checkpoint=False, segments=None):
+    """x through the blocks (segments: Attention.forward); with grad_checkpoint (and gradients
+    on), each block's activations are recomputed in the backward pass instead of being stored."""
     for block in blocks:
         if grad_checkpoint and torch.is_grad_enabled():
-            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            x = torch.utils.checkpoint.checkpoint(block, x, segments, use_reentrant=False)
         else:
-            x = block(x)
+            x = block(x, segments)
     return x
 
 
@@ -232,8 +236,10 @@ class VisionTransformer(nn.Module):
     def num_tokens(self):
         return self.pos_embed.shape[1]
 
-    def forward(self, x, keep=None):
-        """x: [B, C, T, H, W]; keep: optional [B, K] indices of the tokens to encode.
+    def forward(self, x, keep=None, segments=None):
+        """x: [B, C, T, H, W]; keep: optional [B, K] indices of the tokens to encode; segments:
+        optional token counts that split the K kept tokens into parts encoded as separate
+        sequences (the contexts of several masks in one pass, JEPA.forward).
         Returns [B, N, D], or [B, K, D] for the kept tokens only."""
         if x.shape[1] != self.in_chans or tuple(x.shape[2:]) != self.input_size:
             raise ValueError(f"clip of shape {tuple(x.shape[1:])} does not fit an encoder built "
@@ -243,7 +249,7 @@ class VisionTransformer(nn.Module):
         x = x + self.pos_embed.to(x.dtype)  # positions are added before tokens are dropped
         if keep is not None:
             x = gather_tokens(x, keep)
-        return self.norm(run_blocks(self.blocks, x, self.grad_checkpoint))
+        return self.norm(run_blocks(self.blocks, x, self.grad_checkpoint, segments))
 
 
 class Predictor(nn.Module):
@@ -268,16 +274,29 @@ class Predictor(nn.Module):
         self.grad_checkpoint = False
         init_weights(self, self.predictor_blocks)
 
-    def forward(self, z, ctx_idx, tgt_idx, mask_id=0):
-        """z: [B, Kc, D] encoded context at positions ctx_idx [B, Kc];
-        tgt_idx: [B, Kt] positions to predict -> [B, Kt, out_dim]."""
-        B, Kc = ctx_idx.shape
-        ctx = self.predictor_embed(z)  # (B, Kc, Dp); its precision (bf16 under autocast) is kept
-        pos = self.predictor_pos_embed.to(ctx.dtype).expand(B, -1, -1)
-        ctx = ctx + gather_tokens(pos, ctx_idx)
-        tgt = self.mask_tokens[mask_id].to(ctx.dtype) + gather_tokens(pos, tgt_idx)  # (B, Kt, Dp)
-        x = run_blocks(self.predictor_blocks, torch.cat([ctx, tgt], dim=1), self.grad_checkpoint)
-        return self.predictor_proj(self.predictor_norm(x[:, Kc:]))
+    def forward(self, contexts, masks, mask_ids=None):
+        """contexts: one encoded context [B, Kc, D] per mask, at the positions ctx_idx [B, Kc]
+        of masks = [(ctx_idx, tgt_idx), ...]; tgt_idx [B, Kt]: the positions to predict; mask
+        m uses mask token mask_ids[m] (default m). -> one prediction [B, Kt, out_dim] per mask.
+
+        The masks' sequences [ctx; tgt] run as one, [ctx_1; tgt_1; ctx_2; tgt_2; ...], each
+        part attending only within itself: the same as one pass per mask, in half the
+        operations (on CPUs a step's many small ones cost more than their FLOPs)."""
+        mask_ids = range(len(masks)) if mask_ids is None else mask_ids
+        ctx = self.predictor_embed(torch.cat(contexts, dim=1))  # (B, sum Kc, Dp); its precision
+        #                                                          (bf16 under autocast) is kept
+        pos = self.predictor_pos_embed.to(ctx.dtype).expand(len(ctx), -1, -1)
+        parts = []  # [ctx_1, tgt_1, ctx_2, tgt_2, ...], each (B, K, Dp)
+        for c, (ctx_idx, tgt_idx), m in zip(ctx.split([z.shape[1] for z in contexts], dim=1),
+                                            masks, mask_ids):
+            parts += [c + gather_tokens(pos, ctx_idx),
+                      self.mask_tokens[m].to(c.dtype) + gather_tokens(pos, tgt_idx)]
+        lengths = [p.shape[1] for p in parts]
+        segments = [kc + kt for kc, kt in zip(lengths[::2], lengths[1::2])]  # one per mask
+        x = run_blocks(self.predictor_blocks, torch.cat(parts, dim=1), self.grad_checkpoint,
+                       segments)
+        x = torch.cat(x.split(lengths, dim=1)[1::2], dim=1)  # the mask tokens' outputs
+        return list(self.predictor_proj(self.predictor_norm(x)).split(lengths[1::2], dim=1))
 
 
 class JEPA(nn.Module):
@@ -292,11 +311,11 @@ class JEPA(nn.Module):
         self.encoder, self.predictor = encoder, predictor
 
     def forward(self, clip, masks):
-        preds, contexts = [], []
-        for mask_id, (ctx_idx, tgt_idx) in enumerate(masks):
-            contexts.append(self.encoder(clip, keep=ctx_idx))
-            preds.append(self.predictor(contexts[-1], ctx_idx, tgt_idx, mask_id))
-        return preds, contexts
+        """All masks in one pass of each network (Predictor.forward)."""
+        sizes = [ctx_idx.shape[1] for ctx_idx, _ in masks]
+        keep = torch.cat([ctx_idx for ctx_idx, _ in masks], dim=1)
+        contexts = list(self.encoder(clip, keep=keep, segments=sizes).split(sizes, dim=1))
+        return self.predictor(contexts, masks), contexts
 
 
 def build_models(num_frames, img_size, patch_size, tubelet_size, in_chans, enc_dim, enc_depth,

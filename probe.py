@@ -1200,9 +1200,9 @@ def context_dependence(path, clips=64, seed=0):
             preds = {}
             for kind, edit in zip(losses_, (lambda z: z, lambda z: z.roll(1, 0),
                                             torch.zeros_like)):
-                preds[kind] = [run.module.predictor(edit(run.module.encoder(batch, keep=ctx)),
-                                                    ctx, tgt, mask_id)
-                               for mask_id, (ctx, tgt) in enumerate(step_masks)]
+                preds[kind] = run.module.predictor(
+                    [edit(run.module.encoder(batch, keep=ctx)) for ctx, _ in step_masks],
+                    step_masks)
                 loss = getattr(losses, cfg.loss)(
                     preds[kind], [model.gather_tokens(targets, tgt) for _, tgt in step_masks])
                 if kind == "own":

@@ -694,7 +694,7 @@ class VCRObjective(torch.nn.Module):
         B = clips.shape[0]
         ctx, tgt = self.ctx_idx.expand(B, -1), self.tgt_idx.expand(B, -1)
         h_x = self.encoder(clips, keep=ctx)  # (B, K_ctx, D)
-        pred = self.predictor(h_x, ctx, tgt)  # (B, K_tgt, D)
+        pred = self.predictor([h_x], [(ctx, tgt)])[0]  # (B, K_tgt, D)
         return h_x, pred, self.per_step(pred)
 
     def decode(self, pred):

@@ -54,7 +54,8 @@ def same_outputs(enc_a, pred_a, enc_b, pred_b):
         assert torch.equal(enc_a(clip), enc_b(clip))
         z = enc_a(clip, keep=ctx)
         for mask_id in (0, 1):
-            assert torch.equal(pred_a(z, ctx, tgt, mask_id), pred_b(z, ctx, tgt, mask_id))
+            assert torch.equal(pred_a([z], [(ctx, tgt)], [mask_id])[0],
+                               pred_b([z], [(ctx, tgt)], [mask_id])[0])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -131,12 +131,41 @@ def test_predictor_shapes_and_mask_tokens():
     x = torch.randn(3, 1, 4, 16, 16)
     ctx = torch.tensor([[0, 5, 9]] * 3)
     tgt = torch.tensor([[1, 2, 3, 4, 6, 7, 30]] * 3)
-    out = pred(enc(x, keep=ctx), ctx, tgt, mask_id=1)
+    out, = pred([enc(x, keep=ctx)], [(ctx, tgt)], mask_ids=[1])
     assert out.shape == (3, 7, 24)
     with torch.no_grad():
         pred.mask_tokens[1].fill_(1.0)
-    assert not torch.allclose(pred(enc(x, keep=ctx), ctx, tgt, 1),
-                              pred(enc(x, keep=ctx), ctx, tgt, 0))
+    assert not torch.allclose(pred([enc(x, keep=ctx)], [(ctx, tgt)], [1])[0],
+                              pred([enc(x, keep=ctx)], [(ctx, tgt)], [0])[0])
+
+
+def test_one_pass_over_the_masks_equals_one_pass_per_mask():
+    """JEPA.forward packs both masks' contexts into one encoder sequence and both masks'
+    [context; targets] into one predictor sequence, each part attending only within itself.
+    Reference: each mask through the encoder and the predictor on its own (no packing), and
+    the same gradients."""
+    torch.manual_seed(0)
+    enc, pred = model.build_models(4, 16, 4, 2, 1, 24, 2, 3, 12, 2, num_masks=2)
+    with torch.no_grad():
+        for t in pred.mask_tokens:
+            t.normal_()  # distinct mask tokens, so that a swapped mask id would show
+    net = model.JEPA(enc, pred)
+    x = torch.randn(3, 1, 4, 16, 16)
+    g = torch.Generator().manual_seed(1)
+    masks = [(torch.stack([torch.randperm(32, generator=g)[:kc] for _ in range(3)]),
+              torch.stack([torch.randperm(32, generator=g)[:kt] for _ in range(3)]))
+             for kc, kt in ((5, 9), (2, 13))]  # unequal lengths: the parts differ in size
+    preds, contexts = net(x, masks)
+    loss = sum(p.square().sum() for p in preds)
+    packed_grads = torch.autograd.grad(loss, list(net.parameters()))
+    for m, (ctx, tgt) in enumerate(masks):  # the reference, one mask at a time
+        z = enc(x, keep=ctx)
+        assert torch.allclose(contexts[m], z, atol=1e-5)
+        assert torch.allclose(preds[m], pred([z], [(ctx, tgt)], [m])[0], atol=1e-5)
+    loss = sum(pred([enc(x, keep=c)], [(c, t)], [m])[0].square().sum()
+               for m, (c, t) in enumerate(masks))
+    for a, b in zip(packed_grads, torch.autograd.grad(loss, list(net.parameters()))):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_parameter_names_follow_the_release():
