@@ -2,13 +2,14 @@
 
     python tests/benchmark.py                 # the table in README "Performance" (~10 min)
     python tests/benchmark.py --before 73dbc9b  # also that commit's steps, interleaved: ratios
+    python tests/benchmark.py --configs tiny-video --dtypes auto --before A B C  # each lever
     python tests/benchmark.py --scaling       # also batch 4 / 8 / 16 and 1 vs 2 threads
     python tests/benchmark.py --smoke         # a few steps of everything (the test suite)
     python tests/benchmark.py --profile       # where the time of a tiny-video step goes
     python tests/benchmark.py --estimate      # vitl16 on GPUs: an estimate from FLOPs
 
 Every measurement runs in a child process (its own thread count and peak memory). The
-training steps of one config, in each precision (and, with --before, at the earlier commit,
+training steps of one config, in each precision (and, with --before, at each earlier commit,
 checked out in a temporary git worktree), run in child processes that stay alive and take
 turns: --rounds rounds of --steps / --rounds steps each, so that a machine shared with other
 work slows all variants alike. Per variant: ms/step (median and min over its timed steps,
@@ -22,6 +23,7 @@ checkpoints included, so its clips/s is what a user sees. The CPU's name comes f
 Results: a Markdown table on stdout and OUT/benchmark.json.
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -368,9 +370,9 @@ class EarlierCommit:
 # ----------------------------------------------------------------------------------------------
 # The table
 
-def measure(args, before_root=None):
-    """Everything the table shows, in order; with before_root, the earlier commit's steps and
-    train.py runs too (marked code="before")."""
+def measure(args, before=()):
+    """Everything the table shows, in order; with before = [(commit, worktree)], the earlier
+    commits' steps and train.py runs too (marked code=commit; this tree's code="this")."""
     def tag(results, code):
         return [{**r, "code": code} for r in results]
 
@@ -381,19 +383,20 @@ def measure(args, before_root=None):
         _log(f"{config}: steps in turns ({args.rounds} rounds)")
         jobs = [dict(step, config=config, dtype=d, batch=args.batch[config])
                 for d in args.dtypes]
-        variants = [(j, None) for j in jobs] + [(j, before_root) for j in jobs
-                                                if before_root and config in PINNED]
-        out = interleaved(variants, args.rounds, args.steps)
-        results += tag(out[:len(jobs)], "this") + tag(out[len(jobs):], "before")
+        codes = ["this"] + [commit for commit, _ in before if config in PINNED]
+        roots = [None] + [root for _, root in before if config in PINNED]
+        out = interleaved([(j, root) for root in roots for j in jobs], args.rounds, args.steps)
+        for i, code in enumerate(codes):
+            results += tag(out[i * len(jobs):(i + 1) * len(jobs)], code)
     # end to end: the default preset (and without token_vcr), and the tiny-video config (in
     # both trees with --before), each when among --configs
     for config in [c for c in ("laptop", "laptop_vjepa", "tiny-video") if c in args.configs]:
         train_job = dict(kind="train.py", steps=args.train_steps, threads=args.threads,
                          config=config, extra=CONFIGS[config])
         roots = [(None, "this")]  # an earlier commit's preset of that name is another config
-        if before_root and config in PINNED:
-            roots.append((before_root, "before"))
-        for i in range(args.train_runs):  # alternating with the earlier commit's, when asked
+        if config in PINNED:
+            roots += [(root, commit) for commit, root in before]
+        for i in range(args.train_runs):  # alternating with the earlier commits', when asked
             for root, code in roots if i % 2 == 0 else roots[::-1]:
                 _log(f"python train.py {config}, {args.train_steps} steps ({code})")
                 results.append({**run_child(train_job, root), "code": code, "run": i})
@@ -415,9 +418,9 @@ def _log(text):
     print(text, file=sys.stderr, flush=True)
 
 
-def table(results, before=None):
+def table(results):
     peak = {(r["dtype"], r["threads"]): r["gflops"] for r in results if r["kind"] == "matmul"}
-    code = {"this": "this tree", "before": before}
+    code = {r["code"]: r["code"] for r in results if "code" in r} | {"this": "this tree"}
     lines = ["| what | code | precision | threads | batch | ms/step median (min) | CPU ms/step "
              "| clips/s | GFLOP/step | GFLOP/s | share of matmul peak | peak RSS MB |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -453,20 +456,21 @@ def table(results, before=None):
                          f"{r['iterations_per_s']:.0f} iterations/s "
                          f"({r['sample_iterations_per_s']:,.0f} sample-iterations/s)")
     steps = [r for r in results if r["kind"] == "step"]
-    for new in steps:
-        old = [r for r in steps if r["code"] == "before" and new["code"] == "this" and all(
-            r[k] == new[k] for k in ("config", "dtype", "batch", "threads"))]
-        if old:
-            lines.append(f"- speed-up of this tree over {before}, {new['config']} step, "
-                         f"{new['dtype']}: **{speedup(new, old[0]):.2f}x** in time, "
-                         f"{speedup(new, old[0], 'round_cpu_ms'):.2f}x in CPU time (medians "
-                         f"over {len(new['round_ms'])} rounds; {old[0]['ms_median']:.0f} -> "
+    for new in [r for r in steps if r["code"] == "this"]:
+        for old in [r for r in steps if r["code"] != "this" and all(
+                r[k] == new[k] for k in ("config", "dtype", "batch", "threads"))]:
+            lines.append(f"- speed-up of this tree over {old['code']}, {new['config']} step, "
+                         f"{new['dtype']}: **{speedup(new, old):.2f}x** in time, "
+                         f"{speedup(new, old, 'round_cpu_ms'):.2f}x in CPU time (medians "
+                         f"over {len(new['round_ms'])} rounds; {old['ms_median']:.0f} -> "
                          f"{new['ms_median']:.0f} ms/step)")
-    runs = {c: [r for r in results if r["kind"] == "train.py" and r["code"] == c
-                and r["config"] == "tiny-video"] for c in ("this", "before")}
-    if runs["this"] and runs["before"]:
-        this, old = (_median([r["ms_median"] for r in runs[c]]) for c in ("this", "before"))
-        lines.append(f"- `python train.py` (tiny-video) end to end over {before}: {old / this:.2f}x "
+    runs = {}  # code -> ms/step of its tiny-video train.py runs
+    for r in results:
+        if r["kind"] == "train.py" and r["config"] == "tiny-video":
+            runs.setdefault(r["code"], []).append(r["ms_median"])
+    for commit in [c for c in runs if c != "this" and "this" in runs]:
+        this, old = _median(runs["this"]), _median(runs[commit])
+        lines.append(f"- `python train.py` (tiny-video) end to end over {commit}: {old / this:.2f}x "
                      f"({old:.0f} -> {this:.0f} ms/step, median of {len(runs['this'])} runs each)")
     return "\n".join(lines)
 
@@ -482,8 +486,10 @@ def main(argv):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--train_steps", type=int, default=60, help="steps of `python train.py`")
     p.add_argument("--train_runs", type=int, default=1, help="runs of `python train.py`")
-    p.add_argument("--before", metavar="COMMIT",
-                   help="also measure the steps and train.py at this commit, in turns: ratios")
+    p.add_argument("--before", metavar="COMMIT", nargs="+", default=[],
+                   help="also measure the steps and train.py at these commits, in turns: ratios")
+    p.add_argument("--dtypes", nargs="+", default=["auto", "float32"],
+                   choices=["auto", "float32", "bfloat16"], help="precisions of the steps")
     p.add_argument("--seconds", type=float, default=3.0, help="time per mask measurement")
     p.add_argument("--fista_iterations", type=int, default=200)
     p.add_argument("--scaling", action="store_true", help="batch 4/8/16 x 1/2 threads")
@@ -527,15 +533,12 @@ def main(argv):
         args.seconds, args.fista_iterations = 0.2, 5
     args.batch = {"tiny-video": 8, "laptop": 8, "laptop_vjepa": 8, "vjvcr": 64,
                   "switch_sparse80": 64}
-    args.dtypes = ("auto", "float32")
     if args.smoke:
         args.batch, args.dtypes = {k: 4 for k in args.batch}, ("float32",)
-    if args.before:
-        with EarlierCommit(args.before) as before_root:
-            results = measure(args, before_root)
-    else:
-        results = measure(args)
-    text = table(results, args.before)
+    with contextlib.ExitStack() as stack:
+        before = [(c, stack.enter_context(EarlierCommit(c))) for c in args.before]
+        results = measure(args, before)
+    text = table(results)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "benchmark.json"), "w") as f:
         json.dump({"machine": machine, "before": args.before, "results": results}, f, indent=1)

@@ -87,7 +87,7 @@ def test_benchmark_smoke(tmp_path, capsys):
     assert kinds == {"matmul", "step", "train.py", "masks", "fista"}
     steps = [r for r in results if r["kind"] == "step"]
     assert {r["dtype"] for r in steps} >= {"float32"}
-    assert {r["code"] for r in steps} == ({"this", "before"} if before else {"this"})
+    assert {r["code"] for r in steps} == ({"this", "HEAD"} if before else {"this"})
     for r in steps:
         assert r["ms_min"] <= r["ms_median"] and r["clips_per_s"] > 0 and r["peak_rss_mb"] > 0
         assert r["gflop_per_step"] > 0 and len(r["round_ms"]) == 2
