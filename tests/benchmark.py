@@ -383,8 +383,8 @@ def measure(args, before=()):
         _log(f"{config}: steps in turns ({args.rounds} rounds)")
         jobs = [dict(step, config=config, dtype=d, batch=args.batch[config])
                 for d in args.dtypes]
-        codes = ["this"] + [commit for commit, _ in before if config in PINNED]
-        roots = [None] + [root for _, root in before if config in PINNED]
+        codes = ["this"] + [commit for commit, _ in before if config in args.pin]
+        roots = [None] + [root for _, root in before if config in args.pin]
         out = interleaved([(j, root) for root in roots for j in jobs], args.rounds, args.steps)
         for i, code in enumerate(codes):
             results += tag(out[i * len(jobs):(i + 1) * len(jobs)], code)
@@ -394,7 +394,7 @@ def measure(args, before=()):
         train_job = dict(kind="train.py", steps=args.train_steps, threads=args.threads,
                          config=config, extra=CONFIGS[config])
         roots = [(None, "this")]  # an earlier commit's preset of that name is another config
-        if config in PINNED:
+        if config in args.pin:
             roots += [(root, commit) for commit, root in before]
         for i in range(args.train_runs):  # alternating with the earlier commits', when asked
             for root, code in roots if i % 2 == 0 else roots[::-1]:
@@ -464,14 +464,15 @@ def table(results):
                          f"{speedup(new, old, 'round_cpu_ms'):.2f}x in CPU time (medians "
                          f"over {len(new['round_ms'])} rounds; {old['ms_median']:.0f} -> "
                          f"{new['ms_median']:.0f} ms/step)")
-    runs = {}  # code -> ms/step of its tiny-video train.py runs
+    runs = {}  # (config, code) -> ms/step of its train.py runs
     for r in results:
-        if r["kind"] == "train.py" and r["config"] == "tiny-video":
-            runs.setdefault(r["code"], []).append(r["ms_median"])
-    for commit in [c for c in runs if c != "this" and "this" in runs]:
-        this, old = _median(runs["this"]), _median(runs[commit])
-        lines.append(f"- `python train.py` (tiny-video) end to end over {commit}: {old / this:.2f}x "
-                     f"({old:.0f} -> {this:.0f} ms/step, median of {len(runs['this'])} runs each)")
+        if r["kind"] == "train.py":
+            runs.setdefault((r["config"], r["code"]), []).append(r["ms_median"])
+    for config, commit in [k for k in runs if k[1] != "this" and (k[0], "this") in runs]:
+        this, old = _median(runs[config, "this"]), _median(runs[config, commit])
+        lines.append(f"- `python train.py` ({config}) end to end over {commit}: {old / this:.2f}x "
+                     f"({old:.0f} -> {this:.0f} ms/step, median of "
+                     f"{len(runs[config, 'this'])} runs each)")
     return "\n".join(lines)
 
 
@@ -488,6 +489,9 @@ def main(argv):
     p.add_argument("--train_runs", type=int, default=1, help="runs of `python train.py`")
     p.add_argument("--before", metavar="COMMIT", nargs="+", default=[],
                    help="also measure the steps and train.py at these commits, in turns: ratios")
+    p.add_argument("--pin", nargs="+", default=list(PINNED), choices=list(CONFIGS),
+                   help="configs measured at the --before commits too (default: those that "
+                        "mean the same at any commit; add a preset the commits define alike)")
     p.add_argument("--dtypes", nargs="+", default=["auto", "float32"],
                    choices=["auto", "float32", "bfloat16"], help="precisions of the steps")
     p.add_argument("--seconds", type=float, default=3.0, help="time per mask measurement")
