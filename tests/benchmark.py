@@ -383,10 +383,13 @@ def measure(args, before=()):
         _log(f"{config}: steps in turns ({args.rounds} rounds)")
         jobs = [dict(step, config=config, dtype=d, batch=args.batch[config])
                 for d in args.dtypes]
-        codes = ["this"] + [commit for commit, _ in before if config in args.pin]
-        roots = [None] + [root for _, root in before if config in args.pin]
-        out = interleaved([(j, root) for root in roots for j in jobs], args.rounds, args.steps)
-        for i, code in enumerate(codes):
+        # this tree; the earlier commits; this tree with each --variants' flags (code "+ FLAGS")
+        variants = [("this", None, ())] + [
+            (commit, root, ()) for commit, root in before if config in args.pin] + [
+            (f"+ {flags}", None, tuple(flags.split())) for flags in args.variants]
+        out = interleaved([(dict(j, extra=extra), root) for _, root, extra in variants
+                           for j in jobs], args.rounds, args.steps)
+        for i, (code, _, _) in enumerate(variants):
             results += tag(out[i * len(jobs):(i + 1) * len(jobs)], code)
     # end to end: the default preset (and without token_vcr), and the tiny-video config (in
     # both trees with --before), each when among --configs
@@ -421,6 +424,7 @@ def _log(text):
 def table(results):
     peak = {(r["dtype"], r["threads"]): r["gflops"] for r in results if r["kind"] == "matmul"}
     code = {r["code"]: r["code"] for r in results if "code" in r} | {"this": "this tree"}
+    code |= {c: f"this tree, `{c[2:]}`" for c in code if c.startswith("+ ")}
     lines = ["| what | code | precision | threads | batch | ms/step median (min) | CPU ms/step "
              "| clips/s | GFLOP/step | GFLOP/s | share of matmul peak | peak RSS MB |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -459,11 +463,13 @@ def table(results):
     for new in [r for r in steps if r["code"] == "this"]:
         for old in [r for r in steps if r["code"] != "this" and all(
                 r[k] == new[k] for k in ("config", "dtype", "batch", "threads"))]:
-            lines.append(f"- speed-up of this tree over {old['code']}, {new['config']} step, "
-                         f"{new['dtype']}: **{speedup(new, old):.2f}x** in time, "
-                         f"{speedup(new, old, 'round_cpu_ms'):.2f}x in CPU time (medians "
-                         f"over {len(new['round_ms'])} rounds; {old['ms_median']:.0f} -> "
-                         f"{new['ms_median']:.0f} ms/step)")
+            a, b, what = new, old, f"this tree over {old['code']}"
+            if old["code"].startswith("+ "):  # a variant: its speed-up over the plain tree
+                a, b, what = old, new, f"`{old['code'][2:]}` over this tree without it"
+            lines.append(f"- speed-up of {what}, {new['config']} step, {new['dtype']}: "
+                         f"**{speedup(a, b):.2f}x** in time, {speedup(a, b, 'round_cpu_ms'):.2f}x "
+                         f"in CPU time (medians over {len(new['round_ms'])} rounds; "
+                         f"{b['ms_median']:.0f} -> {a['ms_median']:.0f} ms/step)")
     runs = {}  # (config, code) -> ms/step of its train.py runs
     for r in results:
         if r["kind"] == "train.py":
@@ -492,6 +498,8 @@ def main(argv):
     p.add_argument("--pin", nargs="+", default=list(PINNED), choices=list(CONFIGS),
                    help="configs measured at the --before commits too (default: those that "
                         "mean the same at any commit; add a preset the commits define alike)")
+    p.add_argument("--variants", nargs="+", default=[], metavar="FLAGS",
+                   help='this tree\'s steps with these train.py flags too, e.g. "--compile true"')
     p.add_argument("--dtypes", nargs="+", default=["auto", "float32"],
                    choices=["auto", "float32", "bfloat16"], help="precisions of the steps")
     p.add_argument("--seconds", type=float, default=3.0, help="time per mask measurement")

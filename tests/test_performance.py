@@ -77,17 +77,19 @@ def test_flop_counter_against_closed_forms():
 
 
 def test_benchmark_smoke(tmp_path, capsys):
-    """Every kind of measurement, and --before: the same steps at a commit (here HEAD, in a
-    temporary worktree), in turns with this tree's, and the ratio."""
+    """Every kind of measurement, --before (the same steps at a commit, here HEAD, in a
+    temporary worktree, in turns with this tree's, and the ratio) and --variants (this tree's
+    steps with other flags)."""
     git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=benchmark.ROOT, capture_output=True)
     before = ["--before", "HEAD"] if git.returncode == 0 else []
     results = benchmark.main(["--smoke", "--configs", "tiny-video", "--out", str(tmp_path),
-                              *before])
+                              "--variants", "--grad_checkpoint true", *before])
     kinds = {r["kind"] for r in results}
     assert kinds == {"matmul", "step", "train.py", "masks", "fista"}
     steps = [r for r in results if r["kind"] == "step"]
     assert {r["dtype"] for r in steps} >= {"float32"}
-    assert {r["code"] for r in steps} == ({"this", "HEAD"} if before else {"this"})
+    assert {r["code"] for r in steps} == ({"this", "+ --grad_checkpoint true"} |
+                                          ({"HEAD"} if before else set()))
     for r in steps:
         assert r["ms_min"] <= r["ms_median"] and r["clips_per_s"] > 0 and r["peak_rss_mb"] > 0
         assert r["gflop_per_step"] > 0 and len(r["round_ms"]) == 2
@@ -95,6 +97,7 @@ def test_benchmark_smoke(tmp_path, capsys):
     assert len(saved["results"]) == len(results)
     out = capsys.readouterr().out
     assert "clips/s" in out and out.startswith("CPU: ")
+    assert "speed-up of `--grad_checkpoint true` over this tree without it" in out
     if before:
         assert "speed-up of this tree over HEAD" in out
 
