@@ -125,30 +125,34 @@ def known_flags(argv):
 
 def step_worker(job):
     """Time train.train_step on pre-made clips (the data pipeline is not timed), on request:
-    after --warmup steps, each line {"steps": n} on stdin is answered with n step times, and
-    {"finish": true} with the FLOPs of one step, the peak memory and the precision."""
+    after --warmup steps (timed: compiling happens there), each line {"steps": n} on stdin is
+    answered with n step times, CPU times and page faults, and {"finish": true} with the FLOPs
+    of one step, the peak memory and the precision."""
+    import resource
     cfg = train.parse_config(known_flags(CONFIGS[job["config"]] + [
         "--dtype", job["dtype"], "--batch_size", str(job["batch"]), *job.get("extra", ())]))
     run = train.setup(cfg)
     source = train.make_source(cfg, "train")
     g = torch.Generator().manual_seed(0)
     pool = [source.sample(cfg.batch_size * cfg.accum_steps, g)[0] for _ in range(4)]
-    step = 0
+    step, t = 0, time.perf_counter()
     for _ in range(job["warmup"]):
         float(train.train_step(run, pool[step % 4], step)[0])
         step += 1
-    _reply({"ready": True})
+    _reply({"warmup_s": time.perf_counter() - t})
     for line in sys.stdin:
         request = json.loads(line)
         if "steps" in request:
-            times, cpu = [], []
+            times, cpu, faults = [], [], []
             for _ in range(request["steps"]):
                 t, c = time.perf_counter(), time.process_time()
+                f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 float(train.train_step(run, pool[step % 4], step)[0])  # waits for the device
                 times.append(time.perf_counter() - t)
                 cpu.append(time.process_time() - c)
+                faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)
                 step += 1
-            _reply({"times": times, "cpu": cpu})
+            _reply({"times": times, "cpu": cpu, "faults": faults})
             continue
         try:
             gflop = count_flops(lambda: train.train_step(run, pool[0], step)) / 1e9
@@ -172,8 +176,8 @@ class Worker:
         self.proc = subprocess.Popen(
             [sys.executable, HERE, "--worker", json.dumps(job)], cwd=root or ROOT, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
-        self.times, self.cpu, self.round_ms, self.round_cpu_ms = [], [], [], []
-        self.read()
+        self.times, self.cpu, self.faults, self.round_ms, self.round_cpu_ms = [], [], [], [], []
+        self.warmup_s = self.read()["warmup_s"]
 
     def read(self):
         for line in self.proc.stdout:
@@ -191,6 +195,7 @@ class Worker:
         out = self.ask({"steps": n})
         self.times += out["times"]
         self.cpu += out["cpu"]
+        self.faults += out["faults"]
         self.round_ms.append(1e3 * _median(out["times"]))
         self.round_cpu_ms.append(1e3 * _median(out["cpu"]))
 
@@ -202,6 +207,7 @@ class Worker:
         return {**self.job, "kind": "step", "ms_median": ms, "ms_min": 1e3 * min(self.times),
                 "round_ms": self.round_ms, "cpu_ms_median": 1e3 * _median(self.cpu),
                 "round_cpu_ms": self.round_cpu_ms, "clips_per_s": 1e3 * out["clips_per_step"] / ms,
+                "faults_per_step": _median(self.faults), "warmup_s": self.warmup_s,
                 "gflop_per_step": gflop, "gflops": gflop / (ms / 1e3) if gflop else None,
                 "peak_rss_mb": out["peak_rss_mb"], "dtype": out["dtype"]}
 
@@ -426,8 +432,10 @@ def table(results):
     code = {r["code"]: r["code"] for r in results if "code" in r} | {"this": "this tree"}
     code |= {c: f"this tree, `{c[2:]}`" for c in code if c.startswith("+ ")}
     lines = ["| what | code | precision | threads | batch | ms/step median (min) | CPU ms/step "
-             "| clips/s | GFLOP/step | GFLOP/s | share of matmul peak | peak RSS MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| page faults/step | clips/s | GFLOP/step | GFLOP/s | share of matmul peak "
+             "| peak RSS MB | warm-up s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+             "| --- |"]
     for r in results:
         if r["kind"] == "step":
             ref = FLOP_REFERENCE.get(r["config"])
@@ -438,14 +446,15 @@ def table(results):
                 share = f"{r['gflops'] / peak[(r['dtype'], r['threads'])]:.0%}"
             lines.append(f"| {r['config']} step | {code[r['code']]} | {r['dtype']} | "
                          f"{r['threads']} | {r['batch']} | {r['ms_median']:.0f} ({r['ms_min']:.0f})"
-                         f" | {r['cpu_ms_median']:.0f} | {r['clips_per_s']:.1f} | {flop} | {rate} | {share} | "
-                         f"{r['peak_rss_mb']:.0f} |")
+                         f" | {r['cpu_ms_median']:.0f} | {r['faults_per_step']:,.0f} | "
+                         f"{r['clips_per_s']:.1f} | {flop} | {rate} | {share} | "
+                         f"{r['peak_rss_mb']:.0f} | {r['warmup_s']:.0f} |")
         elif r["kind"] == "train.py":
             what = "" if r["config"] == "laptop" else f" ({r['config']})"
             lines.append(f"| `python train.py`{what}, {r['steps']} steps end to end | "
                          f"{code[r['code']]} "
-                         f"| default | {r['threads']} | 8 | {r['ms_median']:.0f} | | "
-                         f"{r['clips_per_s']:.1f} | | | | {r['peak_rss_mb']:.0f} |")
+                         f"| default | {r['threads']} | 8 | {r['ms_median']:.0f} | | | "
+                         f"{r['clips_per_s']:.1f} | | | | {r['peak_rss_mb']:.0f} | |")
     lines.append("")
     for r in results:
         if r["kind"] == "matmul":
