@@ -2,6 +2,7 @@
 counter counts what closed forms say, and the benchmark runs (smoke mode)."""
 import json
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -143,3 +144,31 @@ def test_blocked_attention_of_the_dropped_lever_matches_the_formula():
     assert torch.allclose(out, ref, atol=1e-12)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
         assert torch.allclose(a, b, atol=1e-12)
+
+
+FAULTS = """
+import resource, sys, torch
+sys.path.insert(0, sys.argv[1])
+import train  # keeps freed memory (train.keep_freed_memory), when this tree has it
+cfg = train.parse_config(sys.argv[2:])
+run = train.setup(cfg)
+x = torch.rand(8, 1, 16, 64, 64)
+faults = []
+for step in range(6):
+    f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    train.train_step(run, x, step)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)
+print(max(faults[3:]))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
+def test_training_steps_reuse_freed_memory():
+    """After a few steps a training step gets all its memory from what the previous step freed:
+    no page faults (a freshly paged-in block costs one per 4 KB). Without
+    train.keep_freed_memory this config's bf16 step pages in thousands of pages every step
+    (tests/benchmark.py: 28,572 at the commit before it)."""
+    argv = benchmark.CONFIGS["tiny-video"] + ["--dtype", "bfloat16"]
+    out = subprocess.run([sys.executable, "-c", FAULTS, benchmark.ROOT, *argv],
+                         capture_output=True, text=True, check=True)
+    assert int(out.stdout.split()[-1]) < 100
