@@ -1,8 +1,10 @@
 """Speed and memory of this machine running the project: training steps, masks, FISTA.
 
-    python tests/benchmark.py                 # the table in README "Performance" (~10 min)
+    python tests/benchmark.py                 # docs/results.md, section 5 (~10 min)
     python tests/benchmark.py --before 73dbc9b  # also that commit's steps, interleaved: ratios
     python tests/benchmark.py --configs tiny-video --dtypes auto --before A B C  # each lever
+    python tests/benchmark.py --configs laptop --pin laptop --before A  # a preset A defines alike
+    python tests/benchmark.py --variants "--compile true"  # this tree with other train.py flags
     python tests/benchmark.py --scaling       # also batch 4 / 8 / 16 and 1 vs 2 threads
     python tests/benchmark.py --smoke         # a few steps of everything (the test suite)
     python tests/benchmark.py --profile       # where the time of a tiny-video step goes
