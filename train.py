@@ -45,10 +45,10 @@ def keep_freed_memory(largest=32 << 20):
     blocks above a moving threshold straight back to the kernel (mmap / munmap) and trims the
     heap's free top, so every step's fresh activations (the predictor's [8, 3, 408, 408]
     attention scores are 8 MB) page-fault anew: 28,572 faults per tiny-video bf16 step on CPU;
-    keeping the memory made that step 1.10x faster (docs/results.md, 5.1). Blocks of up to `largest` bytes (glibc's
-    maximum) now come from the heap, and the heap is not trimmed below 1 GB of free memory.
-    The in-process form of PyTorch's CPU advice to preload jemalloc or tcmalloc; nothing
-    happens where malloc is not glibc's (macOS, Windows)."""
+    keeping the memory made that step 1.10x faster (docs/results.md, 5.1). Blocks of up to
+    `largest` bytes (glibc's maximum) now come from the heap, and the heap is not trimmed below
+    1 GB of free memory. The in-process form of PyTorch's CPU advice to preload jemalloc or
+    tcmalloc; nothing happens where malloc is not glibc's (macOS, Windows)."""
     try:
         import ctypes
         mallopt = ctypes.CDLL(None).mallopt
@@ -810,8 +810,8 @@ def setup(cfg, rank=0, world=1, device=torch.device("cpu")):
         if hasattr(m, "grad_checkpoint"):
             m.grad_checkpoint = cfg.grad_checkpoint
     optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    # fused: one kernel for all parameters instead of ~10 operations per tensor (on a laptop
-    # step's 132 tensors: 2 ms instead of 9-14 ms on CPU); the same update
+    # fused: one kernel for all parameter tensors instead of ~10 operations per tensor; the
+    # same update (the tiny-video CPU step 1.12x faster, docs/results.md 5.1)
     opt = optimizer(param_groups(module), lr=cfg.lr, weight_decay=cfg.weight_decay,
                     fused=device.type in ("cpu", "cuda"))
     sampler = None
