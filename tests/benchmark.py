@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -366,6 +367,8 @@ class EarlierCommit:
         self.path = tempfile.mkdtemp(prefix="benchmark_before_")
 
     def __enter__(self):
+        # forget worktrees whose directories are gone (a run killed with SIGKILL)
+        subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)
         subprocess.run(["git", "worktree", "add", "--detach", "--force", self.path, self.commit],
                        cwd=ROOT, check=True, capture_output=True)
         return self.path
@@ -558,6 +561,8 @@ def main(argv):
                   "switch_sparse80": 64}
     if args.smoke:
         args.batch, args.dtypes = {k: 4 for k in args.batch}, ("float32",)
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so the earlier commits' worktrees are removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with contextlib.ExitStack() as stack:
         before = [(c, stack.enter_context(EarlierCommit(c))) for c in args.before]
         results = measure(args, before)

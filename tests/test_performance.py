@@ -172,3 +172,34 @@ def test_training_steps_reuse_freed_memory():
     out = subprocess.run([sys.executable, "-c", FAULTS, benchmark.ROOT, *argv],
                          capture_output=True, text=True, check=True)
     assert int(out.stdout.split()[-1]) < 100
+
+
+def test_benchmark_killed_with_sigterm_removes_its_worktrees(tmp_path):
+    """`kill` of a --before run while it measures leaves no git worktree registered (an earlier
+    version left one per commit in /tmp)."""
+    import os
+    import signal
+    import time
+
+    def worktrees():
+        out = subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=benchmark.ROOT,
+                             capture_output=True, text=True)
+        return [line for line in out.stdout.splitlines() if line.startswith("worktree ")]
+
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=benchmark.ROOT,
+                      capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    start = len(worktrees())
+    log = tmp_path / "log.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, benchmark.HERE, "--smoke", "--configs",
+                                 "tiny-video", "--before", "HEAD", "--out", str(tmp_path)],
+                                stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.time() + 120
+        while "steps in turns" not in log.read_text() and time.time() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        assert len(worktrees()) == start + 1  # measuring, with HEAD checked out beside us
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert len(worktrees()) == start
