@@ -5,6 +5,7 @@
     python tests/benchmark.py --configs tiny-video --dtypes auto --before A B C  # each lever
     python tests/benchmark.py --configs laptop --pin laptop --before A  # a preset A defines alike
     python tests/benchmark.py --variants "--compile true"  # this tree with other train.py flags
+    python tests/benchmark.py --variants "OMP_WAIT_POLICY=PASSIVE"  # or other environment variables
     python tests/benchmark.py --scaling       # also batch 4 / 8 / 16 and 1 vs 2 threads
     python tests/benchmark.py --smoke         # a few steps of everything (the test suite)
     python tests/benchmark.py --profile       # where the time of a tiny-video step goes
@@ -172,7 +173,7 @@ class Worker:
 
     def __init__(self, job, root=None):
         self.job = job
-        env = dict(os.environ, BENCHMARK_ROOT=root or ROOT)
+        env = {**os.environ, "BENCHMARK_ROOT": root or ROOT, **job.get("env", {})}
         env.setdefault("VJEPA_OFFLINE", "1")  # no download: procedural digits unless
         #                                       MNIST_DIR or the cache has MNIST
         self.stderr = tempfile.TemporaryFile("w+")
@@ -395,10 +396,10 @@ def measure(args, before=()):
         jobs = [dict(step, config=config, dtype=d, batch=args.batch[config])
                 for d in args.dtypes]
         # this tree; the earlier commits; this tree with each --variants' flags (code "+ FLAGS")
-        variants = [("this", None, ())] + [
-            (commit, root, ()) for commit, root in before if config in args.pin] + [
-            (f"+ {flags}", None, tuple(flags.split())) for flags in args.variants]
-        out = interleaved([(dict(j, extra=extra), root) for _, root, extra in variants
+        variants = [("this", None, {})] + [
+            (commit, root, {}) for commit, root in before if config in args.pin] + [
+            (f"+ {flags}", None, variant_job(flags)) for flags in args.variants]
+        out = interleaved([(dict(j, **more), root) for _, root, more in variants
                            for j in jobs], args.rounds, args.steps)
         for i, (code, _, _) in enumerate(variants):
             results += tag(out[i * len(jobs):(i + 1) * len(jobs)], code)
@@ -426,6 +427,15 @@ def measure(args, before=()):
         results += tag(interleaved([(j, None) for j in jobs], args.rounds, args.steps), "this")
         results.append(run_child(dict(kind="matmul", dtype="bfloat16", threads=1)))
     return results
+
+
+def variant_job(flags):
+    """A --variants string -> the step job's additions: NAME=VALUE words (upper-case names) are
+    the child's environment, e.g. "OMP_WAIT_POLICY=PASSIVE"; the rest are train.py flags."""
+    words = flags.split()
+    env = [w for w in words if w.partition("=")[0].isupper() and "=" in w]
+    return {"extra": tuple(w for w in words if w not in env),
+            "env": dict(w.split("=", 1) for w in env)}
 
 
 def _log(text):
@@ -513,7 +523,8 @@ def main(argv):
                    help="configs measured at the --before commits too (default: those that "
                         "mean the same at any commit; add a preset the commits define alike)")
     p.add_argument("--variants", nargs="+", default=[], metavar="FLAGS",
-                   help='this tree\'s steps with these train.py flags too, e.g. "--compile true"')
+                   help='this tree\'s steps with these train.py flags or environment '
+                        'variables too, e.g. "--compile true", "OMP_WAIT_POLICY=PASSIVE"')
     p.add_argument("--dtypes", nargs="+", default=["auto", "float32"],
                    choices=["auto", "float32", "bfloat16"], help="precisions of the steps")
     p.add_argument("--seconds", type=float, default=3.0, help="time per mask measurement")
@@ -533,6 +544,12 @@ def main(argv):
         job = json.loads(args.worker)
         torch.set_num_threads(job["threads"])
         return step_worker(job)
+    policies = [os.environ.get("OMP_WAIT_POLICY", "")] + [
+        variant_job(v)["env"].get("OMP_WAIT_POLICY", "") for v in args.variants]
+    if "ACTIVE" in map(str.upper, policies):
+        p.error("OMP_WAIT_POLICY=ACTIVE keeps the threads of a process that waits for its turn "
+                "spinning, which slows the others: time it in runs of its own, e.g. "
+                "`OMP_WAIT_POLICY=ACTIVE python train.py --max_steps 100` against the same without")
     machine = {"cpu": _cpu_name(), "torch": torch.__version__,
                "cores": os.cpu_count(), "bf16_native": train.pick_dtype(
                    train.Config(), torch.device("cpu")) == torch.bfloat16}

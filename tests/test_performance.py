@@ -203,3 +203,17 @@ def test_benchmark_killed_with_sigterm_removes_its_worktrees(tmp_path):
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert len(worktrees()) == start
+
+
+def test_benchmark_variants_split_flags_from_environment(tmp_path):
+    assert benchmark.variant_job("--compile true OMP_WAIT_POLICY=PASSIVE --lr=3 A_B=x=y") == {
+        "extra": ("--compile", "true", "--lr=3"), "env": {"OMP_WAIT_POLICY": "PASSIVE",
+                                                           "A_B": "x=y"}}
+    # the environment reaches the child: pointed at an empty tree, it cannot import the project
+    job = dict(kind="step", config="tiny-video", dtype="float32", batch=2, threads=1, warmup=1,
+               env={"BENCHMARK_ROOT": str(tmp_path)})
+    with pytest.raises(RuntimeError, match="No module named"):
+        benchmark.Worker(job)
+    # idle threads that spin would slow the variants taking turns with them: refused
+    with pytest.raises(SystemExit):
+        benchmark.main(["--smoke", "--variants", "OMP_WAIT_POLICY=active", "--out", str(tmp_path)])
