@@ -579,10 +579,13 @@ def main(argv):
     if args.smoke:
         args.batch, args.dtypes = {k: 4 for k in args.batch}, ("float32",)
     # `kill` (SIGTERM) unwinds like Ctrl-C, so the earlier commits' worktrees are removed
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    with contextlib.ExitStack() as stack:
-        before = [(c, stack.enter_context(EarlierCommit(c))) for c in args.before]
-        results = measure(args, before)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        with contextlib.ExitStack() as stack:
+            before = [(c, stack.enter_context(EarlierCommit(c))) for c in args.before]
+            results = measure(args, before)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     text = table(results)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "benchmark.json"), "w") as f:
