@@ -1,8 +1,11 @@
 """The fast paths of the training step give the plain float32 path's numbers, the FLOP
 counter counts what closed forms say, and the benchmark runs (smoke mode)."""
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -177,10 +180,6 @@ def test_training_steps_reuse_freed_memory():
 def test_benchmark_killed_with_sigterm_removes_its_worktrees(tmp_path):
     """`kill` of a --before run while it measures leaves no git worktree registered (an earlier
     version left one per commit in /tmp)."""
-    import os
-    import signal
-    import time
-
     def worktrees():
         out = subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=benchmark.ROOT,
                              capture_output=True, text=True)
