@@ -936,6 +936,21 @@ def peak_rss_mb():
     return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10  # bytes / KB
 
 
+@contextlib.contextmanager
+def stop_on_signals():
+    """While open, SIGTERM (a cluster's pre-emption) and Ctrl-C only set stop["asked"]: the
+    training loop finishes its step, checkpoints and stops. The previous handlers are restored
+    on exit, so that a caller of main (a notebook, the tests) can still be interrupted."""
+    stop = {"asked": False}
+    previous = {sig: signal.signal(sig, lambda *_: stop.update(asked=True))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv):
     cfg = parse_config(argv)
     check_config(cfg)
@@ -971,11 +986,6 @@ def main(argv):
         batch_size=None, sampler=range(start, end), num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda", persistent_workers=False)
 
-    # SIGTERM (a cluster's pre-emption) or Ctrl-C: finish the step, checkpoint, stop.
-    stop = {"asked": False}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.update(asked=True))
-
     if master:
         n_params = sum(p.numel() for p in module.parameters())
         print(f"{cfg.objective} ({cfg.preset}): {n_params / 1e6:.2f}M parameters, grid "
@@ -990,62 +1000,67 @@ def main(argv):
     bad = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since last check
     n_logged, t_log, t_start, last = 0, time.perf_counter(), time.perf_counter(), None
     step = start
-    for clips, labels in loader:
-        skipped.add(labels, len(clips))
-        loss, terms, h, steps_per_clip, grad_norm = train_step(run, clips, step)
-        step += 1
-        bar.update(1)
-        loss_sum += loss
-        bad |= ~torch.isfinite(loss)
-        n_logged += 1
+    with stop_on_signals() as stop:  # SIGTERM (pre-emption) or Ctrl-C: checkpoint, stop
+        for clips, labels in loader:
+            skipped.add(labels, len(clips))
+            loss, terms, h, steps_per_clip, grad_norm = train_step(run, clips, step)
+            step += 1
+            bar.update(1)
+            loss_sum += loss
+            bad |= ~torch.isfinite(loss)
+            n_logged += 1
 
-        log_now = step % cfg.log_every == 0 or step == end
-        ckpt_now = step % cfg.ckpt_every == 0 or step == end or stop["asked"]
-        if log_now or ckpt_now:  # the only host syncs of the loop
-            if world > 1:
-                dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-            if bad:
-                raise NonFiniteLoss(f"non-finite loss by step {step}; stopped. The last good "
-                                    f"checkpoint (if any) is {ckpt_path}")
-        if log_now:
-            if world > 1:
-                dist.all_reduce(loss_sum)
-            last = float(loss_sum) / (n_logged * world)
-            dt = (time.perf_counter() - t_log) / n_logged
-            if h is None:  # pixel targets: encode this batch for the monitors
-                with torch.no_grad(), autocast(device, dtype):
-                    h = nets["target_encoder"](clips.to(device))
-            emb_std, rank_me = collapse_monitors(h, steps_per_clip)
-            lr, wd, momentum = schedules(cfg, step - 1)
-            record = {"step": step, "loss": last, **{k: float(v.detach()) for k, v in terms.items()},
-                      "lr": lr, "wd": wd, "momentum": momentum,
-                      "grad_norm": float(grad_norm), "step_time_s": dt,
-                      "clips_per_s": cfg.batch_size * cfg.accum_steps * world / dt,
-                      "emb_std": emb_std, "rankme": rank_me,
-                      "drift_encoder": drift(nets["encoder"], start_weights)}
-            if run.target is not None:
-                record["drift_target"] = drift(run.target, start_weights)
-            if skipped.draws:  # a video folder: the draws replaced since the last line
-                n_skipped = torch.tensor(skipped.since_log, device=device)
+            log_now = step % cfg.log_every == 0 or step == end
+            # read once: a signal arriving after the checkpoint decision is handled next step
+            stopping = stop["asked"]
+            ckpt_now = step % cfg.ckpt_every == 0 or step == end or stopping
+            if log_now or ckpt_now:  # the only host syncs of the loop
                 if world > 1:
-                    dist.all_reduce(n_skipped)  # on all ranks
-                record["skipped"], skipped.since_log = int(n_skipped), 0
-            if cfg.latent != "none":  # how z* is used: share of zeros, most chosen option
-                z = module.last_z
-                record["z_zero"] = float((z == 0).float().mean())
-                record["z_top"] = float(torch.bincount(z.abs().argmax(1)).max()) / len(z)
-            if master:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                bar.set_postfix(loss=f"{last:.4f}", std=f"{emb_std:.3f}", rankme=f"{rank_me:.1f}")
-            loss_sum.zero_()
-            n_logged, t_log = 0, time.perf_counter()
-        if ckpt_now and master:
-            save_checkpoint(ckpt_path, nets, run.opt, cfg, step, last, world)
-        if master and cfg.snapshot_every and (step % cfg.snapshot_every == 0 or step == end):
-            save_snapshot(cfg.out_dir, nets, cfg, step)
-        if stop["asked"]:
-            break
+                    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+                if bad:
+                    raise NonFiniteLoss(f"non-finite loss by step {step}; stopped. The last good "
+                                        f"checkpoint (if any) is {ckpt_path}")
+            if log_now:
+                if world > 1:
+                    dist.all_reduce(loss_sum)
+                last = float(loss_sum) / (n_logged * world)
+                dt = (time.perf_counter() - t_log) / n_logged
+                if h is None:  # pixel targets: encode this batch for the monitors
+                    with torch.no_grad(), autocast(device, dtype):
+                        h = nets["target_encoder"](clips.to(device))
+                emb_std, rank_me = collapse_monitors(h, steps_per_clip)
+                lr, wd, momentum = schedules(cfg, step - 1)
+                record = {"step": step, "loss": last,
+                          **{k: float(v.detach()) for k, v in terms.items()},
+                          "lr": lr, "wd": wd, "momentum": momentum,
+                          "grad_norm": float(grad_norm), "step_time_s": dt,
+                          "clips_per_s": cfg.batch_size * cfg.accum_steps * world / dt,
+                          "emb_std": emb_std, "rankme": rank_me,
+                          "drift_encoder": drift(nets["encoder"], start_weights)}
+                if run.target is not None:
+                    record["drift_target"] = drift(run.target, start_weights)
+                if skipped.draws:  # a video folder: the draws replaced since the last line
+                    n_skipped = torch.tensor(skipped.since_log, device=device)
+                    if world > 1:
+                        dist.all_reduce(n_skipped)  # on all ranks
+                    record["skipped"], skipped.since_log = int(n_skipped), 0
+                if cfg.latent != "none":  # how z* is used: share of zeros, most chosen option
+                    z = module.last_z
+                    record["z_zero"] = float((z == 0).float().mean())
+                    record["z_top"] = float(torch.bincount(z.abs().argmax(1)).max()) / len(z)
+                if master:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    bar.set_postfix(loss=f"{last:.4f}", std=f"{emb_std:.3f}",
+                                    rankme=f"{rank_me:.1f}")
+                loss_sum.zero_()
+                n_logged, t_log = 0, time.perf_counter()
+            if ckpt_now and master:
+                save_checkpoint(ckpt_path, nets, run.opt, cfg, step, last, world)
+            if master and cfg.snapshot_every and (step % cfg.snapshot_every == 0 or step == end):
+                save_snapshot(cfg.out_dir, nets, cfg, step)
+            if stopping:
+                break
     bar.close()
     wall = time.perf_counter() - t_start
 

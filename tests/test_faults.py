@@ -1,5 +1,5 @@
 """Faults a long run meets, injected for real: a checkpoint damaged on disk, a process killed
-with SIGKILL, unreadable files in a video folder, a rank that dies under torchrun."""
+with SIGKILL or stopped with SIGTERM, unreadable files in a video folder, a rank that dies under torchrun."""
 import os
 import re
 import signal
@@ -78,27 +78,40 @@ def test_resume_with_no_readable_checkpoint_is_one_line(tmp_path, mnist_args):
     assert lines[1].startswith(f"error: --resume: cannot read {os.path.join(out, 'ckpt_prev.pt')}")
 
 
+def uninterrupted(args, out):
+    """`python train.py ARGS --out_dir OUT` to its end, one thread -> OUT."""
+    code, err = run_cli(*args, "--out_dir", str(out), env=ONE_THREAD)
+    assert code == 0, err
+    return str(out)
+
+
+def start_run(args, out, lines):
+    """`python train.py ARGS --out_dir OUT` in the background, returned once its log has
+    `lines` lines (or it ended, or two minutes passed); its stdout is a pipe, its stderr dropped."""
+    p = subprocess.Popen([sys.executable, "train.py", *args, "--out_dir", out], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                         env={**os.environ, **ONE_THREAD})
+    log = os.path.join(out, "log.jsonl")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and p.poll() is None:
+        if os.path.exists(log) and open(log).read().count("\n") >= lines:
+            break
+        time.sleep(0.01)
+    return p
+
+
 def test_sigkill_then_a_damaged_latest_checkpoint_resumes_exactly(tmp_path, mnist_args):
     """A run killed with SIGKILL at whatever point it has reached, its latest checkpoint then
     cut in half: the resumed run falls back to the previous checkpoint and from there on gives
     the uninterrupted run's losses exactly."""
     args = [*TINY, *mnist_args, "--max_steps", "80", "--log_every", "2", "--ckpt_every", "4",
             "--val_clips", "0"]
-    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    code, err = run_cli(*args, "--out_dir", straight, env=ONE_THREAD)
-    assert code == 0, err
+    straight, killed = uninterrupted(args, tmp_path / "straight"), str(tmp_path / "killed")
 
-    p = subprocess.Popen([sys.executable, "train.py", *args, "--out_dir", killed], cwd=ROOT,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env={**os.environ, **ONE_THREAD})
-    log = os.path.join(killed, "log.jsonl")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and p.poll() is None:
-        if os.path.exists(log) and open(log).read().count("\n") >= 7:  # past step 14
-            break
-        time.sleep(0.01)
+    p = start_run(args, killed, lines=7)  # past step 14
     p.send_signal(signal.SIGKILL)
-    assert p.wait(timeout=30) == -signal.SIGKILL  # killed, not finished
+    p.communicate(timeout=30)
+    assert p.returncode == -signal.SIGKILL  # killed, not finished
     logged = [step for step, _ in losses(killed)]
     assert 14 <= logged[-1] < 80, logged
 
@@ -112,6 +125,26 @@ def test_sigkill_then_a_damaged_latest_checkpoint_resumes_exactly(tmp_path, mnis
     assert code == 0, err
     assert f"resuming from the previous checkpoint {prev}" in err
     assert losses(killed) == losses(straight)
+
+
+def test_sigterm_checkpoints_the_step_then_resumes_exactly(tmp_path, mnist_args):
+    """SIGTERM (a cluster's pre-emption) in the middle of a run: the step finishes, a checkpoint
+    of it is written, the run exits normally saying it stopped early, and the resumed run gives
+    the uninterrupted run's losses exactly."""
+    args = [*TINY, *mnist_args, "--max_steps", "60", "--log_every", "1", "--ckpt_every", "1000",
+            "--val_clips", "0"]
+    straight, stopped = uninterrupted(args, tmp_path / "straight"), str(tmp_path / "stopped")
+
+    p = start_run(args, stopped, lines=5)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0 and "done (stopped early)" in out, out
+    step = saved_step(os.path.join(stopped, "ckpt.pt"))
+    assert 5 <= step < 60 and losses(stopped)[-1][0] == step
+
+    code, err = run_cli(*args, "--out_dir", stopped, "--resume", "true", env=ONE_THREAD)
+    assert code == 0, err
+    assert losses(stopped) == losses(straight)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -180,6 +181,15 @@ def test_resume_is_exact(tmp_path, mnist_args):
     a, b = read_log(straight), read_log(split)
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(2, 14, 2))
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
+
+
+def test_main_gives_back_the_signal_handlers(tmp_path, mnist_args):
+    """During the loop, Ctrl-C and SIGTERM only ask for a checkpoint and a stop; afterwards a
+    caller of train.main (a notebook, these tests) must be interruptible again."""
+    before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    train.main(TINY + mnist_args + ["--max_steps", "2", "--val_clips", "0", "--out_dir",
+                                    str(tmp_path)])
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == before
 
 
 def test_torchrun_two_processes(tmp_path, mnist_args):
