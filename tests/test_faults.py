@@ -338,6 +338,23 @@ def test_torchrun_exits_when_a_rank_is_killed(tmp_path, mnist_args):
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/environ"), reason="finds ranks in /proc")
+def test_sigterm_to_one_rank_stops_both_with_a_checkpoint(tmp_path, mnist_args):
+    """SIGTERM reaching only rank 1 (as a pre-emption's signal may reach the ranks on either side
+    of a step): the ranks agree to stop at the next logged step, rank 0 checkpoints it, and
+    torchrun exits normally instead of rank 0 waiting in an all-reduce that rank 1 left."""
+    p, out, err = start_torchrun(tmp_path, mnist_args, "--dist_timeout_s", "60")
+    try:
+        os.kill(worker_pid(p.pid, 1), signal.SIGTERM)
+        code = p.wait(timeout=50)  # less than the collectives' timeout
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert code == 0, err.read_text()[-3000:]
+    step = saved_step(out / "ckpt.pt")
+    assert 6 <= step < 5000 and step % 2 == 0 and read_log(out)[-1]["step"] == step
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/environ"), reason="finds ranks in /proc")
 def test_a_hung_rank_times_the_others_out(tmp_path, mnist_args):
     """Rank 1 stopped (SIGSTOP: alive, its sockets open, so nothing tells rank 0 it is gone):
     rank 0's next collective waits --dist_timeout_s, then fails, and rank 0 exits."""
