@@ -951,17 +951,6 @@ def stop_on_signals():
             signal.signal(sig, handler)
 
 
-def agree_to_stop(asked, at_sync, device):
-    """Whether every rank stops after this step: at a step where the loop syncs anyway (a log
-    line or a checkpoint), if any rank was asked to; elsewhere not yet. A rank that stopped
-    alone would leave the others waiting in the next step's gradient all-reduce."""
-    if not at_sync:
-        return False
-    flag = torch.tensor([float(asked)], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
-
-
 def main(argv):
     cfg = parse_config(argv)
     check_config(cfg)
@@ -1022,17 +1011,21 @@ def main(argv):
             n_logged += 1
 
             log_now = step % cfg.log_every == 0 or step == end
-            # read once: a signal arriving after the checkpoint decision is handled next step
-            stopping = stop["asked"]
-            if world > 1:  # the ranks stop at the same step, agreed at a step that syncs anyway
-                stopping = agree_to_stop(stopping, log_now or step % cfg.ckpt_every == 0, device)
-            ckpt_now = step % cfg.ckpt_every == 0 or step == end or stopping
-            if log_now or ckpt_now:  # the only host syncs of the loop
+            asked = stop["asked"]  # read once: a later signal is handled at a later step
+            # the only host syncs of the loop; with several ranks a stop waits for one, so that
+            # all ranks stop at the same step (one stopping alone would leave the others in the
+            # next step's gradient all-reduce)
+            sync = log_now or step % cfg.ckpt_every == 0 or (asked and world == 1)
+            stopping = False
+            if sync:
+                flags = torch.stack([bad, torch.tensor(asked, device=device)])
                 if world > 1:
-                    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-                if bad:
+                    dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # any rank's
+                any_bad, stopping = flags.tolist()
+                if any_bad:
                     raise NonFiniteLoss(f"non-finite loss by step {step}; stopped. The last good "
                                         f"checkpoint (if any) is {ckpt_path}")
+            ckpt_now = step % cfg.ckpt_every == 0 or step == end or stopping
             if log_now:
                 if world > 1:
                     dist.all_reduce(loss_sum)
