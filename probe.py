@@ -85,7 +85,7 @@ def ridge_predict(x, y, x_new, lams):
     gram, rhs = a.T @ a, a.T @ (y - y_mean)
     eye = torch.eye(len(gram), dtype=gram.dtype)
     return torch.stack([(x_new - mean) @ torch.cholesky_solve(
-        rhs, torch.linalg.cholesky(gram + len(x) * lam * eye)) + y_mean for lam in lams]).float()
+        rhs, torch.linalg.cholesky(gram + len(x) * lam * eye)) + y_mean for lam in lams])
 
 
 def ridge_dual(K, K_new, y, lams):
@@ -101,7 +101,7 @@ def ridge_dual(K, K_new, y, lams):
     y_mean = y.mean(0)
     eye = torch.eye(n, dtype=K.dtype)
     return torch.stack([Kc_new @ torch.cholesky_solve(
-        y - y_mean, torch.linalg.cholesky(Kc + n * lam * eye)) + y_mean for lam in lams]).float()
+        y - y_mean, torch.linalg.cholesky(Kc + n * lam * eye)) + y_mean for lam in lams])
 
 
 RIDGE_LAMS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -113,12 +113,12 @@ def ridge_cv(x, targets, x_new, lams=RIDGE_LAMS, k=3, seed=0):
     error) on the fitting set. The targets share every factorisation, and with more features
     than samples every fold's Gram matrix is a block of one computed once.
     -> [(predictions at x_new shaped like the target, chosen penalty)] per target."""
-    ys = [t.reshape(len(t), -1).float() for t in targets]
+    ys = [t.reshape(len(t), -1).double() for t in targets]
     y = torch.cat(ys, 1)
     owner = torch.cat([torch.full((t.shape[1],), i) for i, t in enumerate(ys)])  # column -> target
-    x, x_new = standardise(x.float(), x_new.float())
+    x, x_new = standardise(x.double(), x_new.double())  # float64: no answer depends on the CPU
     if x.shape[1] > len(x):  # dual
-        K, K_new = x.double() @ x.double().T, x_new.double() @ x.double().T
+        K, K_new = x @ x.T, x_new @ x.T
 
         def solve(fit, new, lams):
             return ridge_dual(K[fit][:, fit], (K if new is not None else K_new)[
@@ -130,7 +130,7 @@ def ridge_cv(x, targets, x_new, lams=RIDGE_LAMS, k=3, seed=0):
     for val in folds(len(x), k, seed):
         fit = torch.ones(len(x), dtype=torch.bool)
         fit[val] = False
-        sq = (solve(fit, val, lams) - y[val]).double().pow(2).sum(1)
+        sq = (solve(fit, val, lams) - y[val]).pow(2).sum(1)
         errors.index_add_(1, owner, sq)  # (lams, targets)
     best = [lams[int(i)] for i in errors.argmin(0)]
     chosen = sorted(set(best))
@@ -146,11 +146,14 @@ def ridge_fit(x, y):
 
 def logistic_fit(x, y, classes, lam, init=None, iters=100):
     """Multinomial logistic regression with an L2 penalty on the weights (not the bias),
-    minimised by L-BFGS: mean cross-entropy + lam / 2 |W|^2. x: [n, F], y: [n] -> [F + 1, C]
-    (the last row is the bias). The objective is convex, so the answer does not depend on
-    `init` (a warm start) beyond L-BFGS's tolerance."""
-    x = torch.cat([x.float(), torch.ones(len(x), 1)], 1)
-    w = (torch.zeros(x.shape[1], classes) if init is None else init.clone()).requires_grad_()
+    minimised by L-BFGS in float64: mean cross-entropy + lam / 2 |W|^2. x: [n, F], y: [n] ->
+    [F + 1, C] float64 (the last row is the bias). The objective is convex, so the answer does
+    not depend on `init` (a warm start) beyond L-BFGS's tolerance; in float32 the loss's
+    rounding (~1e-7 of it) stalled the line search short of that tolerance, at a point that
+    depended on the CPU's kernels and the thread count."""
+    x = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
+    w = (torch.zeros(x.shape[1], classes, dtype=torch.float64) if init is None
+         else init.double().clone()).requires_grad_()
     opt = torch.optim.LBFGS([w], lr=1, max_iter=iters, history_size=20,
                             tolerance_grad=1e-6, tolerance_change=1e-10,
                             line_search_fn="strong_wolfe")
@@ -166,7 +169,7 @@ def logistic_fit(x, y, classes, lam, init=None, iters=100):
 
 
 def logistic_logits(w, x):
-    return x.float() @ w[:-1] + w[-1]
+    return x.to(w.dtype) @ w[:-1] + w[-1]
 
 
 LOGISTIC_LAMS = (1e-1, 1e-2, 1e-3, 1e-4)  # strongest first: each fit warm-starts the next
@@ -176,7 +179,7 @@ def logistic_cv(x, y, classes, x_new, lams=LOGISTIC_LAMS, k=3, seed=0):
     """Multinomial logistic regression on standardised features, the penalty chosen by k-fold
     cross-validation (accuracy, ties to the stronger penalty) -> (predicted classes at x_new,
     chosen penalty)."""
-    x, x_new = standardise(x.float(), x_new.float())
+    x, x_new = standardise(x.double(), x_new.double())
     correct = torch.zeros(len(lams))
     for val in folds(len(x), k, seed):
         fit = torch.ones(len(x), dtype=torch.bool)
@@ -389,9 +392,10 @@ def predict(net, clips, batch=128, decode=True):
     return torch.cat(steps), (torch.cat(recon) if recon else None)
 
 
-def train_decoder(cfg, h, frames, steps, seed=0, batch=32):
+def train_decoder(cfg, h, frames, steps, seed=0, batch=32, dtype=torch.float32):
     """A decoder (the encoder mirrored, model.ConvDecoder) fitted to frozen predictions
-    h [N, T, d] -> frames [N, C, T, H, W]: Adam 1e-3, `steps` batches of `batch`."""
+    h [N, T, d] -> frames [N, C, T, H, W]: Adam 1e-3, `steps` batches of `batch`, autocast
+    to `dtype`."""
     torch.manual_seed(seed)
     dec = model.ConvDecoder(cfg.in_chans, h.shape[-1] // cfg.pool_grid ** 2,
                             img_size=cfg.img_size, grid=cfg.pool_grid)
@@ -399,7 +403,7 @@ def train_decoder(cfg, h, frames, steps, seed=0, batch=32):
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         i = torch.randint(len(h), (batch,), generator=g)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with train.autocast(torch.device("cpu"), dtype):
             loss = losses.pixel_mse(dec(h[i]), frames[i])
         opt.zero_grad()
         loss.backward()
@@ -416,7 +420,7 @@ def vcr_sets(cfg, fit_clips, test_clips):
                                          ("test", "val", test_clips, 2))}
 
 
-def vcr_scores(cfg, net, sets, decoder_steps=None):
+def vcr_scores(cfg, net, sets, decoder_steps=None, dtype=torch.float32):
     """One network, frozen: the speed probe (ridge from the flattened predicted target
     representation h~_y to the speed, penalty by 3-fold CV; MSE and R^2 on the held-out
     digits) and RankMe of h~_y; with decoder_steps (not None) also the PSNR of the decoded
@@ -440,7 +444,7 @@ def vcr_scores(cfg, net, sets, decoder_steps=None):
     if recon is None:
         if h_fit.shape[1] < y_fit.shape[2]:  # ViT route: one vector per tubelet of frames
             y_fit, y_test = (y.unflatten(2, (h_fit.shape[1], -1)).mean(3) for y in (y_fit, y_test))
-        decoder = train_decoder(cfg, h_fit, y_fit, decoder_steps)
+        decoder = train_decoder(cfg, h_fit, y_fit, decoder_steps, dtype=dtype)
         with torch.no_grad():
             recon = torch.cat([decoder(h) for h in h_test.split(128)])
     scores["psnr"] = round(psnr(recon, y_test), 2)
@@ -486,7 +490,8 @@ def probe_vcr(a):
     sets = vcr_sets(cfg, a.fit_clips, a.test_clips)
     trained, pictures = [], None
     for i, (path, (c, net)) in enumerate(zip(a.ckpt, runs)):
-        scores, pics = vcr_scores(c, batch_norm_mode(net, a.bn), sets, a.decoder_steps)
+        scores, pics = vcr_scores(c, batch_norm_mode(net, a.bn), sets, a.decoder_steps,
+                                  a.dtype)
         trained.append({"ckpt": path, "seed": c.seed, **scores, "train_s": training_time(path)})
         pictures = pictures or pics
     random = []
@@ -693,7 +698,7 @@ def latent_scores(cfg, net, sets, a, ckpt):
         r["all_zero_clips"] = round(float((test["z"] == 0).all(1).double().mean()), 4)
         r["codes_used_from_step"] = codes_used_from(
             os.path.join(os.path.dirname(os.path.abspath(ckpt)), "log.jsonl"))
-    decoder = train_decoder(cfg, fit["pred"], fit["y"], a.decoder_steps)
+    decoder = train_decoder(cfg, fit["pred"], fit["y"], a.decoder_steps, dtype=a.dtype)
     with torch.no_grad():
         recon = torch.cat([decoder(h) for h in test["pred"].split(256)])
     r["psnr"] = round(psnr(recon, test["y"]), 2)
@@ -808,7 +813,7 @@ class AttentiveProbe(nn.Module):
 
 
 def fit_probes(probes, tokens, labels, epochs=20, batch=16, lr=1e-3, weight_decay=0.01, seed=0,
-               warmup=0.0, dtype=torch.bfloat16):
+               warmup=0.0, dtype=torch.float32):
     """Train probes side by side on frozen tokens [N, L, D]; labels: one [N] class tensor per
     probe. Their parameters are disjoint, so this equals training each one alone (AdamW, no
     weight decay on 1-D parameters, LR cosine from lr to 0 over all steps, after a linear
@@ -825,7 +830,7 @@ def fit_probes(probes, tokens, labels, epochs=20, batch=16, lr=1e-3, weight_deca
         for group in opt.param_groups:
             group["lr"] = train.warmup_cosine(step, total, warmup * total, 0.0, lr, 0.0)
         with train.autocast(torch.device("cpu"), dtype):
-            x = tokens[i].to(dtype)  # stored in bf16; float32 probes need float32 tokens
+            x = tokens[i].to(dtype)
             loss = sum(F.cross_entropy(p(x).float(), y[i]) for p, y in zip(probes, labels))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -834,7 +839,7 @@ def fit_probes(probes, tokens, labels, epochs=20, batch=16, lr=1e-3, weight_deca
 
 
 @torch.no_grad()
-def view_probabilities(probe, views, batch=256, dtype=torch.bfloat16):
+def view_probabilities(probe, views, batch=256, dtype=torch.float32):
     """Class probabilities averaged over test views: views = [tokens [N, L, D] per view] ->
     [N, classes], the softmax of each view's logits averaged (V-JEPA's multi-view test)."""
     probs = []
@@ -846,16 +851,16 @@ def view_probabilities(probe, views, batch=256, dtype=torch.bfloat16):
 
 
 @torch.no_grad()
-def encode_tokens(encoder, videos, segments=1, batch=32, dtype=torch.bfloat16):
+def encode_tokens(encoder, videos, segments=1, batch=32, dtype=torch.float32):
     """Frozen tokens of videos [N, C, S*T, H, W]: cut along time into S clips of T frames,
-    each encoded alone, their tokens concatenated along the token axis -> [N, S*L, D],
-    stored in bfloat16 (half the memory; the probes run in bfloat16 anyway)."""
+    each encoded alone (autocast to `dtype`), their tokens concatenated along the token axis
+    -> [N, S*L, D] in `dtype`, the precision the probes then run in."""
     N = len(videos)
     clips = videos.unflatten(2, (segments, -1)).transpose(1, 2).flatten(0, 1)  # (N*S, C, T, H, W)
     out = []
     for c in tqdm(clips.split(batch), desc="encode", unit="batch", leave=False):
         with train.autocast(torch.device("cpu"), dtype):
-            out.append(encoder(c).to(torch.bfloat16))
+            out.append(encoder(c).to(dtype))
     return torch.cat(out).view(N, -1, out[0].shape[-1])  # rows of a video are consecutive
 
 
@@ -913,7 +918,7 @@ def pool_tokens(tokens, grid, cells=2):
 
 
 @torch.no_grad()
-def video_features(encoder, source, n, seed, batch=64, dtype=torch.bfloat16, desc="encode"):
+def video_features(encoder, source, n, seed, batch=64, dtype=torch.float32, desc="encode"):
     """Pooled frozen features of n fixed clips of `source` (data.fixed_chunks with `seed`)
     -> ({pooling: [n, F] float32}, labels)."""
     feats, labels = [], []
@@ -939,14 +944,16 @@ def weights_key(encoder, spec):
     return h.hexdigest()[:20]
 
 
-def cached_features(encoder, spec, sources, cache_dir, desc="encode"):
+def cached_features(encoder, spec, sources, cache_dir, desc="encode", dtype=torch.float32):
     """{part: (pooled features, labels)} for the fit and test clips of `spec`, read from
-    cache_dir when these weights were encoded on these clips before, else encoded and saved
-    (atomically). sources: {part: clip source}; spec[part] = (clips, seed)."""
-    path = os.path.join(cache_dir, f"features_{weights_key(encoder, spec)}.pt")
+    cache_dir when these weights were encoded on these clips in `dtype` before, else encoded
+    and saved (atomically). sources: {part: clip source}; spec[part] = (clips, seed)."""
+    precision = str(dtype).replace("torch.", "")
+    path = os.path.join(cache_dir, f"features_{weights_key(encoder, spec)}_{precision}.pt")
     if os.path.exists(path):
         return torch.load(path, weights_only=True)
-    out = {part: video_features(encoder, sources[part], *spec[part], desc=f"{desc} {part}")
+    out = {part: video_features(encoder, sources[part], *spec[part], dtype=dtype,
+                                desc=f"{desc} {part}")
            for part in ("fit", "test")}
     os.makedirs(cache_dir, exist_ok=True)
     torch.save(out, path + ".tmp")
@@ -1065,7 +1072,7 @@ def probe_vjepa(a):
     scores = {"trained": [], "random_init": []}
     for name, nets in (("trained", encoders), ("random_init", randoms)):
         for i, net in enumerate(nets):
-            feats = cached_features(net, spec, sources, cache, desc=f"{name} {i}")
+            feats = cached_features(net, spec, sources, cache, f"{name} {i}", a.dtype)
             targets = {p: linear_targets(feats[p][1], sources[p].speed) for p in feats}
             scores[name].append(linear_probes({p: feats[p][0] for p in feats}, targets))
     summary = {pooling: {task: compare([s[pooling][task][0] for s in scores["trained"]],
@@ -1102,8 +1109,8 @@ def attentive_probes(encoders, randoms, sources, a):
     for name, nets in (("trained", encoders), ("random_init", randoms)):
         for net in nets:
             rgb = (-1, net.in_chans, -1, -1, -1)  # grey digits in every channel
-            fit_tokens = encode_tokens(net, fit.expand(*rgb), a.segments)
-            test_tokens = [encode_tokens(net, v.expand(*rgb), a.segments)
+            fit_tokens = encode_tokens(net, fit.expand(*rgb), a.segments, dtype=a.dtype)
+            test_tokens = [encode_tokens(net, v.expand(*rgb), a.segments, dtype=a.dtype)
                            for v in shifted_views(test, a.views)]
             heads = net.blocks[0].attn.heads
             for seed in range(a.attentive_seeds):
@@ -1111,9 +1118,10 @@ def attentive_probes(encoders, randoms, sources, a):
                 probes = nn.ModuleList([AttentiveProbe(net.dim, heads, tasks_fit[t][1])
                                         for t in names])
                 fit_probes(probes, fit_tokens, [tasks_fit[t][0] for t in names],
-                           epochs=a.epochs, lr=a.lr, seed=seed)
+                           epochs=a.epochs, lr=a.lr, seed=seed, dtype=a.dtype)
                 acc[name].append({t: accuracy_and_se(
-                    view_probabilities(probes[j], test_tokens).argmax(1), tasks_test[t][0])
+                    view_probabilities(probes[j], test_tokens, dtype=a.dtype).argmax(1),
+                    tasks_test[t][0])
                     for j, t in enumerate(names)})
     return {t: compare([r[t][0] for r in acc["trained"]], [r[t][0] for r in acc["random_init"]],
                        [r[t][1] for r in acc["trained"]]) for t in names}
@@ -1307,7 +1315,7 @@ def learning_curve(a):
     randoms = [random_init_like(encoders[0], 1000 + i) for i in range(a.random_inits)]
 
     def scores(net, desc):
-        feats = cached_features(net, spec, sources, cache, desc=desc)
+        feats = cached_features(net, spec, sources, cache, desc, a.dtype)
         targets = {p: linear_targets(feats[p][1], sources[p].speed) for p in feats}
         return linear_probes({p: feats[p][0] for p in feats}, targets)
 
@@ -1401,7 +1409,11 @@ def main(argv):
     p.add_argument("--out_dir", default="",
                    help="where results go (default: the checkpoint's directory + /probe)")
     p.add_argument("--mnist_dir", default="")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
+                   help="autocast precision of the encoders and probes (auto: bf16 where the "
+                        "CPU multiplies in it natively, AMX or AVX-512 bf16, else float32)")
     a = p.parse_args(argv)
+    a.dtype = train.pick_dtype(a.dtype, torch.device("cpu"))
     if a.table:
         print(table(a.table))
         return None

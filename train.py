@@ -153,7 +153,8 @@ class Config:
     grad_clip: float = 10.0  # 0 disables
     accum_steps: int = 1  # micro-batches per optimizer step: global batch = batch_size x
     #                       world size x accum_steps (the paper's 3072 on a few GPUs)
-    dtype: str = "auto"  # auto (bf16 where the device supports it) | bfloat16 | float32
+    dtype: str = "auto"  # auto (bf16 where the hardware multiplies in it: pick_dtype) | bfloat16
+    #                      | float32
     compile: bool = False  # torch.compile the networks (first steps compile; needs a C++
     #                        compiler on CPU)
     grad_checkpoint: bool = False  # recompute each transformer block in the backward pass:
@@ -427,13 +428,25 @@ def setup_distributed(cfg):
     return rank, world, torch.device("cpu")
 
 
-def pick_dtype(cfg, device):
-    if cfg.dtype != "auto":
-        return getattr(torch, cfg.dtype)
+def cpu_class():
+    """The CPU's class for matrix products: "AMX", "AVX-512 bf16", "AVX-512" or "AVX2" (or
+    what ATen reports). ATEN_CPU_CAPABILITY=avx2 lowers it, as it lowers ATen's kernels."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    if not cap.startswith("AVX512"):
+        return cap
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    return "AVX-512 bf16" if torch.cpu._is_avx512_bf16_supported() else "AVX-512"
+
+
+def pick_dtype(choice, device):
+    """"auto" -> bf16 where the hardware multiplies in it (a CUDA GPU with bf16, a CPU with AMX
+    or AVX-512 bf16), else float32: elsewhere bf16 is emulated and several times slower."""
+    if choice != "auto":
+        return getattr(torch, choice)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return torch.bfloat16 if native else torch.float32
+    return torch.bfloat16 if cpu_class() in ("AMX", "AVX-512 bf16") else torch.float32
 
 
 def make_source(cfg, part="train", digits=None):
@@ -770,10 +783,16 @@ def build(cfg, grid, device):
             nets["decoder"] = net.decoder
         return net, nets, None
     pixels = cfg.in_chans * cfg.tubelet_size * cfg.patch_size ** 2  # per tubelet
+    # one mask token per mask configuration: an unused token would get no gradient, which
+    # DDP refuses (multi-block and causal masks have two configurations, future and tube one)
+    grid = grid or model.token_grid(cfg.num_frames, cfg.img_size, cfg.patch_size,
+                                    cfg.tubelet_size)
+    num_masks = len(masks.MaskSampler(cfg.mask, grid, cfg.tubelet_size, cfg.mask_ratio,
+                                      cfg.mask_ctx_frames).names)
     encoder, predictor = model.build_models(
         cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size, cfg.in_chans,
         cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.pred_dim, cfg.pred_depth,
-        num_masks=2, uniform_power=cfg.uniform_power,
+        num_masks=num_masks, uniform_power=cfg.uniform_power,
         out_dim=pixels if cfg.objective == "pixel" else None, embed_gain=cfg.embed_gain)
     net = model.JEPA(encoder, predictor).to(device)
     if cfg.objective == "pixel":  # no target encoder: probes read the encoder itself
@@ -825,7 +844,7 @@ def setup(cfg, rank=0, world=1, device=torch.device("cpu")):
     if cfg.compile:  # the masks' token counts are fixed (masks.py): static shapes
         net = torch.compile(net)
     return Run(cfg, module, net, nets, target, opt, sampler, grid, rank, world, device,
-               pick_dtype(cfg, device))
+               pick_dtype(cfg.dtype, device))
 
 
 def autocast(device, dtype):
@@ -988,9 +1007,10 @@ def main(argv):
 
     if master:
         n_params = sum(p.numel() for p in module.parameters())
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_class()
         print(f"{cfg.objective} ({cfg.preset}): {n_params / 1e6:.2f}M parameters, grid "
-              f"{run.grid}, {world} process(es) on {device}, "
-              f"{str(dtype).replace('torch.', '')}, global batch "
+              f"{run.grid}, {world} process(es) on {device} ({where}), "
+              f"{str(dtype).replace('torch.', '')} (--dtype {cfg.dtype}), global batch "
               f"{cfg.batch_size * world * cfg.accum_steps}, steps {start}->{end}")
     if master and cfg.snapshot_every and start == 0:
         save_snapshot(cfg.out_dir, nets, cfg, 0)

@@ -18,7 +18,8 @@ turns: --rounds rounds of --steps / --rounds steps each, so that a machine share
 work slows all variants alike. Per variant: ms/step (median and min over its timed steps,
 after --warmup), clips/s, GFLOP/step counted by torch.utils.flop_counter on one step
 (forward, backward and the target encoder; not the optimizer), the achieved GFLOP/s and its
-share of this machine's matmul peak (2048 x 2048 in the same precision and thread count), and
+share of this machine's matmul peak (2048 x 2048 in the same precision and thread count; 512
+where bf16 is emulated), and
 the peak resident memory; also the process's CPU time per step, which work of others on the
 machine inflates less than the time (with 1 thread it stays close to the work done). A
 speed-up is the median over rounds of the two variants' ratio in that round. "`python train.py`" is the laptop run itself: data generation, logging and
@@ -99,6 +100,13 @@ def count_flops(fn):
 def _median(xs):
     xs = sorted(xs)
     return xs[len(xs) // 2]
+
+
+def matmul_size(dtype, smoke=False):
+    """The side of the peak's product: 2048, but 512 where bf16 is emulated (at ~1 GFLOP/s a
+    2048^3 product takes 15 s) and 256 in smoke runs."""
+    native = dtype == "float32" or train.pick_dtype("auto", torch.device("cpu")) != torch.float32
+    return 256 if smoke else 2048 if native else 512
 
 
 def bench_matmul(dtype, n=2048, repeats=10):
@@ -333,7 +341,7 @@ def child(job):
     torch.set_num_threads(job["threads"])
     kind = job["kind"]
     if kind == "matmul":
-        return bench_matmul(getattr(torch, job["dtype"]))
+        return {**bench_matmul(getattr(torch, job["dtype"]), job["n"]), "n": job["n"]}
     if kind == "train.py":
         return bench_train_py(job["steps"], job["extra"])
     if kind == "masks":
@@ -388,8 +396,8 @@ def measure(args, before=()):
     def tag(results, code):
         return [{**r, "code": code} for r in results]
 
-    results = [run_child(dict(kind="matmul", dtype=d, threads=args.threads))
-               for d in ("float32", "bfloat16")]
+    results = [run_child(dict(kind="matmul", dtype=d, threads=args.threads,
+                              n=matmul_size(d, args.smoke))) for d in ("float32", "bfloat16")]
     step = dict(steps=args.steps, warmup=args.warmup, threads=args.threads)
     for config in args.configs:
         _log(f"{config}: steps in turns ({args.rounds} rounds)")
@@ -425,7 +433,8 @@ def measure(args, before=()):
                 for batch in (4, 8, 16) for threads in (1, 2) if (batch, threads) != (8, args.threads)]
         _log(f"scaling: {len(jobs)} step variants in turns")
         results += tag(interleaved([(j, None) for j in jobs], args.rounds, args.steps), "this")
-        results.append(run_child(dict(kind="matmul", dtype="bfloat16", threads=1)))
+        results.append(run_child(dict(kind="matmul", dtype="bfloat16", threads=1,
+                                      n=matmul_size("bfloat16", args.smoke))))
     return results
 
 
@@ -473,7 +482,7 @@ def table(results):
     lines.append("")
     for r in results:
         if r["kind"] == "matmul":
-            lines.append(f"- matmul 2048 x 2048, {r['dtype']}, {r['threads']} thread(s): "
+            lines.append(f"- matmul {r['n']} x {r['n']}, {r['dtype']}, {r['threads']} thread(s): "
                          f"{r['gflops']:.0f} GFLOP/s")
         elif r["kind"] == "masks":
             lines.append(f"- multi-block masks at 16x224x224 (patch 16, tubelet 2), batch "
@@ -552,7 +561,7 @@ def main(argv):
                 "`OMP_WAIT_POLICY=ACTIVE python train.py --max_steps 100` against the same without")
     machine = {"cpu": _cpu_name(), "torch": torch.__version__,
                "cores": os.cpu_count(), "bf16_native": train.pick_dtype(
-                   train.Config(), torch.device("cpu")) == torch.bfloat16}
+                   "auto", torch.device("cpu")) == torch.bfloat16, "cpu_class": train.cpu_class()}
     print(f"CPU: {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}",
           flush=True)
     if args.estimate:

@@ -53,7 +53,8 @@ def same_outputs(enc_a, pred_a, enc_b, pred_b):
     with torch.no_grad():
         assert torch.equal(enc_a(clip), enc_b(clip))
         z = enc_a(clip, keep=ctx)
-        for mask_id in (0, 1):
+        assert len(pred_a.mask_tokens) == len(pred_b.mask_tokens)
+        for mask_id in range(len(pred_a.mask_tokens)):
             assert torch.equal(pred_a([z], [(ctx, tgt)], [mask_id])[0],
                                pred_b([z], [(ctx, tgt)], [mask_id])[0])
 
@@ -115,7 +116,7 @@ def test_trainer_checkpoint(tmp_path, mnist_args):
     ref_enc, ref_pred = model.build_models(
         cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size, cfg.in_chans,
         cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.pred_dim, cfg.pred_depth,
-        num_masks=2, uniform_power=cfg.uniform_power)
+        num_masks=1, uniform_power=cfg.uniform_power)  # future masks: one configuration
     model.load_strict(ref_enc, model.from_release(state["target_encoder"]), "target")
     model.load_strict(ref_pred, model.from_release(state["predictor"]), "predictor")
     assert enc.blocks[0].attn.heads == 2 and enc.input_size == (4, 32, 32)

@@ -205,6 +205,85 @@ def test_torchrun_two_processes(tmp_path, mnist_args):
     assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["world_size"] == 2
 
 
+@pytest.mark.parametrize("capability,amx,avx512_bf16,cpu_class,auto", [
+    ("AVX2", False, False, "AVX2", torch.float32),  # most laptops: bf16 is emulated there
+    ("AVX512", False, False, "AVX-512", torch.float32),
+    ("AVX512", False, True, "AVX-512 bf16", torch.bfloat16),
+    ("AVX512", True, True, "AMX", torch.bfloat16),
+    ("AVX2", True, True, "AVX2", torch.float32),  # an AMX CPU under ATEN_CPU_CAPABILITY=avx2
+])
+def test_precision_comes_from_the_cpu(monkeypatch, capability, amx, avx512_bf16, cpu_class,
+                                      auto):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    cpu = torch.device("cpu")
+    assert train.cpu_class() == cpu_class and train.pick_dtype("auto", cpu) == auto
+    assert train.pick_dtype("float32", cpu) == torch.float32
+    assert train.pick_dtype("bfloat16", cpu) == torch.bfloat16
+
+
+def test_the_first_line_names_the_cpu_class_and_the_precision(tmp_path, mnist_args, capsys):
+    train.main(TINY + mnist_args + ["--max_steps", "1", "--val_clips", "0", "--out_dir",
+                                    str(tmp_path)])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert f"on cpu ({train.cpu_class()}), float32 (--dtype float32)" in first, first
+
+
+# The paper presets at a size a CPU steps in a second: the same objective, masks, activation
+# checkpointing and number of mask configurations, smaller networks and clips.
+SHRINK = {p: ["--img_size", "64", "--enc_dim", "32", "--enc_depth", "2", "--enc_heads", "2",
+              "--pred_dim", "16", "--pred_depth", "1", "--data_path", "clips/given/directly"]
+          for p in ("vitl16", "vith16", "vith16_384")}
+
+
+@pytest.mark.parametrize("preset", sorted(train.PRESETS))
+def test_one_step_of_every_preset_gives_every_parameter_a_gradient(preset):
+    """DDP stops at the second step when a trainable parameter got no gradient in the first
+    (an unused mask token once did that to the default preset under torchrun)."""
+    cfg = train.parse_config(["--preset", preset, "--batch_size", "2", "--dtype", "float32",
+                              *SHRINK.get(preset, [])])
+    run = train.setup(cfg)
+    clips = torch.randn(cfg.batch_size, cfg.in_chans, cfg.num_frames, cfg.img_size,
+                        cfg.img_size)
+    train.train_step(run, clips, 0)
+    unused = [n for n, p in run.module.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == [], f"{preset}: no gradient for {unused}"
+
+
+# the default, and a preset of every other objective, mask strategy and latent
+TORCHRUN_PRESETS = ["laptop", "laptop_pixel", "laptop_multiblock", "laptop_tube",
+                    "laptop_causal", "vjvcr_dec", "generative", "switch_discrete"]
+
+
+@pytest.mark.parametrize("preset", TORCHRUN_PRESETS)
+def test_torchrun_trains_every_kind_of_preset(tmp_path, mnist_args, preset):
+    """Two processes (gloo) for 4 steps at the preset's own geometry (batch 2 per process):
+    both logged steps are finite and the checkpoint says world_size 2; the default also
+    resumes under torchrun."""
+    out = str(tmp_path / preset)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun(*extra):
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+             "train.py", "--preset", preset, *mnist_args, "--batch_size", "2", "--log_every",
+             "2", "--ckpt_every", "2", "--val_clips", "4", "--out_dir", out, *extra],
+            cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+
+    p = torchrun("--max_steps", "4", "--dtype", "float32")
+    assert p.returncode == 0, p.stderr[-3000:]
+    log = read_log(out)
+    assert [r["step"] for r in log] == [2, 4] and all(math.isfinite(r["loss"]) for r in log)
+    state = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)
+    assert state["world_size"] == 2 and state["step"] == 4 and state["config"]["preset"] == preset
+    if preset == "laptop":
+        p = torchrun("--max_steps", "6", "--dtype", "float32", "--resume", "true")
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert [r["step"] for r in read_log(out)] == [2, 4, 6]
+        assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["step"] == 6
+
+
 # ----------------------------------------------------------------------------------------------
 # bad input: one line naming the value, exit code 2, no traceback
 
