@@ -10,19 +10,28 @@ Digits come from MNIST IDX files in a directory (`mnist_dir` or $MNIST_DIR), els
 one-time download into ~/.cache/vjepa-mnist checked against the published MD5s, else (offline)
 from digits drawn procedurally here, with a one-line warning.
 """
+import contextlib
+import dataclasses
 import gzip
 import hashlib
+import json
 import http.client
 import math
 import os
+import random
 import shutil
 import sys
 import tempfile
+import time
 import urllib.request
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+
+import losses
+import model
 
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 MNIST_MD5 = {  # the checksums published with the MNIST distribution
@@ -476,3 +485,275 @@ def fixed_set(source, n, seed, chunk=256):
     clips = torch.cat([p[0] for p in parts])
     labels = {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
     return clips, labels
+
+
+def make_source(cfg, part="train", digits=None):
+    """The clip source of cfg.dataset; `digits` (images, labels) saves loading MNIST again."""
+    if cfg.dataset in ("movingmnist", "switching_mnist"):
+        images, labels = split_digits(*(digits or load_digits(cfg.mnist_dir)), part)
+        if cfg.dataset == "switching_mnist":
+            return SwitchingMovingMNIST(images, labels, cfg.num_frames, cfg.img_size,
+                                             switch_at=cfg.mask_ctx_frames)
+        return MovingMNIST(images, labels, cfg.num_frames, cfg.img_size, cfg.num_digits,
+                                normalise=cfg.normalise, background=cfg.background)
+    if cfg.dataset == "mmnist_file":
+        return MovingMNISTFile(cfg.data_path, cfg.num_frames)
+    return VideoFolder(cfg.data_path, cfg.num_frames, cfg.img_size, cfg.in_chans)
+
+
+# ----------------------------------------------------------------------------------------------
+# A video folder's unusable files, and checkpoints (the release format plus what a resume needs)
+
+def check_folder(folder, root, num_frames):
+    """--check_data: every file of a video folder by its header; prints those that cannot be
+    used and raises ValueError if there are any."""
+    problems = folder.check()
+    for why in problems.values():
+        print(why)
+    if problems:
+        raise ValueError(f"{len(problems)} of {len(folder.files)} files under {root} "
+                         "cannot be used (listed above); a run skips them when it draws them")
+    print(f"all {len(folder.files)} files under {root} have a readable header and at "
+          f"least num_frames={num_frames} frames (their frames are read when drawn)")
+
+
+class SkippedFiles:
+    """The draws of a video folder that failed and were replaced (labels["failed"]): each file
+    is named once in a warning, the count goes to the log, and the run stops when more than
+    MAX_SHARE of the draws fail (then the folder is broken: a wrong path, no video decoder)."""
+    MAX_SHARE = 0.05
+    MIN_DRAWS = 100  # a share of fewer draws says little
+
+    def __init__(self, source):
+        self.source, self.named = source, {}
+        self.draws = self.failed = self.since_log = 0
+
+    def add(self, labels, batch):
+        if "failed" not in labels:  # a source without files
+            return
+        for i in labels["failed"].tolist():
+            path = self.source.files[i]
+            if path not in self.named:
+                self.named[path] = self.source.why(path)
+                print(f"warning: skipping {self.named[path]}; another file is drawn in its "
+                      "place (each file is named once)", file=sys.stderr)
+        self.draws += batch + len(labels["failed"])
+        self.failed += len(labels["failed"])
+        self.since_log += len(labels["failed"])
+        if self.draws >= self.MIN_DRAWS and self.failed > self.MAX_SHARE * self.draws:
+            first = "; ".join(list(self.named.values())[:3])
+            raise ValueError(f"{self.failed} of {self.draws} draws from {self.source.root} met "
+                             f"a file that cannot be used, more than {self.MAX_SHARE:.0%}; the "
+                             f"first: {first}. List them all with --check_data true")
+
+
+def previous_path(path):
+    """Where the checkpoint before the latest is kept: out/ckpt.pt -> out/ckpt_prev.pt."""
+    root, ext = os.path.splitext(path)
+    return f"{root}_prev{ext}"
+
+
+def save_checkpoint(path, nets, opt, cfg, step, loss, world, lr):
+    """The release format ({name: state dict with the release's key prefix}, opt, epoch, loss,
+    batch_size, world_size, lr) plus config, step and RNG states. Written to a temporary file,
+    synced, then renamed: neither a crash nor a power loss leaves half a checkpoint at `path`;
+    the one it replaces is kept at previous_path(path)."""
+    state = {
+        **{name: model.to_release(net.state_dict()) for name, net in nets.items()},
+        "opt": opt.state_dict(), "scaler": None,
+        "epoch": 0,  # batches are indexed by step; kept for the release format
+        "loss": loss, "batch_size": cfg.batch_size, "world_size": world, "lr": lr,
+        "config": dataclasses.asdict(cfg), "step": step,
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                "python": random.getstate()},
+    }
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # else some filesystems may store the rename before the data
+    if os.path.exists(path):
+        os.replace(path, previous_path(path))
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):  # the renames too (POSIX; Windows cannot open a folder)
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_state(path):
+    """A checkpoint of save_checkpoint -> its dict; ValueError naming the file when it cannot
+    be read or lacks what a resume needs."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises several kinds for a damaged file
+        raise ValueError(f"--resume: cannot read {path} ({' '.join(str(e).split())})") from None
+    missing = [k for k in ("config", "step", "opt", "rng")
+               if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"--resume: {path} is not a checkpoint of train.py: no {missing}")
+    return state
+
+
+def load_checkpoint(path, nets, opt, cfg, arch_keys):
+    """Strict resume: the same values of `arch_keys`, every tensor present and of the same shape.
+    When `path` cannot be read, the previous checkpoint, with a warning. -> (step, file used)"""
+    prev = previous_path(path)
+    if not os.path.exists(path) and not os.path.exists(prev):
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    try:
+        state = read_state(path)
+    except ValueError as e:
+        if not os.path.exists(prev):
+            raise
+        print(f"warning: {e}; resuming from the previous checkpoint {prev}", file=sys.stderr)
+        path, state = prev, read_state(prev)
+    saved = state.get("config", {})
+    diff = [f"{k}={saved.get(k)!r} (this run: {getattr(cfg, k)!r})" for k in arch_keys
+            if saved.get(k) != getattr(cfg, k)]
+    if diff:
+        raise ValueError(f"--resume: {path} is from another architecture: {', '.join(diff)}")
+    for name, net in nets.items():
+        if name not in state:
+            raise ValueError(f"--resume: {path} has no {name!r}")
+        model.load_strict(net, model.from_release(state[name]), f"{path} {name}")
+    opt.load_state_dict(state["opt"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    return state["step"], path
+
+
+def save_snapshot(out_dir, nets, cfg, step):
+    """OUT_DIR/snapshots/stepNNNNNN.pt: the encoders (release format) and the config."""
+    folder = os.path.join(out_dir, "snapshots")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"step{step:06d}.pt")
+    state = {name: model.to_release(nets[name].state_dict())
+             for name in ("encoder", "target_encoder")}
+    torch.save({**state, "config": dataclasses.asdict(cfg), "step": step}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def trim_log(path, step):
+    """Drop the log lines written after the checkpoint we resume from, and a cut-short line."""
+    if os.path.exists(path):
+        keep = []
+        with open(path) as f:
+            for line in f:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    if json.loads(line)["step"] <= step:
+                        keep.append(line)
+        with open(path, "w") as f:
+            f.writelines(keep)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run's log and summary
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@torch.no_grad()
+def drift(module, start):
+    """|w - w0| / |w0| over all parameters; start: the initial parameters in order."""
+    moved = sum(float((p.float() - p0).pow(2).sum()) for p, p0 in zip(module.parameters(), start))
+    return math.sqrt(moved / sum(float(p0.pow(2).sum()) for p0 in start))
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process so far, in MB (None where unknown)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10  # bytes / KB
+
+
+class Log:
+    """The loss summed on the device between log lines, the one host sync per log/checkpoint
+    step (any rank's non-finite loss or stop request, all-reduced so that all ranks stop at the
+    same step), and OUT_DIR/log.jsonl."""
+
+    def __init__(self, run, path, start_weights, skipped):
+        self.run, self.path, self.start_weights, self.skipped = run, path, start_weights, skipped
+        self.loss_sum = torch.zeros((), device=run.device)
+        self.bad = torch.zeros((), dtype=torch.bool, device=run.device)
+        self.n, self.t, self.last = 0, time.perf_counter(), None
+
+    def add(self, loss):
+        self.loss_sum += loss
+        self.bad |= ~torch.isfinite(loss)
+        self.n += 1
+
+    def must_stop(self, step, asked, ckpt_path):
+        flags = torch.stack([self.bad, torch.tensor(asked, device=self.run.device)])
+        if self.run.world > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        any_bad, stopping = flags.tolist()
+        if any_bad:
+            raise NonFiniteLoss(f"non-finite loss by step {step}; stopped. The last good "
+                                f"checkpoint (if any) is {ckpt_path}")
+        return bool(stopping)
+
+    def write(self, step, terms, h, steps_per_clip, grad_norm, schedule, bar):
+        """One line: the mean loss since the last, its terms, the schedule (lr, wd, momentum),
+        speed, and the collapse monitors of the target embeddings h [B, N, D]."""
+        run, cfg, world = self.run, self.run.cfg, self.run.world
+        if world > 1:
+            dist.all_reduce(self.loss_sum)
+        self.last = float(self.loss_sum) / (self.n * world)
+        dt = (time.perf_counter() - self.t) / self.n
+        emb_std, rank_me = losses.collapse_monitors(h, steps_per_clip)
+        lr, wd, momentum = schedule
+        record = {"step": step, "loss": self.last,
+                  **{k: float(v.detach()) for k, v in terms.items()},
+                  "lr": lr, "wd": wd, "momentum": momentum, "grad_norm": float(grad_norm),
+                  "step_time_s": dt, "clips_per_s": cfg.batch_size * cfg.accum_steps * world / dt,
+                  "emb_std": emb_std, "rankme": rank_me,
+                  "drift_encoder": drift(run.nets["encoder"], self.start_weights)}
+        if run.target is not None:
+            record["drift_target"] = drift(run.target, self.start_weights)
+        if self.skipped.draws:  # a video folder: the draws replaced since the last line
+            n_skipped = torch.tensor(self.skipped.since_log, device=run.device)
+            if world > 1:
+                dist.all_reduce(n_skipped)
+            record["skipped"], self.skipped.since_log = int(n_skipped), 0
+        if cfg.latent != "none":  # how z* is used: share of zeros, most chosen option
+            z = run.module.last_z
+            record["z_zero"] = float((z == 0).float().mean())
+            record["z_top"] = float(torch.bincount(z.abs().argmax(1)).max()) / len(z)
+        if run.rank == 0:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{self.last:.4f}", std=f"{emb_std:.3f}", rankme=f"{rank_me:.1f}")
+        self.loss_sum.zero_()
+        self.n, self.t = 0, time.perf_counter()
+
+
+def write_summary(cfg, step, wall, last, clips, val, skipped):
+    """OUT_DIR/summary.json (time, speed, final loss, `val` monitors, peak memory, unusable
+    files) and the run's closing lines."""
+    summary = {"steps": step, "wall_s": round(wall, 1), "final_loss": last,
+               "clips_per_s": round(clips / wall, 2), **val}
+    rss = peak_rss_mb()
+    if rss is not None:
+        summary["peak_rss_mb"] = round(rss)
+    if skipped.named:
+        summary["skipped_files"] = list(skipped.named)  # drawn on rank 0 and unusable
+    path = os.path.join(cfg.out_dir, "summary.json")
+    with open(path, "w") as f:
+        json.dump(summary, f)
+    stopped = " (stopped early)" if step < cfg.max_steps else ""
+    print(f"done{stopped}: {step} steps in {wall / 60:.1f} min, {summary['clips_per_s']} clips/s, "
+          f"final loss {last:.4f}" + (f", peak memory {rss:.0f} MB" if rss is not None else ""))
+    if val:
+        print(f"target encoder on {cfg.val_clips} validation clips: per-channel std "
+              f"{val['val_emb_std']}, RankMe {val['val_rankme']} of at most "
+              f"{val['val_rankme_max']}")
+    print(f"checkpoint {os.path.join(cfg.out_dir, 'ckpt.pt')}, log "
+          f"{os.path.join(cfg.out_dir, 'log.jsonl')}, summary {path}")

@@ -1,16 +1,17 @@
-"""Latent-variable inference for VJ-VCR with the networks frozen: discrete argmin and sparse FISTA.
+"""VJ-VCR's networks for MovingMNIST and the inference of their latent z* with the networks
+frozen: the option of lowest energy (discrete) or FISTA on E(z) + lam |z|_1 (sparse).
 
-With the networks fixed, a latent is inferred per sample as the minimiser of an energy: over a
-finite set of options (`discrete_argmin`) or, for a continuous sparse z in R^k, as
-z* = argmin_z E(z) + lam ||z||_1 (`fista`, built on `minimise_l1`). `infer_z` applies them to
-a VJ-VCR predictor; train.py calls it at every step, and probe.py to evaluate a trained model
-(`python probe.py --ckpt out/switch_sparse80/ckpt.pt`: what z* knows, VJ-VCR Table 2).
-
-This file imports nothing of the project (only torch): data, masks, losses, model ->
-infer_latent -> train -> probe.
+`infer_z` infers z* for a VJ-VCR predictor under the run's own prediction loss; train.py calls
+it at every step of a latent model, probe.py to evaluate one. `VJVCR` wires the encoder,
+predictor and decoder of the objectives vjvcr and generative (their energy: losses.py).
 """
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+
+import losses
+import masks
+import model
 
 MAX_BACKTRACKS = 30  # halvings of a sample's step per iteration before we accept the step anyway
 SHRINK = 0.5         # factor applied to a step that fails the sufficient-decrease test
@@ -68,45 +69,23 @@ def minimise_l1(smooth_energy, z0, lam, steps=200, tol=1e-6, method="fista", eta
                 trace=False):
     """Minimise F(z) = E(z) + lam ||z||_1 for a batch of independent samples.
 
-    smooth_energy: z [B, k] -> E(z) [B], differentiable; sample b's energy may depend only on
-        z[b]. It may close over networks (put them in eval mode; their parameters are not
-        touched). z0: the start [B, k]. lam >= 0: a float.
-    method:
-      "fista": x_k = S_{lam eta}(y_k - eta grad E(y_k)),
-               t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2,
-               y_{k+1} = x_k + (t_k - 1) / t_{k+1} (x_k - x_{k-1})   (Beck & Teboulle 2009),
-               with function-value adaptive restart (O'Donoghue & Candes 2015): when
-               F(x_k) > F(x_{k-1}), that sample's momentum is reset (t_k = 1, so y_{k+1} = x_k).
-      "ista":  the same proximal step without momentum (y_{k+1} = x_k).
-      "gd":    plain subgradient descent z <- z - eta (grad E(z) + lam sign(z)) with the fixed
-               step eta, no backtracking; for comparison only. It never lands on exact zeros
-               (coordinates that should be 0 oscillate around it) and usually runs all steps.
-    Every sample has its own step eta_b, starting at `eta`. For fista/ista it is halved until the
-    sufficient-decrease test holds (at most MAX_BACKTRACKS times per iteration). Each later
-    iteration first lets it double back, up to eta_1, the step accepted at the first iteration
-    (the sample's first local 1/L estimate). Without the regrowth (Beck & Teboulle's version)
-    one kink of a ReLU network, where no quadratic bound holds, could shrink eta for good and
-    leave the sample crawling.
-    Stopping, per sample: s ||x_k - x_{k-1}||_inf <= tol max(1, ||x_k||_inf), where
-    s = max(1, eta_1 / eta_b): the step as it would be at the sample's normal step size, so a
-    sample whose step was just cut short at a kink is not taken for converged. A converged sample is frozen. The loop ends when all have converged
-    or after `steps` iterations.
-
-    What is guaranteed (fista/ista, given the test passed, i.e. the backtracking cap was not hit):
-    ISTA never increases F. FISTA may increase F, but only at an iteration that triggers a
-    restart, and the step after a restart is an ISTA step, so F(x_{k+1}) <= F(x_k) right after.
-    For convex E with L-smooth gradient, ISTA converges to a global minimiser with
-    F - F* = O(1/k). FISTA's O(1/k^2) (Beck & Teboulle) is proved for non-increasing steps; with
-    the regrowth and the restart we rely on practice, not on that proof. What is not: the restart has no general rate proof (O'Donoghue & Candes analyse quadratics; in
-    practice it is much faster); F(final) <= F(z0) for FISTA holds in practice, not by proof;
-    for a non-convex E (a network) one gets at best a stationary point near z0; and the stopping
-    rule measures the step length, not the distance to the minimiser.
-
-    Returns z [B, k] (detached) and info: "iterations" (int, until all converged),
-    "iterations_per_sample" [B], "objective" F(z) [B], "converged" [B] (bool), "eta" [B] (final
-    steps), "restarts" [B] (fista), and with trace=True "trace" [iterations + 1, B], F at every
-    iterate starting with z0.
-    """
+    smooth_energy: z [B, k] -> E(z) [B], differentiable, sample b's energy a function of z[b]
+    only (it may close over frozen networks). z0: the start [B, k]; lam >= 0.
+    method "fista": proximal gradient steps x_k = S_{lam eta}(y_k - eta grad E(y_k)) with
+    Nesterov momentum (Beck & Teboulle 2009) and function-value adaptive restart (O'Donoghue &
+    Candes 2015: where F(x_k) > F(x_{k-1}) that sample's momentum is reset); "ista": the same
+    without momentum; "gd": subgradient descent with the fixed step eta (a baseline: it never
+    lands on exact zeros).
+    Each sample has its own step eta_b, halved until the sufficient-decrease test holds and let
+    to double back up to its first accepted value at each later iteration, so one kink of a
+    ReLU energy cannot shrink it for good. A sample stops, and is frozen, when
+    s ||x_k - x_{k-1}||_inf <= tol max(1, ||x_k||_inf), s = max(1, eta_1 / eta_b).
+    Guarantees (convex E with a Lipschitz gradient): ISTA never increases F and converges at
+    O(1/k); FISTA may increase F only at a restart, followed by an ISTA step. For a non-convex
+    E one gets at best a stationary point near z0.
+    -> z [B, k] (detached), info: "iterations", "iterations_per_sample" [B], "objective" F(z)
+    [B], "converged" [B], "eta" [B], "restarts" [B], and with trace=True "trace"
+    [iterations + 1, B] (F at every iterate, from z0)."""
     if method not in ("fista", "ista", "gd"):
         raise ValueError(f"method must be 'fista', 'ista' or 'gd', not {method!r}")
     x_prev = z0.detach().clone()  # the latest iterate: x_{k-1} while computing x_k
@@ -198,28 +177,274 @@ def discrete_argmin(energies):
 
 
 # ----------------------------------------------------------------------------------------------
-# z* for a VJ-VCR predictor (used by train.py at every step and by probe.py's evaluation)
+# z* for a VJ-VCR predictor
 
-def infer_z(predictor, h_x, h_y, kind, lam=0.0, steps=20, tol=1e-4, method="fista"):
+def per_clip(loss):
+    """A prediction loss (lists of [B, ...] -> scalar) as the energy of each clip -> [B]."""
+    return torch.func.vmap(lambda p, t: loss([p[None]], [t[None]]))
+
+
+def infer_z(predictor, h_x, h_y, kind, lam=0.0, steps=20, tol=1e-4, method="fista", *, loss):
     """z* = argmin_z E(z) (+ lam |z|_1 when sparse) with the networks frozen (VJ-VCR eq. 6),
-    E(z) = D(Pred(h_x, z), h_y), the mean squared error of one clip's predicted target steps.
+    E(z) = loss(Pred(h_x, z), h_y) of each clip, `loss` the run's prediction loss.
     h_x [B, n, d], h_y [B, T, d] -> z* [B, K] (one-hot) or [B, k]. No gradient reaches the
     networks; the caller then trains them with z* held fixed."""
     dtype = torch.promote_types(h_x.dtype, torch.float32)  # at least float32, for tolerances
     h_x, h_y = h_x.detach().to(dtype), h_y.detach().to(dtype)
+    energy_of = per_clip(loss)
     with torch.autocast(h_x.device.type, enabled=False):
         if kind == "discrete":
             with torch.no_grad():
-                energies = (predictor.options(h_x) - h_y[:, None]).pow(2).flatten(2).mean(2)
+                options = predictor.options(h_x)  # (B, K, T, d)
+                energies = torch.func.vmap(energy_of, in_dims=(1, None), out_dims=1)(
+                    options, h_y)  # (B, K)
             return discrete_argmin(energies)[0]
 
         # Pred(h_x, z) = Pred(h_x, 0) + z M: the MLP runs once, each iteration is one product
         z0 = h_x.new_zeros(len(h_x), predictor.z_in.shape[1])
         with torch.no_grad():
-            residual = predictor(h_x, z0).flatten(1) - h_y.flatten(1)  # (B, T * d)
+            pred0 = predictor(h_x, z0).flatten(1)  # (B, T * d)
             M = predictor.latent_map().to(dtype)  # (k, T * d)
+        target = h_y.flatten(1)
 
         def energy(z):
-            return (residual + z @ M).pow(2).mean(1)
+            return energy_of(pred0 + z @ M, target)
 
         return minimise_l1(energy, z0, lam, steps, tol, method)[0]
+
+
+def restart_unused_option(predictor, opt, counts, generator, noise=0.01):
+    """Discrete latent: only the chosen option's copy of the last layer learns, so the copy that
+    wins the first batches wins all later ones. As k-means does with an empty cluster, the least
+    chosen option, if it took fewer than 1/(4K) of the batch's clips (counts [K]), becomes a copy
+    of the most chosen one (its rows of the last layer and their Adam moments) plus Gaussian
+    noise of `noise` x the copied weights' std. -> the option restarted, or None."""
+    K = len(counts)
+    low, high = int(counts.argmin()), int(counts.argmax())
+    if counts[low] >= counts.sum() / (4 * K):
+        return None
+    last = predictor.net[-1]
+    rows = last.weight.shape[0] // K  # the K copies are stacked along the output rows
+    dst, src = slice(low * rows, (low + 1) * rows), slice(high * rows, (high + 1) * rows)
+    with torch.no_grad():
+        for p in (last.weight, last.bias):
+            p[dst] = p[src] + noise * p[src].std() * torch.randn(
+                p[src].shape, generator=generator).to(p)
+            for moment in opt.state.get(p, {}).values():
+                if torch.is_tensor(moment) and moment.shape == p.shape:
+                    moment[dst] = moment[src]
+    return low
+
+
+# ----------------------------------------------------------------------------------------------
+# VJ-VCR's MovingMNIST networks (Drozdov et al. 2024, sec. 4.4): one vector per frame
+
+def _conv_bn_relu(cin, cout, kernel, stride, padding, transpose=False):
+    conv = (nn.ConvTranspose3d if transpose else nn.Conv3d)(cin, cout, kernel, stride, padding,
+                                                            bias=False)
+    return nn.Sequential(conv, nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
+
+
+def _channels_last(x):
+    """The same values stored channels-last, the order oneDNN's CPU convolutions compute in
+    (a copy: with C = 1 the default order already passes for channels-last)."""
+    return x.clone(memory_format=torch.channels_last_3d)
+
+
+def grid_pool(x, grid):
+    """Average a feature map [B, C, T, H, W] to a grid x grid map per time step, flattened per
+    frame as (channel, row, column) -> [B, T, C * grid^2]. grid 1: the global average."""
+    B, C, T, H, W = x.shape
+    cells = F.avg_pool3d(x, (1, H // grid, W // grid))  # (B, C, T, g, g)
+    return cells.transpose(1, 2).reshape(B, T, C * grid * grid)
+
+
+class ConvEncoder(nn.Module):
+    """3 spatial convolutions (1x4x4, stride 2: 64 -> 8 pixels) and 2 temporal ones (3x1x1),
+    each with BatchNorm and ReLU, then grid_pool of the 8x8 map.
+    [B, C, T, H, W] -> [B, T, dim * grid^2] (`out_dim` wide)."""
+
+    def __init__(self, in_chans=1, dim=128, width=32, grid=1):
+        super().__init__()
+        self.grid, self.out_dim = grid, dim * grid * grid
+        spatial = dict(kernel=(1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1))
+        temporal = dict(kernel=(3, 1, 1), stride=1, padding=(1, 0, 0))
+        self.layers = nn.Sequential(
+            _conv_bn_relu(in_chans, width, **spatial),
+            _conv_bn_relu(width, 2 * width, **spatial),
+            _conv_bn_relu(2 * width, dim, **spatial),
+            _conv_bn_relu(dim, dim, **temporal),
+            _conv_bn_relu(dim, dim, **temporal))
+
+    def forward(self, x):
+        if x.shape[-1] % (8 * self.grid):
+            raise ValueError(f"a {x.shape[-1]}-pixel frame gives a {x.shape[-1] // 8}-wide map, "
+                             f"not a multiple of grid={self.grid}")
+        return grid_pool(self.layers(_channels_last(x)), self.grid)  # (B, T, dim * g^2)
+
+
+class MLPPredictor(nn.Module):
+    """All target steps at once from the context steps, an MLP with 2 hidden layers:
+    [B, T_ctx, dim] -> [B, T_tgt, dim], optionally conditioned on a latent z (sec. 3.1):
+    "discrete": z one-hot [B, K] picks one of K stacked copies of the last layer (`options`
+    gives all K predictions [B, K, T_tgt, dim]); "sparse": z [B, k], L1-penalised at inference."""
+
+    def __init__(self, ctx_steps=3, tgt_steps=12, dim=128, hidden=1024, latent="none",
+                 latent_dim=0):
+        super().__init__()
+        self.tgt_steps, self.dim, self.latent = tgt_steps, dim, latent
+        copies = latent_dim if latent == "discrete" else 1
+        self.net = nn.Sequential(
+            nn.Linear(ctx_steps * dim, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, copies * tgt_steps * dim))
+        if latent == "sparse":
+            # z shifts the last hidden layer (after its ReLU) along unit-norm columns: the
+            # prediction is affine in z, so E(z) is a convex quadratic that FISTA solves exactly,
+            # and the L1 penalty cannot be dodged by shrinking z and growing the weights
+            self.z_in = nn.Parameter(torch.randn(hidden, latent_dim) / hidden ** 0.5)
+
+    def options(self, h_x):
+        """Discrete latent: the prediction under every option, [B, K, T_tgt, dim]."""
+        return self.net(h_x.flatten(1)).view(len(h_x), -1, self.tgt_steps, self.dim)
+
+    def latent_map(self):
+        """Sparse latent: Pred(h_x, z) = Pred(h_x, 0) + z M, M = (W_last D)^T [k, T_tgt * dim]."""
+        return (self.net[-1].weight @ F.normalize(self.z_in, dim=0)).T
+
+    def forward(self, h_x, z=None):
+        if self.latent == "discrete":
+            return torch.einsum("bk,bktd->btd", z.to(h_x.dtype), self.options(h_x))
+        x = h_x.flatten(1)
+        if self.latent == "sparse":
+            hidden = self.net[:-1](x) + z.to(x.dtype) @ F.normalize(self.z_in, dim=0).T.to(x.dtype)
+            x = self.net[-1](hidden)
+        else:
+            x = self.net(x)
+        return x.view(-1, self.tgt_steps, self.dim)
+
+
+class ConvDecoder(nn.Module):
+    """The encoder mirrored, then a sigmoid: [B, T, dim * grid^2] -> [B, C, T, H, W] in [0, 1].
+    The pooling is undone by repeating each cell over the positions it averaged; a global
+    vector (grid 1) would say nothing of where the digit is, so there a linear map makes the map."""
+
+    def __init__(self, in_chans=1, dim=128, width=32, img_size=64, grid=1):
+        super().__init__()
+        self.dim, self.side, self.grid = dim, img_size // 8, grid
+        self.unpool = nn.Linear(dim, dim * self.side ** 2) if grid == 1 else None
+        spatial = dict(kernel=(1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1), transpose=True)
+        temporal = dict(kernel=(3, 1, 1), stride=1, padding=(1, 0, 0))
+        self.layers = nn.Sequential(
+            _conv_bn_relu(dim, dim, **temporal),
+            _conv_bn_relu(dim, dim, **temporal),
+            _conv_bn_relu(dim, 2 * width, **spatial),
+            _conv_bn_relu(2 * width, width, **spatial),
+            nn.ConvTranspose3d(width, in_chans, (1, 4, 4), (1, 2, 2), (0, 1, 1)))
+
+    def unpool_map(self, h):
+        """[B, T, dim * grid^2] -> the 8x8 map [B, dim, T, side, side]."""
+        B, T, _ = h.shape
+        g, s = self.grid, self.side
+        if g == 1:
+            return self.unpool(h).view(B, T, self.dim, s, s).transpose(1, 2)
+        cells = h.view(B, T, self.dim, g, g).transpose(1, 2)  # (B, dim, T, g, g)
+        return cells.repeat_interleave(s // g, dim=3).repeat_interleave(s // g, dim=4)
+
+    def forward(self, h):
+        return torch.sigmoid(self.layers(_channels_last(self.unpool_map(h))))  # (B, C, T, H, W)
+
+
+class PixelDecoder(nn.Module):
+    """VJ-VCR's ViT route: each predicted token -> its tubelet's pixels, linearly (as in MAE)."""
+
+    def __init__(self, dim, in_chans, patch_size, tubelet_size):
+        super().__init__()
+        self.proj = nn.Linear(dim, in_chans * tubelet_size * patch_size ** 2)
+
+    def forward(self, tokens):
+        return self.proj(tokens)
+
+
+class VJVCR(nn.Module):
+    """The networks of VJ-VCR (objective vjvcr) and of its generative baseline as one module,
+    forward(clips) -> (energy, {term: value}, per-step embeddings [B, T, d]); x = the first
+    mask_ctx_frames frames, y = the rest. The energy is losses.vjvcr_energy; with a latent,
+    h~_y = Pred(h_x, z*), z* inferred with the networks frozen, then held fixed.
+    vcr_arch conv: the paper's networks, one vector per frame. vit: V-JEPA's encoder and
+    predictor with mask tokens at the target frames, VCR on each time step's pooled tokens,
+    a per-token linear pixel decoder."""
+
+    def __init__(self, cfg, loss_fn):
+        super().__init__()
+        n = cfg.mask_ctx_frames
+        self.cfg, self.loss_fn = cfg, loss_fn
+        has_decoder = cfg.objective == "generative" or cfg.vcr_gamma > 0
+        self.decoder = None
+        if cfg.vcr_arch == "conv":
+            self.encoder = ConvEncoder(cfg.in_chans, cfg.enc_dim, grid=cfg.pool_grid)
+            self.predictor = MLPPredictor(n, cfg.num_frames - n, self.encoder.out_dim,
+                                          latent=cfg.latent, latent_dim=cfg.latent_dim)
+            if has_decoder:
+                self.decoder = ConvDecoder(cfg.in_chans, cfg.enc_dim, img_size=cfg.img_size,
+                                           grid=cfg.pool_grid)
+            return
+        self.encoder, self.predictor = model.build_models(
+            cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size, cfg.in_chans,
+            cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.pred_dim, cfg.pred_depth,
+            num_masks=1, uniform_power=cfg.uniform_power)
+        if has_decoder:
+            self.decoder = PixelDecoder(cfg.enc_dim, cfg.in_chans, cfg.patch_size,
+                                        cfg.tubelet_size)
+        ctx, tgt = masks.future(1, self.encoder.grid, n // cfg.tubelet_size)
+        self.register_buffer("ctx_idx", ctx, persistent=False)
+        self.register_buffer("tgt_idx", tgt, persistent=False)
+
+    def per_step(self, tokens):
+        """[B, K, D] tokens of whole time steps -> [B, K / S, D * g^2], each step's grid pooled
+        to pool_grid x pool_grid as the conv encoder pools its map."""
+        B, K, D = tokens.shape
+        _, Hp, Wp = self.encoder.grid
+        steps = tokens.view(B, K // (Hp * Wp), Hp, Wp, D).permute(0, 4, 1, 2, 3)
+        return grid_pool(steps, self.cfg.pool_grid)
+
+    def predict(self, clips, h_y=None):
+        """-> (h_x, h~_y, per-step h~_y), per step (conv) or per token (vit); with a latent,
+        z* is inferred against the encoded targets h_y."""
+        n = self.cfg.mask_ctx_frames
+        if self.cfg.vcr_arch == "conv":
+            h_x = self.encoder(clips[:, :, :n])  # (B, n, d)
+            z = None
+            if self.cfg.latent != "none":
+                z = infer_z(self.predictor, h_x, h_y, self.cfg.latent, self.cfg.latent_lam,
+                            self.cfg.latent_steps, loss=self.loss_fn)
+                self.last_z = z  # for the log
+            pred = self.predictor(h_x, z)  # (B, T - n, d)
+            return h_x, pred, pred
+        ctx, tgt = self.ctx_idx.expand(len(clips), -1), self.tgt_idx.expand(len(clips), -1)
+        h_x = self.encoder(clips, keep=ctx)  # (B, K_ctx, D)
+        pred = self.predictor([h_x], [(ctx, tgt)])[0]  # (B, K_tgt, D)
+        return h_x, pred, self.per_step(pred)
+
+    def decode(self, pred):
+        """Predicted representation -> frames [B, C, T - n, H, W]."""
+        if self.cfg.vcr_arch == "conv":
+            return self.decoder(pred)
+        cfg, (_, Hp, Wp) = self.cfg, self.encoder.grid
+        return model.unpatchify(self.decoder(pred), (pred.shape[1] // (Hp * Wp), Hp, Wp),
+                                cfg.in_chans, cfg.patch_size, cfg.tubelet_size)
+
+    def forward(self, clips):
+        cfg, n = self.cfg, self.cfg.mask_ctx_frames
+        vit, h_y = cfg.vcr_arch == "vit", None
+        if cfg.objective == "vjvcr":  # y encoded on its own, by the same encoder
+            h_y = (self.encoder(clips, keep=self.tgt_idx.expand(len(clips), -1)) if vit
+                   else self.encoder(clips[:, :, n:]))
+        h_x, pred, pred_steps = self.predict(clips, h_y)
+        steps = (lambda t: self.per_step(t)) if vit else (lambda t: t)
+        h = torch.cat([steps(h_x), pred_steps if h_y is None else steps(h_y)], dim=1)
+        recon = None if self.decoder is None else self.decode(pred)
+        energy, terms = losses.vjvcr_energy(
+            self.loss_fn, pred, h_y, h, recon, clips[:, :, n:], cfg.vcr_alpha, cfg.vcr_beta,
+            cfg.vcr_gamma if cfg.objective == "vjvcr" else 1.0)
+        return energy, terms, h

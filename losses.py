@@ -1,15 +1,30 @@
-"""Losses, one pure function of tensors each.
+"""The objectives, as functions of tensors: prediction losses, VJ-VCR's variance-covariance
+regulariser, and the two energies train.py minimises (`vjepa_energy`, `vjvcr_energy`).
 
 A prediction loss takes the predictions and the targets as two lists (one entry per mask
-configuration; VJ-VCR has a single one) and returns a scalar. To try another one, write a
-function here with the same signature and name it: `python train.py --loss my_loss`
-(README, "Adding a loss").
+configuration; VJ-VCR has one) and returns a scalar. To try another, write one here with the
+same signature, decorate it with @prediction_loss and run `python train.py --loss my_loss`: it
+is then the energy of training and of the latent inference (z*) alike (README, "Adding a loss").
 """
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+PREDICTION_LOSSES = {}  # name -> function: what --loss accepts
 
+
+def wide(x):
+    """x in at least float32: bf16 (autocast) -> float32, float64 stays."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def prediction_loss(fn):
+    """Register fn(preds, targets) -> scalar under its name, for --loss."""
+    PREDICTION_LOSSES[fn.__name__] = fn
+    return fn
+
+
+@prediction_loss
 def vjepa_l1(preds, targets):
     """V-JEPA loss (Bardes et al. 2024, eq. 1 with the L1 distance of sec. 3.1):
 
@@ -18,15 +33,16 @@ def vjepa_l1(preds, targets):
     preds, targets: lists over the M mask configurations of [B, K_m, D] tensors (the targets
     already layer-normed and without gradient). Each mask's mean is over its target tokens and
     channels; the masks then count equally."""
-    per_mask = [(p.float() - t.float()).abs().mean() for p, t in zip(preds, targets)]
+    per_mask = [(wide(p) - wide(t)).abs().mean() for p, t in zip(preds, targets)]
     return torch.stack(per_mask).mean()
 
 
+@prediction_loss
 def mse(preds, targets):
     """VJ-VCR prediction term D(h~_y, h_y) of eq. 5 (Drozdov et al. 2024), the mean squared
     error, averaged over the list entries: L = 1/M sum_m mean (h~_y - h_y)^2.
     Gradients flow into both sides (the same encoder makes h_x and h_y; no EMA)."""
-    per_mask = [(p.float() - t.float()).pow(2).mean() for p, t in zip(preds, targets)]
+    per_mask = [(wide(p) - wide(t)).pow(2).mean() for p, t in zip(preds, targets)]
     return torch.stack(per_mask).mean()
 
 
@@ -86,3 +102,56 @@ def vcr_terms(h, tau=1.0, eps=1e-4):
     cov = torch.einsum("ntd,nte->tde", centred, centred) / (N - 1)  # (T, d, d)
     off_diagonal = cov.pow(2).sum() - cov.diagonal(dim1=1, dim2=2).pow(2).sum()
     return l_var, off_diagonal / (T * d)
+
+
+def token_vcr(contexts):
+    """VJ-VCR's regulariser on V-JEPA's context tokens (not in the V-JEPA paper): every context
+    token of every mask is one sample of its D channels. contexts: [B, Kc, D] per mask
+    -> (l_var, l_cov) of vcr_terms."""
+    return vcr_terms(torch.cat([z.reshape(-1, 1, z.shape[-1]) for z in contexts]))
+
+
+def vjepa_energy(loss, preds, targets, contexts, token_vcr_weight=0.0, alpha=0.5, beta=0.1):
+    """V-JEPA's objective: loss = prediction + token regulariser,
+        loss(preds, targets) + token_vcr_weight (alpha l_var + beta l_cov)(context tokens).
+    -> (loss, {term: value}; empty without the regulariser)."""
+    if not token_vcr_weight:
+        return loss(preds, targets), {}
+    l_var, l_cov = token_vcr(contexts)
+    terms = {"pred": loss(preds, targets), "var": token_vcr_weight * alpha * l_var,
+             "cov": token_vcr_weight * beta * l_cov}
+    return sum(terms.values()), terms
+
+
+def vjvcr_energy(loss, pred, h_y, h, recon=None, frames=None, alpha=0.5, beta=0.1, gamma=1.0):
+    """VJ-VCR (Drozdov et al. 2024, eq. 5), with h = [h_x, h_y] one vector per time step:
+        loss(h~_y, h_y) + alpha l_var(h) + beta l_cov(h) + gamma |Dec(h~_y) - y|^2.
+    The generative baseline (eq. 7) has no h_y: |Dec(h~_y) - y|^2 + VCR of h = [h_x, h~_y].
+    recon / frames: decoded and true target frames, or None without a decoder.
+    -> (energy, {term: value})."""
+    terms = {} if h_y is None else {"pred": loss([pred], [h_y])}
+    if recon is not None:
+        terms["pixel"] = gamma * pixel_mse(recon, frames)
+    if alpha or beta:
+        l_var, l_cov = vcr_terms(h)
+        terms["var"], terms["cov"] = alpha * l_var, beta * l_cov
+    return sum(terms.values()), terms
+
+
+# ----------------------------------------------------------------------------------------------
+# Collapse monitors (logged, not minimised)
+
+def rankme(emb, eps=1e-7):
+    """RankMe (Garrido et al. 2023) of [N, D]: exp of the entropy of the normalised singular
+    values; between 1 and min(N, D)."""
+    s = torch.linalg.svdvals(emb.float())
+    p = s / s.sum() + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def collapse_monitors(h, steps):
+    """h: [B, N, D], N = steps x tokens per step -> (mean per-channel std over all tokens,
+    RankMe of the embeddings pooled over space per clip and time step)."""
+    B, N, D = h.shape
+    pooled = h.float().view(B, steps, -1, D).mean(2).reshape(-1, D)
+    return float(h.float().reshape(-1, D).std(0).mean()), rankme(pooled)

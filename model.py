@@ -1,10 +1,9 @@
-"""The networks of V-JEPA: tubelet embedding, 3D sin-cos positions, a plain ViT encoder and the
-narrow ViT predictor.
+"""V-JEPA's networks (tubelet embedding, 3D sin-cos positions, ViT encoder, narrow ViT
+predictor) and loading checkpoints in the original release's format.
 
-A clip is `[B, C, T, H, W]`. A Conv3d with kernel = stride = (t, p, p) cuts it into tubelets and
-gives a grid of T/t x H/p x W/p tokens, flattened time-major: index = (i_t * Hp + i_h) * Wp + i_w.
-Parameter names follow the original V-JEPA release (without its `module.backbone.` prefix), so a
-state dict made here and one made there name the same tensors the same way.
+A clip is `[B, C, T, H, W]`. A Conv3d with kernel = stride = (t, p, p) cuts it into tubelets:
+a grid of T/t x H/p x W/p tokens, flattened time-major, index = (i_t * Hp + i_h) * Wp + i_w.
+Parameter names follow the original V-JEPA release (without its `module.backbone.` prefix).
 """
 import math
 import os
@@ -16,24 +15,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-# Named sizes: (width, depth, heads). The first five are the standard ViTs; the last is small
-# enough to train on a laptop CPU in minutes (the laptop preset).
-VIT_SIZES = {
-    "tiny": (192, 12, 3),
-    "small": (384, 12, 6),
-    "base": (768, 12, 12),
-    "large": (1024, 24, 16),
-    "huge": (1280, 32, 16),
-    "cpu_small": (192, 6, 3),
-}
+# Named sizes: (width, depth, heads); cpu_small trains on a laptop CPU in minutes.
+VIT_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12),
+             "large": (1024, 24, 16), "huge": (1280, 32, 16), "cpu_small": (192, 6, 3)}
 
 
 # ----------------------------------------------------------------------------------------------
 # Positions
 
 def sincos_1d(dim, pos):
-    """1D sin-cos code. pos: [N] positions -> [N, dim], all sines then all cosines.
-    omega_i = 1 / 10000^(i / (dim/2)), i = 0 .. dim/2 - 1."""
+    """[N] positions -> [N, dim]: sines then cosines, omega_i = 1 / 10000^(i / (dim/2))."""
     if dim % 2:
         raise ValueError(f"a sin-cos code needs an even width, got {dim}")
     omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
@@ -42,17 +33,12 @@ def sincos_1d(dim, pos):
 
 
 def sincos_3d(dim, grid, uniform_power=True):
-    """Fixed 3D positional table [T*H*W, dim] for a token grid (T, H, W), time-major rows.
-
-    The per-axis codes are concatenated in the order (time, height, width).
-    uniform_power (the released V-JEPA configs): each axis gets 2*ceil(dim/6) channels and the
-    concatenation is cut to `dim` (for dim=1024 the last 2 width cosines are dropped).
-    Otherwise time gets dim/2 channels and height and width dim/4 each.
-    """
+    """Fixed positional table [T*H*W, dim] for a token grid (T, H, W), time-major rows; the
+    per-axis codes concatenated as (time, height, width). uniform_power (the released configs):
+    each axis gets 2*ceil(dim/6) channels, cut to `dim`; else time dim/2, height and width dim/4."""
     T, H, W = grid
     if uniform_power:
-        d_axis = 2 * math.ceil(dim / 6)
-        widths = (d_axis, d_axis, d_axis)
+        widths = (2 * math.ceil(dim / 6),) * 3
     else:
         if dim % 8:
             raise ValueError(f"the split sin-cos code needs a width divisible by 8, got {dim}")
@@ -66,11 +52,8 @@ def sincos_3d(dim, grid, uniform_power=True):
 # Transformer pieces
 
 def attention(q, k, v):
-    """softmax(q k^T / sqrt(Dh)) v over the last two dims. PyTorch's fused kernels, except on
-    CPUs in bfloat16 when gradients are recorded: there the fused kernel's forward and backward
-    take 1.2-3.6x as long as the two matrix products written out (the [N, N] scores then sit
-    in memory, fine at CPU sizes), while without gradients (the target encoder) the fused
-    forward takes half as long (docs/results.md, section 5)."""
+    """softmax(q k^T / sqrt(Dh)) v. PyTorch's fused kernel, except for bf16 with gradients on a
+    CPU, where the two products written out are faster (docs/results.md, performance)."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad:
         scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
         return scores.softmax(dim=-1) @ v
@@ -87,8 +70,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x, segments=None):
-        """x: [B, N, D]. segments: token counts that split N into parts that attend only within
-        themselves (several sequences packed into one, model.JEPA), or None: one sequence."""
+        """x: [B, N, D]. segments: token counts splitting N into parts attending only within."""
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, Dh)
@@ -125,10 +107,8 @@ class Block(nn.Module):
 
 
 def init_weights(module, blocks):
-    """Truncated-normal(0.02) weights, zero biases, LayerNorm (1, 0); then the output
-    projections of block l are divided by sqrt(2 (l+1)) so that deep residual streams start
-    with a similar scale. (The original release re-initialises after this step and so loses the
-    depth scaling; we keep it.)"""
+    """Truncated-normal(0.02) weights, zero biases, LayerNorm (1, 0); block l's output projections
+    / sqrt(2 (l+1)), so deep residual streams start alike (the release loses this; we keep it)."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv3d)):
             nn.init.trunc_normal_(m.weight, std=0.02)
@@ -156,8 +136,7 @@ def token_grid(num_frames, img_size, patch_size, tubelet_size):
 
 
 def run_blocks(blocks, x, grad_checkpoint=False, segments=None):
-    """x through the blocks (segments: Attention.forward); with grad_checkpoint (and gradients
-    on), each block's activations are recomputed in the backward pass instead of being stored."""
+    """x through the blocks; grad_checkpoint: recompute activations in the backward pass."""
     for block in blocks:
         if grad_checkpoint and torch.is_grad_enabled():
             x = torch.utils.checkpoint.checkpoint(block, x, segments, use_reentrant=False)
@@ -175,7 +154,7 @@ def gather_tokens(x, idx):
 # Encoder and predictor
 
 def patchify(x, patch_size, tubelet_size):
-    """Pixels of each tubelet, in token order. [B, C, T, H, W] -> [B, N, C*t*p*p], each row
+    """Pixels of each tubelet, in token order: [B, C, T, H, W] -> [B, N, C*t*p*p], each row
     flattened as (C, t, p, p) like the Conv3d weights of PatchEmbed3D."""
     B, C, T, H, W = x.shape
     t, p = tubelet_size, patch_size
@@ -184,7 +163,7 @@ def patchify(x, patch_size, tubelet_size):
 
 
 def unpatchify(tokens, grid, channels, patch_size, tubelet_size):
-    """The inverse of patchify. tokens: [B, T'*H'*W', C*t*p*p] -> [B, C, T, H, W]."""
+    """The inverse of patchify: [B, T'*H'*W', C*t*p*p] -> [B, C, T, H, W]."""
     B = tokens.shape[0]
     (Tg, Hg, Wg), t, p = grid, tubelet_size, patch_size
     x = tokens.reshape(B, Tg, Hg, Wg, channels, t, p, p)
@@ -192,16 +171,10 @@ def unpatchify(tokens, grid, channels, patch_size, tubelet_size):
 
 
 class PatchEmbed3D(nn.Module):
-    """Tubelets of t x p x p pixels -> tokens. [B, C, T, H, W] -> [B, T/t * H/p * W/p, D].
-    gain multiplies the initial weights (init_weights): a token's embedding starts with a std of
-    about 0.02 * gain * sqrt(C t p p) times the pixels' std, against the positional code's 0.71
-    it is added to. In the paper's geometry (3 x 2 x 16 x 16 = 1,536 inputs) gain 1 gives 0.78;
-    a one-channel MovingMNIST tubelet of 2 x 16 x 16 gives 0.45 and of 2 x 8 x 8 only 0.23.
-
-    The weights are a Conv3d's (kernel = stride = tubelet), as in the release; the forward pass
-    computes the same thing as one matrix product of each tubelet's pixels with the flattened
-    kernel, which on CPUs is several times faster than the convolution kernels, in float32 and
-    bfloat16, forward and backward."""
+    """Tubelets of t x p x p pixels -> tokens: [B, C, T, H, W] -> [B, T/t * H/p * W/p, D].
+    `gain` scales the initial weights: an embedding starts at ~0.02 gain sqrt(C t p p) x the
+    pixels' std against the positional code's 0.71 (0.78 in the paper's geometry, 0.45 for one
+    channel at patch 16). Conv3d weights as in the release, applied as one matrix product."""
 
     def __init__(self, in_chans, dim, patch_size, tubelet_size, gain=1.0):
         super().__init__()
@@ -211,7 +184,7 @@ class PatchEmbed3D(nn.Module):
         self.proj = nn.Conv3d(in_chans, dim, kernel_size=k, stride=k)
 
     def forward(self, x):
-        pixels = patchify(x, self.patch_size, self.tubelet_size)  # (B, N, C*t*p*p), time-major
+        pixels = patchify(x, self.patch_size, self.tubelet_size)  # (B, N, C*t*p*p)
         return F.linear(pixels, self.proj.weight.flatten(1), self.proj.bias)  # (B, N, D)
 
 
@@ -225,11 +198,11 @@ class VisionTransformer(nn.Module):
         self.input_size = (num_frames, img_size, img_size)
         self.grid = token_grid(num_frames, img_size, patch_size, tubelet_size)
         self.patch_embed = PatchEmbed3D(in_chans, dim, patch_size, tubelet_size, embed_gain)
-        # Fixed, not learned; saved in the state dict as in the release, shape [1, N, D].
+        # fixed, not learned; in the state dict as in the release, [1, N, D]
         self.register_buffer("pos_embed", sincos_3d(dim, self.grid, uniform_power)[None])
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.grad_checkpoint = False  # recompute blocks in the backward pass (saves memory)
+        self.grad_checkpoint = False
         init_weights(self, self.blocks)
 
     @property
@@ -238,14 +211,11 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x, keep=None, segments=None):
         """x: [B, C, T, H, W]; keep: optional [B, K] indices of the tokens to encode; segments:
-        optional token counts that split the K kept tokens into parts encoded as separate
-        sequences (the contexts of several masks in one pass, JEPA.forward).
-        Returns [B, N, D], or [B, K, D] for the kept tokens only."""
+        optional token counts splitting the K kept tokens into separate sequences -> [B, N|K, D]"""
         if x.shape[1] != self.in_chans or tuple(x.shape[2:]) != self.input_size:
             raise ValueError(f"clip of shape {tuple(x.shape[1:])} does not fit an encoder built "
                              f"for {(self.in_chans, *self.input_size)} (C, T, H, W)")
-        x = self.patch_embed(x)  # bf16 under autocast: the residual stream stays in it, so no
-        #                          product casts its input and no sum mixes two precisions
+        x = self.patch_embed(x)  # bf16 under autocast; the residual stream stays in it
         x = x + self.pos_embed.to(x.dtype)  # positions are added before tokens are dropped
         if keep is not None:
             x = gather_tokens(x, keep)
@@ -253,12 +223,10 @@ class VisionTransformer(nn.Module):
 
 
 class Predictor(nn.Module):
-    """Narrow ViT that predicts the encoder's features at the target positions.
-
-    Sequence = [context tokens ; one mask token per target], where a mask token is a learnable
-    vector (one per mask configuration, zero-initialised) plus the sin-cos position of its
-    target. No attention mask, no sorting; only the mask-token outputs are projected back.
-    """
+    """Narrow ViT that predicts the encoder's features at the target positions. Its sequence is
+    [context tokens; one mask token per target], a mask token being a learned vector (one per
+    mask configuration, zero at init) plus its target's sin-cos position. No attention mask;
+    only the mask tokens' outputs are projected back (to out_dim: pixels for pixel targets)."""
 
     def __init__(self, grid, enc_dim=1024, dim=384, depth=12, heads=16, num_mask_tokens=2,
                  mlp_ratio=4.0, uniform_power=True, out_dim=None):
@@ -269,22 +237,17 @@ class Predictor(nn.Module):
         self.register_buffer("predictor_pos_embed", sincos_3d(dim, grid, uniform_power)[None])
         self.predictor_blocks = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
         self.predictor_norm = nn.LayerNorm(dim, eps=1e-6)
-        # out_dim: enc_dim for feature targets; the pixels of a tubelet for pixel targets
         self.predictor_proj = nn.Linear(dim, out_dim or enc_dim)
         self.grad_checkpoint = False
         init_weights(self, self.predictor_blocks)
 
     def forward(self, contexts, masks, mask_ids=None):
-        """contexts: one encoded context [B, Kc, D] per mask, at the positions ctx_idx [B, Kc]
-        of masks = [(ctx_idx, tgt_idx), ...]; tgt_idx [B, Kt]: the positions to predict; mask
-        m uses mask token mask_ids[m] (default m). -> one prediction [B, Kt, out_dim] per mask.
-
-        The masks' sequences [ctx; tgt] run as one, [ctx_1; tgt_1; ctx_2; tgt_2; ...], each
-        part attending only within itself: the same as one pass per mask, in half the
-        operations (on CPUs a step's many small ones cost more than their FLOPs)."""
+        """contexts: one encoded context [B, Kc, D] per mask of masks = [(ctx_idx [B, Kc],
+        tgt_idx [B, Kt]), ...]; mask m uses mask token mask_ids[m] (default m).
+        -> one prediction [B, Kt, out_dim] per mask. All masks' sequences run packed in one
+        pass, [ctx_1; tgt_1; ctx_2; tgt_2; ...], each attending only within itself."""
         mask_ids = range(len(masks)) if mask_ids is None else mask_ids
-        ctx = self.predictor_embed(torch.cat(contexts, dim=1))  # (B, sum Kc, Dp); its precision
-        #                                                          (bf16 under autocast) is kept
+        ctx = self.predictor_embed(torch.cat(contexts, dim=1))  # (B, sum Kc, Dp)
         pos = self.predictor_pos_embed.to(ctx.dtype).expand(len(ctx), -1, -1)
         parts = []  # [ctx_1, tgt_1, ctx_2, tgt_2, ...], each (B, K, Dp)
         for c, (ctx_idx, tgt_idx), m in zip(ctx.split([z.shape[1] for z in contexts], dim=1),
@@ -300,18 +263,14 @@ class Predictor(nn.Module):
 
 
 class JEPA(nn.Module):
-    """Context encoder + predictor as one module, so data parallelism wraps a single forward.
-
-    forward(clip, masks) with masks = [(ctx_idx, tgt_idx), ...], one pair per mask
-    configuration -> (one prediction [B, Kt, D] per pair, the encoded context [B, Kc, D] of
-    each pair: a regulariser may use them, train.forward)."""
+    """Context encoder + predictor as one module (data parallelism wraps one forward).
+    (clip, masks [(ctx_idx, tgt_idx), ...]) -> (predictions [B, Kt, D], contexts [B, Kc, D])."""
 
     def __init__(self, encoder, predictor):
         super().__init__()
         self.encoder, self.predictor = encoder, predictor
 
     def forward(self, clip, masks):
-        """All masks in one pass of each network (Predictor.forward)."""
         sizes = [ctx_idx.shape[1] for ctx_idx, _ in masks]
         keep = torch.cat([ctx_idx for ctx_idx, _ in masks], dim=1)
         contexts = list(self.encoder(clip, keep=keep, segments=sizes).split(sizes, dim=1))
@@ -321,9 +280,7 @@ class JEPA(nn.Module):
 def build_models(num_frames, img_size, patch_size, tubelet_size, in_chans, enc_dim, enc_depth,
                  enc_heads, pred_dim, pred_depth, num_masks=2, uniform_power=True, out_dim=None,
                  embed_gain=1.0):
-    """Encoder and predictor for one geometry. Predictor heads = encoder heads, as in the paper.
-    out_dim: the predictor's output width (default enc_dim, feature targets); embed_gain: the
-    tubelet embedding's initial scale (PatchEmbed3D)."""
+    """Encoder and predictor for one geometry; predictor heads = encoder heads (the paper)."""
     encoder = VisionTransformer(num_frames, img_size, patch_size, tubelet_size, in_chans,
                                 enc_dim, enc_depth, enc_heads, uniform_power=uniform_power,
                                 embed_gain=embed_gain)
@@ -332,8 +289,10 @@ def build_models(num_frames, img_size, patch_size, tubelet_size, in_chans, enc_d
     return encoder, predictor
 
 
-# The release stores every state-dict key under this prefix (DDP's `module.` + `backbone.`).
-RELEASE_PREFIX = "module.backbone."
+# ----------------------------------------------------------------------------------------------
+# Checkpoints in the release format
+
+RELEASE_PREFIX = "module.backbone."  # the release's key prefix (DDP's `module.` + `backbone.`)
 
 
 def to_release(state_dict):
@@ -359,16 +318,11 @@ def load_strict(module, state_dict, what):
     module.load_state_dict(state_dict, strict=True)
 
 
-# ----------------------------------------------------------------------------------------------
-# Loading a checkpoint in the release format
-
-# Heads cannot be read from any tensor shape; the standard ViTs fix them by width.
-STANDARD_HEADS = {dim: heads for dim, _, heads in VIT_SIZES.values()}  # 192 -> 3 ... 1280 -> 16
+STANDARD_HEADS = {dim: heads for dim, _, heads in VIT_SIZES.values()}  # no shape tells heads
 
 
 def _count(state, prefix):
-    """Number of indexed sub-modules `{prefix}{i}.*`: 1 + the largest i, so that a gap shows up
-    in load_strict as missing keys rather than as a silently shallower network."""
+    """1 + the largest i of `{prefix}{i}.*` (a gap shows up as missing keys)."""
     ids = [int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)]
     return max(ids) + 1 if ids else 0
 
@@ -387,13 +341,11 @@ def _mlp_ratio(state, first_block, dim):
 
 def infer_architecture(encoder_state, predictor_state=None, config=None, heads=None,
                        trained_frames=None, trained_img_size=None):
-    """The hyper-parameters of a release-format encoder (and predictor) read off tensor shapes
-    (shape-only meta tensors will do). What shapes cannot tell comes from outside: heads from
-    `heads`, else config["enc_heads"], else STANDARD_HEADS; frames from `trained_frames`, else
-    config["num_frames"], else N / (trained_img_size/p)^2 time steps, else 16 like every
-    released model. The image side then follows from N = (T/t) (H/p)^2.
-    -> {"encoder": VisionTransformer kwargs, "num_tokens": N,
-        "predictor": Predictor kwargs without the grid, or None}."""
+    """The hyper-parameters of a release-format encoder (and predictor) from tensor shapes.
+    Heads: `heads`, else config["enc_heads"], else STANDARD_HEADS. Frames: `trained_frames`,
+    else config["num_frames"], else N / (trained_img_size/p)^2 time steps, else 16 (every
+    released model); the side follows from N = (T/t) (H/p)^2.
+    -> {"encoder": VisionTransformer kwargs, "num_tokens": N, "predictor": kwargs or None}."""
     enc, config = from_release(encoder_state), config or {}
     dim, in_chans, t, p, _ = _shape(enc, "patch_embed.proj.weight", "the encoder")  # [D,C,t,p,p]
     n = _shape(enc, "pos_embed", "the encoder")[1]  # [1, N, D]
@@ -409,12 +361,12 @@ def infer_architecture(encoder_state, predictor_state=None, config=None, heads=N
         frames, origin = trained_frames, "given as trained_frames"
     elif "num_frames" in config:
         frames, origin = config["num_frames"], "from the file's config"
-    elif trained_img_size:  # N / (H/p)^2 time steps of t frames each
+    elif trained_img_size:
         frames = n // max(1, (trained_img_size // p) ** 2) * t
         origin = f"from trained_img_size={trained_img_size}"
     else:
         frames, origin = 16, "assumed: no config"
-    steps = frames // t  # N = (T/t) (H/p)^2 gives the side H/p
+    steps = frames // t
     side = math.isqrt(n // steps) if steps else 0
     if (frames % t or side == 0 or steps * side ** 2 != n
             or trained_img_size and trained_img_size != side * p):
@@ -427,15 +379,13 @@ def infer_architecture(encoder_state, predictor_state=None, config=None, heads=N
             "encoder": dict(num_frames=frames, img_size=side * p, patch_size=p, tubelet_size=t,
                             in_chans=in_chans, dim=dim, depth=_count(enc, "blocks."),
                             heads=heads, mlp_ratio=_mlp_ratio(enc, "blocks.0", dim),
-                            # not in the weights: how a re-initialisation scales the tubelet
-                            # embedding (probe.random_init_like), from the file's config
+                            # not in the weights: how a re-initialisation scales the embedding
                             embed_gain=config.get("embed_gain", 1.0))}
     if predictor_state is not None:
         pred = from_release(predictor_state)
         pred_dim = _shape(pred, "predictor_embed.weight", "the predictor")[0]  # [Dp, D]
         arch["predictor"] = dict(
-            enc_dim=dim, dim=pred_dim, depth=_count(pred, "predictor_blocks."),
-            heads=heads,  # predictor heads = encoder heads, as in the release
+            enc_dim=dim, dim=pred_dim, depth=_count(pred, "predictor_blocks."), heads=heads,
             num_mask_tokens=_count(pred, "mask_tokens."),
             mlp_ratio=_mlp_ratio(pred, "predictor_blocks.0", pred_dim),
             out_dim=_shape(pred, "predictor_proj.weight", "the predictor")[0])  # [out, Dp]
@@ -443,13 +393,11 @@ def infer_architecture(encoder_state, predictor_state=None, config=None, heads=N
 
 
 def _uniform_power(table, grid):
-    """Which of our sin-cos variants a stored [1, N, D] table is: True or False, or None if it
-    is neither (say an interpolated or a learned table)."""
+    """Which of our sin-cos variants a stored [1, N, D] table is (True / False), or None."""
     for uniform in (True, False):
-        try:
-            ours = sincos_3d(table.shape[-1], grid, uniform)[None]
-        except ValueError:  # the split variant needs D divisible by 8
+        if not uniform and table.shape[-1] % 8:  # the split variant needs D divisible by 8
             continue
+        ours = sincos_3d(table.shape[-1], grid, uniform)[None]
         if ours.shape == table.shape and torch.allclose(table.float(), ours, atol=1e-4):
             return uniform
     return None
@@ -460,12 +408,11 @@ CHECKPOINT_LAYOUT = ("a torch.save file of a dict with 'encoder' and 'target_enc
 
 
 def _what_file(path, error):
-    """What a file that torch.load cannot read is, in a few words, from its first bytes:
-    torch's own error for a text or image file is as bare as `KeyError: 101`."""
+    """What a file torch.load cannot read is, from its first bytes (torch says `KeyError: 101`)."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
-    detail = " ".join(str(error).split())  # torch's messages run over several lines
+    detail = " ".join(str(error).split())
     refused = re.search(r"WeightsUnpickler error: (.*?) Check the documentation", detail)
     detail = re.sub(r"^\[enforce fail at [^]]*\] \.? *", "", detail).split(". ")[0]
     detail = refused.group(1) if refused else detail or type(error).__name__
@@ -483,9 +430,7 @@ def _what_file(path, error):
 
 
 def _read_checkpoint(path):
-    """torch.load that runs no pickled code (released files come from the internet). Our own
-    checkpoints also hold numpy's RNG state, whose few classes are allowed explicitly.
-    A file torch cannot read is a ValueError that says what the file is."""
+    """torch.load that runs no pickled code; numpy's RNG state (ours) is allowed explicitly."""
     array = np.zeros(1, np.uint32)
     rebuild = array.__reduce__()[0]  # numpy's array rebuilder, wherever this numpy keeps it
     try:
@@ -499,17 +444,10 @@ def _read_checkpoint(path):
 
 def load_vjepa_checkpoint(path, num_frames=None, img_size=None, heads=None,
                           which="target_encoder", trained_frames=None, trained_img_size=None):
-    """Encoder and predictor of a checkpoint in the original V-JEPA release format (also what
-    train.py writes) -> (encoder, predictor), in eval mode; predictor None if the file has none.
-
-    which: the encoder entry, "target_encoder" (what frozen evaluation reads) or "encoder".
-    The architecture comes from the tensor shapes (infer_architecture); e.g. the released
-    ViT-L/16 at 16x224x224 has pos_embed [1, 1568, 1024], ViT-H/16 at 384 [1, 4608, 1280].
-    num_frames / img_size: build at another clip size; the positional tables are then
-    recomputed for the new grid and every other tensor is loaded as it is.
-    trained_frames / trained_img_size: the clip size the file was trained at, for a file
-    without a config whose pos_embed is not 16 frames' worth (N = T/t * (H/p)^2).
-    Loading is strict: a missing, unexpected or misshapen tensor is an error naming it."""
+    """Encoder and predictor (None if absent) of a release-format checkpoint, in eval mode.
+    which: "target_encoder" (frozen evaluation) or "encoder". The architecture comes from the
+    shapes (infer_architecture). num_frames / img_size: build at another clip size, the sin-cos
+    tables recomputed for the new grid. Loading is strict; errors name the tensor."""
     if which not in ("target_encoder", "encoder"):
         raise ValueError(f"which={which!r}: expected 'target_encoder' or 'encoder'")
     ckpt = _read_checkpoint(path)
@@ -549,9 +487,7 @@ def load_vjepa_checkpoint(path, num_frames=None, img_size=None, heads=None,
                 raise ValueError(f"{path} {what}: {table_key} is not one of our sin-cos tables "
                                  f"for the grid {old_grid}, so it cannot be recomputed for "
                                  f"{new_grid}")
-            # The sin-cos table is a fixed function of the grid, not learned: recomputing it
-            # for the new grid is exact, where interpolating the old one would not be.
-            state = {**state, table_key: getattr(net, table_key)}
+            state = {**state, table_key: getattr(net, table_key)}  # exact, unlike interpolation
         load_strict(net, state, f"{path} {what}")
         return net.eval()
 
@@ -563,153 +499,3 @@ def load_vjepa_checkpoint(path, num_frames=None, img_size=None, heads=None,
             lambda u: Predictor(encoder.grid, **arch["predictor"], uniform_power=u),
             pred_state, "predictor_pos_embed", "predictor")
     return encoder, predictor
-
-
-# ----------------------------------------------------------------------------------------------
-# VJ-VCR's MovingMNIST networks (Drozdov et al. 2024, sec. 4.4): one d-vector per frame.
-
-def _conv_bn_relu(cin, cout, kernel, stride, padding, transpose=False):
-    conv = (nn.ConvTranspose3d if transpose else nn.Conv3d)(cin, cout, kernel, stride, padding,
-                                                            bias=False)
-    return nn.Sequential(conv, nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
-
-
-def _channels_last(x):
-    """Speed only, the same values: a copy of x [B, C, T, H, W] stored channels-last (the C
-    values of each pixel side by side), the order oneDNN's CPU convolutions compute in, so they
-    need not convert every layer's input and output to it and back (BatchNorm and ReLU keep the
-    order): training steps about 1.2x faster. A copy because with C = 1 the default order already
-    counts as channels-last for x.contiguous(), which would keep strides the convolution reads as
-    the default order."""
-    return x.clone(memory_format=torch.channels_last_3d)
-
-
-def grid_pool(x, grid):
-    """Average pooling of a feature map x [B, C, T, H, W] to a grid x grid map per time step,
-    flattened per frame -> [B, T, C * grid * grid], in the order (channel, row, column).
-    grid 1 is the global average over space; a larger grid keeps where things are, at
-    H / grid x W / grid positions of the map per cell. H and W must be multiples of grid."""
-    B, C, T, H, W = x.shape
-    cells = F.avg_pool3d(x, (1, H // grid, W // grid))  # (B, C, T, g, g)
-    return cells.transpose(1, 2).reshape(B, T, C * grid * grid)
-
-
-class ConvEncoder(nn.Module):
-    """3 spatial convolutions (kernel 1x4x4, stride 2: 64 -> 32 -> 16 -> 8 pixels), 2 temporal
-    ones (kernel 3x1x1, 'same' in time), each with BatchNorm and ReLU, then average pooling of
-    the 8x8 map to a grid x grid one, flattened (`grid_pool`; grid 1: the global average).
-    [B, C, T, H, W] -> [B, T, dim * grid^2]: one vector per frame, `out_dim` wide."""
-
-    def __init__(self, in_chans=1, dim=128, width=32, grid=1):
-        super().__init__()
-        self.grid, self.out_dim = grid, dim * grid * grid
-        spatial = dict(kernel=(1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1))
-        temporal = dict(kernel=(3, 1, 1), stride=1, padding=(1, 0, 0))
-        self.layers = nn.Sequential(
-            _conv_bn_relu(in_chans, width, **spatial),
-            _conv_bn_relu(width, 2 * width, **spatial),
-            _conv_bn_relu(2 * width, dim, **spatial),
-            _conv_bn_relu(dim, dim, **temporal),
-            _conv_bn_relu(dim, dim, **temporal))
-
-    def forward(self, x):
-        if x.shape[-1] % (8 * self.grid):
-            raise ValueError(f"a {x.shape[-1]}-pixel frame gives a {x.shape[-1] // 8}-wide map, "
-                             f"not a multiple of grid={self.grid}")
-        return grid_pool(self.layers(_channels_last(x)), self.grid)  # (B, T, dim * g^2)
-
-
-class MLPPredictor(nn.Module):
-    """All target steps at once from the context steps: an MLP with 2 hidden layers.
-    [B, T_ctx, dim] -> [B, T_tgt, dim].
-
-    Optionally conditioned on a latent z (VJ-VCR sec. 3.1) that carries what the context cannot:
-    - "discrete": z one-hot [B, K]; the last linear layer has K copies (stacked in one Linear)
-      and z picks one. `options(h_x)` gives all K predictions [B, K, T_tgt, dim].
-    - "sparse": z [B, k] (k = 20 in the paper), kept sparse by an L1 penalty at inference."""
-
-    def __init__(self, ctx_steps=3, tgt_steps=12, dim=128, hidden=1024, latent="none",
-                 latent_dim=0):
-        super().__init__()
-        self.tgt_steps, self.dim, self.latent = tgt_steps, dim, latent
-        copies = latent_dim if latent == "discrete" else 1
-        self.net = nn.Sequential(
-            nn.Linear(ctx_steps * dim, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, copies * tgt_steps * dim))
-        if latent == "sparse":
-            # z shifts the last hidden layer (after its ReLU) along a dictionary with unit-norm
-            # columns, so the prediction is affine in z: E(z) is a convex quadratic and FISTA
-            # solves a Lasso problem per clip to its global minimum (z before a ReLU would give
-            # kinks and local minima). Unit norm: the L1 penalty cannot be dodged by shrinking z
-            # and growing the weights. z = 0 leaves the plain MLP.
-            self.z_in = nn.Parameter(torch.randn(hidden, latent_dim) / hidden ** 0.5)
-
-    def options(self, h_x):
-        """Discrete latent: the prediction under every option, [B, K, T_tgt, dim]."""
-        return self.net(h_x.flatten(1)).view(len(h_x), -1, self.tgt_steps, self.dim)
-
-    def latent_map(self):
-        """Sparse latent: the prediction is affine in z, Pred(h_x, z) = Pred(h_x, 0) + z M, with
-        M = (W_last D)^T [k, T_tgt * dim] (D the unit-norm dictionary). Inference uses it to
-        evaluate E(z) without running the MLP again."""
-        return (self.net[-1].weight @ F.normalize(self.z_in, dim=0)).T
-
-    def forward(self, h_x, z=None):
-        if self.latent == "discrete":
-            return torch.einsum("bk,bktd->btd", z.to(h_x.dtype), self.options(h_x))
-        x = h_x.flatten(1)
-        if self.latent == "sparse":
-            hidden = self.net[:-1](x) + z.to(x.dtype) @ F.normalize(self.z_in, dim=0).T.to(x.dtype)
-            x = self.net[-1](hidden)
-        else:
-            x = self.net(x)
-        return x.view(-1, self.tgt_steps, self.dim)
-
-
-class ConvDecoder(nn.Module):
-    """The encoder mirrored: undo the pooling, 2 temporal convolutions, then 3 transposed
-    spatial ones (8 -> 16 -> 32 -> 64 pixels) and a sigmoid for pixels in [0, 1].
-    [B, T, dim * grid^2] -> [B, C, T, H, W].
-    Undoing the pooling: with grid > 1 each cell's dim values are repeated over the
-    8/grid x 8/grid positions it averaged (nearest upsampling, the transpose of the average up
-    to a factor). A global vector (grid 1) repeated would put the same values everywhere and
-    could not say where the digit is, so there a linear map makes the 8x8 map (dim -> dim x 8 x 8)."""
-
-    def __init__(self, in_chans=1, dim=128, width=32, img_size=64, grid=1):
-        super().__init__()
-        self.dim, self.side, self.grid = dim, img_size // 8, grid
-        self.unpool = nn.Linear(dim, dim * self.side ** 2) if grid == 1 else None
-        spatial = dict(kernel=(1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1), transpose=True)
-        temporal = dict(kernel=(3, 1, 1), stride=1, padding=(1, 0, 0))
-        self.layers = nn.Sequential(
-            _conv_bn_relu(dim, dim, **temporal),
-            _conv_bn_relu(dim, dim, **temporal),
-            _conv_bn_relu(dim, 2 * width, **spatial),
-            _conv_bn_relu(2 * width, width, **spatial),
-            nn.ConvTranspose3d(width, in_chans, (1, 4, 4), (1, 2, 2), (0, 1, 1)))
-
-    def unpool_map(self, h):
-        """[B, T, dim * grid^2] -> the 8x8 map [B, dim, T, side, side] the convolutions start from."""
-        B, T, _ = h.shape
-        g, s = self.grid, self.side
-        if g == 1:
-            return self.unpool(h).view(B, T, self.dim, s, s).transpose(1, 2)
-        cells = h.view(B, T, self.dim, g, g).transpose(1, 2)  # (B, dim, T, g, g)
-        return cells.repeat_interleave(s // g, dim=3).repeat_interleave(s // g, dim=4)
-
-    def forward(self, h):
-        x = self.unpool_map(h)
-        return torch.sigmoid(self.layers(_channels_last(x)))  # (B, C, T, H, W)
-
-
-class PixelDecoder(nn.Module):
-    """Per-token pixel decoder for the ViT route of VJ-VCR: each predicted token -> the pixels
-    of its tubelet (a linear map, as in MAE). [B, K, D] -> [B, K, C*t*p*p]."""
-
-    def __init__(self, dim, in_chans, patch_size, tubelet_size):
-        super().__init__()
-        self.proj = nn.Linear(dim, in_chans * tubelet_size * patch_size ** 2)
-
-    def forward(self, tokens):
-        return self.proj(tokens)

@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+import data
 import train
 from test_train import ROOT, TINY, read_log, run_cli
 
@@ -246,7 +247,7 @@ def test_too_many_unusable_files_stop_the_run(tmp_path):
     assert re.match(rf"(\d+) of (\d+) draws from {tmp_path / 'videos'} met a file that cannot "
                     r"be used, more than 5%; the first: ", message), message
     failed, draws = map(int, re.findall(r"\d+", message)[:2])
-    assert draws >= train.SkippedFiles.MIN_DRAWS and failed > 0.05 * draws
+    assert draws >= data.SkippedFiles.MIN_DRAWS and failed > 0.05 * draws
     named = [p for p in bad if p in message]
     assert named and message.endswith("List them all with --check_data true")
     assert read_log(tmp_path / "run")[-1]["step"] < 100  # stopped early

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import infer_latent
 import model
 
 
@@ -221,9 +222,9 @@ def test_vjvcr_conv_modules_shapes(grid):
     """Encoder: one vector of dim * grid^2 per frame; predictor: 3 context steps -> 12 targets
     at once; decoder: back to frames in [0, 1]."""
     d = 16 * grid * grid
-    enc = model.ConvEncoder(in_chans=1, dim=16, width=4, grid=grid)
-    pred = model.MLPPredictor(ctx_steps=3, tgt_steps=12, dim=d, hidden=32)
-    dec = model.ConvDecoder(in_chans=1, dim=16, width=4, img_size=64, grid=grid)
+    enc = infer_latent.ConvEncoder(in_chans=1, dim=16, width=4, grid=grid)
+    pred = infer_latent.MLPPredictor(ctx_steps=3, tgt_steps=12, dim=d, hidden=32)
+    dec = infer_latent.ConvDecoder(in_chans=1, dim=16, width=4, img_size=64, grid=grid)
     x = torch.rand(2, 1, 3, 64, 64)
     h_x = enc(x)
     assert enc.out_dim == d and h_x.shape == (2, 3, d)
@@ -235,7 +236,7 @@ def test_vjvcr_conv_modules_shapes(grid):
     assert dec.__class__(1, 16, 4, img_size=32, grid=grid)(h_y).shape == (2, 1, 12, 32, 32)
     assert (dec.unpool is None) == (grid > 1)  # a learnt unpooling only for the global vector
     with pytest.raises(ValueError, match="grid=3"):
-        model.ConvEncoder(1, 16, 4, grid=3)(x)
+        infer_latent.ConvEncoder(1, 16, 4, grid=3)(x)
 
 
 @pytest.mark.parametrize("grid", [1, 2, 4, 8])
@@ -243,7 +244,7 @@ def test_grid_pool_against_a_loop_over_cells(grid):
     """Each entry of the flattened vector is the mean of its channel over its cell's pixels,
     in the order (channel, row, column)."""
     x = torch.randn(2, 3, 4, 8, 8)  # (B, C, T, H, W)
-    out = model.grid_pool(x, grid)
+    out = infer_latent.grid_pool(x, grid)
     k = 8 // grid
     assert out.shape == (2, 4, 3 * grid * grid)
     for b in range(2):
@@ -262,7 +263,7 @@ def test_decoder_unpooling_mirrors_the_pooling(grid):
     """With a grid, the decoder starts from each cell's vector repeated over the positions the
     encoder averaged: every position holds its cell's values, and pooling the map again gives
     back the vector exactly."""
-    dec = model.ConvDecoder(1, 5, 4, img_size=64, grid=grid)
+    dec = infer_latent.ConvDecoder(1, 5, 4, img_size=64, grid=grid)
     h = torch.randn(2, 3, 5 * grid * grid)
     m = dec.unpool_map(h)  # (B, dim, T, 8, 8)
     assert m.shape == (2, 5, 3, 8, 8)
@@ -271,7 +272,7 @@ def test_decoder_unpooling_mirrors_the_pooling(grid):
     for y in range(8):
         for x in range(8):
             assert torch.equal(m[:, :, :, y, x], cells[:, :, :, y // k, x // k].transpose(1, 2))
-    assert torch.allclose(model.grid_pool(m, grid), h, atol=1e-6)
+    assert torch.allclose(infer_latent.grid_pool(m, grid), h, atol=1e-6)
 
 
 def test_patchify_matches_the_tubelet_embedding_and_unpatchify_inverts_it():
@@ -289,7 +290,7 @@ def test_patchify_matches_the_tubelet_embedding_and_unpatchify_inverts_it():
 
 def test_discrete_latent_selects_one_copy_of_the_last_layer():
     torch.manual_seed(0)
-    pred = model.MLPPredictor(3, 3, dim=8, hidden=16, latent="discrete", latent_dim=5)
+    pred = infer_latent.MLPPredictor(3, 3, dim=8, hidden=16, latent="discrete", latent_dim=5)
     h = torch.randn(4, 3, 8)
     last = pred.net[-1]
     assert last.out_features == 5 * 3 * 8  # K copies of the last linear layer
@@ -304,7 +305,7 @@ def test_discrete_latent_selects_one_copy_of_the_last_layer():
 
 def test_sparse_latent_zero_is_plain_mlp_and_dictionary_is_normalised():
     torch.manual_seed(0)
-    pred = model.MLPPredictor(3, 3, dim=8, hidden=16, latent="sparse", latent_dim=20)
+    pred = infer_latent.MLPPredictor(3, 3, dim=8, hidden=16, latent="sparse", latent_dim=20)
     h = torch.randn(4, 3, 8)
     plain = pred.net(h.flatten(1)).view(4, 3, 8)
     assert torch.allclose(pred(h, torch.zeros(4, 20)), plain, atol=1e-6)
@@ -328,7 +329,7 @@ def test_sparse_latent_map_gives_the_prediction_of_any_code():
     """Pred(h, z) = Pred(h, 0) + z M for the M that inference uses, checked on unit codes
     (row j of M is the prediction's change per unit of z_j) and a random code."""
     torch.manual_seed(0)
-    pred = model.MLPPredictor(3, 2, dim=8, hidden=16, latent="sparse", latent_dim=5)
+    pred = infer_latent.MLPPredictor(3, 2, dim=8, hidden=16, latent="sparse", latent_dim=5)
     h = torch.randn(4, 3, 8)
     base = pred(h, torch.zeros(4, 5)).flatten(1)
     M = pred.latent_map()
@@ -349,7 +350,7 @@ def plain_conv_reference(net):
 
     import torch.nn as nn
 
-    decoder = isinstance(net, model.ConvDecoder)
+    decoder = isinstance(net, infer_latent.ConvDecoder)
     first, last = net.layers[0][0], net.layers[-1]
     dim = first.in_channels if decoder else last[0].out_channels
     in_chans = last.out_channels if decoder else first.in_channels
@@ -403,8 +404,8 @@ def test_conv_networks_match_plain_modules(decoder, grid):
     way) and in eval mode (on the running statistics)."""
     torch.manual_seed(0)
     dim, width, side = 16, 8, 4
-    net = (model.ConvDecoder(1, dim, width, img_size=8 * side, grid=grid) if decoder
-           else model.ConvEncoder(1, dim, width, grid=grid))
+    net = (infer_latent.ConvDecoder(1, dim, width, img_size=8 * side, grid=grid) if decoder
+           else infer_latent.ConvEncoder(1, dim, width, grid=grid))
     with torch.no_grad():  # BatchNorm away from its identity start, so that it matters
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm3d):

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 import data
+import infer_latent
+import losses
 import model
 import train
 
@@ -82,8 +84,8 @@ def test_drift_against_a_hand_computation():
         lin.weight.copy_(torch.tensor([[3.0, 4.0]]))
         lin.bias.copy_(torch.tensor([1.0]))
     start = [torch.tensor([[3.0, 0.0]]), torch.tensor([4.0])]
-    assert train.drift(lin, start) == pytest.approx(1.0)
-    assert train.drift(lin, [p.detach().clone() for p in lin.parameters()]) == 0.0
+    assert data.drift(lin, start) == pytest.approx(1.0)
+    assert data.drift(lin, [p.detach().clone() for p in lin.parameters()]) == 0.0
 
 
 def test_log_drift_of_the_encoder_and_of_a_frozen_target(tmp_path, mnist_args):
@@ -113,9 +115,9 @@ def test_log_drift_of_the_encoder_and_of_a_frozen_target(tmp_path, mnist_args):
 
 def test_rankme_closed_forms():
     q, _ = torch.linalg.qr(torch.randn(50, 10))  # 10 equal singular values
-    assert train.rankme(q) == pytest.approx(10, rel=1e-4)
+    assert losses.rankme(q) == pytest.approx(10, rel=1e-4)
     rank_one = torch.randn(50, 1) @ torch.randn(1, 10)
-    assert train.rankme(rank_one) == pytest.approx(1, rel=1e-3)
+    assert losses.rankme(rank_one) == pytest.approx(1, rel=1e-3)
 
 
 def test_no_weight_decay_on_biases_and_1d_parameters():
@@ -131,7 +133,11 @@ def test_parse_config():
     assert (cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.img_size) == (1024, 24, 16, 224)
     assert (cfg.pred_dim, cfg.pred_depth, cfg.max_steps, cfg.warmup_steps) == (384, 12, 90000, 12000)
     assert train.parse_config(["--preset", "vith16_384"]).img_size == 384
-    laptop = train.parse_config([])  # the recipe that learns in 10 minutes (docs/results.md 1)
+    laptop = train.parse_config([])  # the laptop recipe
+    assert laptop == train.Config()  # Config's defaults are what `python train.py` runs
+    for name, overrides in train.PRESETS.items():  # flat: a dict of Config keys, no chains
+        assert set(overrides) <= {f.name for f in __import__("dataclasses").fields(train.Config)}
+        assert train.parse_config(["--preset", name]).out_dir == f"out/{name}"
     assert (laptop.patch_size, laptop.normalise, laptop.embed_gain, laptop.mask) == (
         16, True, 3.0, "future")
     assert (laptop.max_steps, laptop.warmup_steps, laptop.mask_ctx_frames, laptop.ema_start) == (
@@ -296,7 +302,8 @@ def test_torchrun_trains_every_kind_of_preset(tmp_path, mnist_args, preset):
     (["--learning_rate", "1"], "unknown config key --learning_rate"),
     (["--lr", "fast"], "--lr expects a float, got 'fast'"),
     (["--resume", "maybe"], "--resume expects a bool, got 'maybe'"),
-    (["--loss", "l7"], "--loss 'l7' is not a function in losses.py"),
+    (["--loss", "l7"], "--loss 'l7' is not a prediction loss of losses.py; expected one of"),
+    (["--loss", "vcr_terms"], "--loss 'vcr_terms' is not a prediction loss of losses.py"),
     (["--dataset", "kinetics"], "--dataset 'kinetics': expected one of"),
     (["--preset", "vjvcr", "--pool_grid", "3"], "pool_grid=3 does not divide the 8x8 map"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device")]))
@@ -389,7 +396,7 @@ def test_vcr_acts_per_time_step_on_the_flattened_grid_vector(mnist_args):
     cfg = train.parse_config(VCR_TINY + mnist_args + ["--pool_grid", "2", "--enc_dim", "4",
                                                       "--vcr_alpha", "1", "--vcr_beta", "1"])
     net = train.setup(cfg).module  # train mode: BatchNorm on batch statistics
-    clips, _ = data.fixed_set(train.make_source(cfg), 16, seed=0)
+    clips, _ = data.fixed_set(data.make_source(cfg), 16, seed=0)
     with torch.no_grad():
         _, terms, h = net(clips)
         n = cfg.mask_ctx_frames
@@ -426,11 +433,11 @@ def test_generative_and_decoder_objectives_log_their_terms(tmp_path, mnist_args)
 def test_the_readme_loss_example_runs(tmp_path, mnist_args, monkeypatch):
     """README "Adding a loss": its code, added to losses.py, trains with --loss smooth_l1."""
     import re
-    import losses
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Adding a loss", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    namespace = dict(vars(losses))
+    monkeypatch.setattr(losses, "PREDICTION_LOSSES", dict(losses.PREDICTION_LOSSES))
+    namespace = dict(vars(losses))  # the README's code registers into the copy
     exec(code, namespace)
     monkeypatch.setattr(losses, "smooth_l1", namespace["smooth_l1"], raising=False)
     p, t = torch.randn(4, 3, 5), torch.randn(4, 3, 5)
@@ -509,24 +516,27 @@ def test_mask_ablation_presets(preset, mask):
     assert changed <= {"preset", "mask", "mask_ctx_frames", "out_dir"}, changed
 
 
-def test_centred_targets_subtract_each_positions_batch_mean(mnist_args):
-    """--center_targets: every token's target minus the mean of that position's targets over
-    the batch (a loop over positions), so a predictor that sees only positions can do no better
-    than 0 and the targets average to 0 at every position."""
-    cfg = train.parse_config(TINY + mnist_args + ["--center_targets", "true"])
+def test_feature_targets_are_the_layer_normed_target_features(mnist_args):
+    """V-JEPA's targets: the EMA encoder's features, layer-normed without affine parameters."""
+    cfg = train.parse_config(TINY + mnist_args)
     run = train.setup(cfg)
-    clips, _ = data.fixed_set(train.make_source(cfg, "train"), 4, seed=3)
+    clips, _ = data.fixed_set(data.make_source(cfg, "train"), 4, seed=3)
     with torch.no_grad():
         h, full = train.feature_targets(run, clips)
         plain = torch.nn.functional.layer_norm(run.target(clips).float(), h.shape[-1:])
-    expected = torch.empty_like(plain)
-    for n in range(plain.shape[1]):
-        expected[:, n] = plain[:, n] - sum(plain[b, n] for b in range(len(plain))) / len(plain)
-    assert torch.allclose(full, expected, atol=1e-5)
-    assert full.mean(0).abs().max() < 1e-5 and full.abs().max() > 1e-2  # not all zeros
-    run.cfg.center_targets = False
+    assert torch.equal(full, plain) and full.abs().max() > 1e-2  # not all zeros
+
+
+def _energy(run, clips, seed):
+    """The V-JEPA energy of one batch as train_step computes it (the same masks and targets)."""
+    step_masks = run.sampler(len(clips), torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        assert torch.equal(train.feature_targets(run, clips)[1], plain)
+        _, full = train.feature_targets(run, clips)
+    targets = [model.gather_tokens(full, t) for _, t in step_masks]
+    preds, contexts = run.net(clips, step_masks)
+    cfg = run.cfg
+    return losses.vjepa_energy(losses.PREDICTION_LOSSES[cfg.loss], preds, targets, contexts,
+                               cfg.token_vcr, cfg.vcr_alpha, cfg.vcr_beta), step_masks
 
 
 def test_token_vcr_adds_vcr_of_the_context_tokens(mnist_args):
@@ -535,9 +545,8 @@ def test_token_vcr_adds_vcr_of_the_context_tokens(mnist_args):
     w, alpha, beta = 2.0, 0.5, 0.1
     cfg = train.parse_config(TINY + mnist_args + ["--token_vcr", str(w)])
     run = train.setup(cfg)
-    clips, _ = data.fixed_set(train.make_source(cfg, "train"), 4, seed=3)
-    loss, terms, _, _ = train.forward(run, clips, torch.Generator().manual_seed(7))
-    step_masks = run.sampler(len(clips), torch.Generator().manual_seed(7))  # the same masks
+    clips, _ = data.fixed_set(data.make_source(cfg, "train"), 4, seed=3)
+    (loss, terms), step_masks = _energy(run, clips, 7)
     with torch.no_grad():
         tokens = np.concatenate([run.module.encoder(clips, keep=ctx).reshape(-1, cfg.enc_dim)
                                  .double().numpy() for ctx, _ in step_masks])
@@ -548,11 +557,53 @@ def test_token_vcr_adds_vcr_of_the_context_tokens(mnist_args):
     assert float(terms["var"].detach()) == pytest.approx(w * alpha * l_var, rel=1e-4)
     assert float(terms["cov"].detach()) == pytest.approx(w * beta * l_cov, rel=1e-4)
     run.cfg.token_vcr = 0.0
-    plain, none, _, _ = train.forward(run, clips, torch.Generator().manual_seed(7))
+    (plain, none), _ = _energy(run, clips, 7)
     plain = float(plain.detach())
     assert none == {} and float(terms["pred"].detach()) == pytest.approx(plain, rel=1e-6)
     expected = plain + w * (alpha * l_var + beta * l_cov)
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_custom_loss_is_the_energy_of_training_and_of_z_inference(mnist_args, monkeypatch):
+    """--loss NAME (registered with @prediction_loss): one training step of a latent model
+    calls it, and z* is the option of lowest energy under it, not under the MSE."""
+    monkeypatch.setattr(losses, "PREDICTION_LOSSES", dict(losses.PREDICTION_LOSSES))
+    calls = []
+
+    @losses.prediction_loss
+    def cube(preds, targets):  # an energy whose argmin differs from the MSE's
+        calls.append(len(preds))
+        return torch.stack([(p.float() - t.float()).abs().pow(3).mean()
+                            for p, t in zip(preds, targets)]).mean()
+
+    cfg = train.parse_config(["--preset", "switch_discrete", "--enc_dim", "16",
+                              "--batch_size", "16", "--dtype", "float32", "--loss", "cube",
+                              "--latent_restart", "0"] + mnist_args)
+    run = train.setup(cfg)
+    clips, _ = data.fixed_set(data.make_source(cfg, "train"), cfg.batch_size, seed=3)
+    used, infer_z = [], infer_latent.infer_z
+
+    def spy(*args, **kwargs):
+        used.append(kwargs["loss"])
+        return infer_z(*args, **kwargs)
+
+    monkeypatch.setattr(infer_latent, "infer_z", spy)
+    train.train_step(run, clips, 0)
+    assert calls and used == [cube]  # the training energy, and z* under the same loss
+    monkeypatch.setattr(infer_latent, "infer_z", infer_z)
+    net = run.module.eval()
+    with torch.no_grad():
+        h_x, h_y = net.encoder(clips[:, :, :3]), net.encoder(clips[:, :, 3:])
+        options = net.predictor.options(h_x)  # (B, K, T, d)
+    calls.clear()
+    z = infer_latent.infer_z(net.predictor, h_x, h_y, "discrete", loss=cube)
+    assert calls  # z* calls the loss itself
+    by_loop = [min(range(options.shape[1]), key=lambda k: float(cube([options[b, k][None]],
+                                                                      [h_y[b][None]])))
+               for b in range(len(clips))]
+    assert z.argmax(1).tolist() == by_loop
+    mse_z = infer_latent.infer_z(net.predictor, h_x, h_y, "discrete", loss=losses.mse)
+    assert not torch.equal(mse_z, z)  # the test can tell the two energies apart
 
 
 def _adam_after_one_step(predictor):
@@ -566,7 +617,7 @@ def test_restart_copies_the_most_chosen_option_into_the_unused_one():
     """Counts [10, 0, 2]: option 1 (0 < 12 / (4 * 3)) becomes option 0's rows of the last layer
     plus small noise, with option 0's Adam moments; options 0 and 2 are untouched."""
     torch.manual_seed(0)
-    pred = model.MLPPredictor(ctx_steps=3, tgt_steps=2, dim=8, hidden=16, latent="discrete",
+    pred = infer_latent.MLPPredictor(ctx_steps=3, tgt_steps=2, dim=8, hidden=16, latent="discrete",
                               latent_dim=3)
     opt = _adam_after_one_step(pred)
     last = pred.net[-1]
@@ -574,7 +625,7 @@ def test_restart_copies_the_most_chosen_option_into_the_unused_one():
               (("w", last.weight), ("b", last.bias))}
     moments = {n: opt.state[p]["exp_avg_sq"].clone().view(3, 16, *p.shape[1:])
                for n, p in (("w", last.weight), ("b", last.bias))}
-    out = train.restart_unused_option(pred, opt, torch.tensor([10.0, 0.0, 2.0]),
+    out = infer_latent.restart_unused_option(pred, opt, torch.tensor([10.0, 0.0, 2.0]),
                                       torch.Generator().manual_seed(1), noise=0.01)
     assert out == 1
     for n, p in (("w", last.weight), ("b", last.bias)):
@@ -587,11 +638,11 @@ def test_restart_copies_the_most_chosen_option_into_the_unused_one():
 
 def test_restart_leaves_options_in_use_alone():
     torch.manual_seed(0)
-    pred = model.MLPPredictor(ctx_steps=3, tgt_steps=2, dim=8, hidden=16, latent="discrete",
+    pred = infer_latent.MLPPredictor(ctx_steps=3, tgt_steps=2, dim=8, hidden=16, latent="discrete",
                               latent_dim=3)
     opt = _adam_after_one_step(pred)
     w = pred.net[-1].weight.detach().clone()
     # the least chosen option has 1 of 12 clips = exactly 1 / (4 * 3): not below the threshold
-    assert train.restart_unused_option(pred, opt, torch.tensor([6.0, 5.0, 1.0]),
+    assert infer_latent.restart_unused_option(pred, opt, torch.tensor([6.0, 5.0, 1.0]),
                                        torch.Generator().manual_seed(1)) is None
     assert torch.equal(pred.net[-1].weight, w)
