@@ -1,4 +1,4 @@
-"""Shared test setup: the project root on sys.path, no network, and the shared MNIST test set
+"""Shared test setup: the project root and tools/ on sys.path, no network, and the shared MNIST test set
 when it is there (../shared/data/mnist beside the project)."""
 import os
 import sys
@@ -9,6 +9,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "tools"))  # the measuring scripts (benchmark, tables, ...)
 os.environ["VJEPA_OFFLINE"] = "1"  # tests never download
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 

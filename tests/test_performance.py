@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import benchmark
+import benchmark  # tools/benchmark.py
 import train
 
 TINY = ["--num_frames", "4", "--img_size", "32", "--patch_size", "8", "--enc_dim", "64",
@@ -134,21 +134,6 @@ def test_known_flags_drops_options_an_earlier_commit_lacks():
     assert benchmark.known_flags(argv) == ["--preset", "laptop", "--patch_size", "8"]
 
 
-def test_blocked_attention_of_the_dropped_lever_matches_the_formula():
-    """tests/attention_ab.py times a lever against the written-out attention; it must compute
-    the same values and gradients (float64, against autograd through the formula)."""
-    import attention_ab
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 50, 8, dtype=torch.float64, requires_grad=True)
-               for _ in range(3))
-    ref = torch.softmax(q @ k.transpose(-2, -1) / 8 ** 0.5, -1) @ v
-    g = torch.randn_like(ref)
-    out = attention_ab.BlockedAttention.apply(q, k, v, 4)  # blocks of 4, 2, as 6 pairs
-    assert torch.allclose(out, ref, atol=1e-12)
-    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
-        assert torch.allclose(a, b, atol=1e-12)
-
-
 FAULTS = """
 import resource, sys, torch
 sys.path.insert(0, sys.argv[1])
@@ -170,7 +155,7 @@ def test_training_steps_reuse_freed_memory():
     """After a few steps a training step gets its memory from what the previous step freed: no
     page faults in a typical step (a freshly paged-in block costs one per 4 KB; now and then a
     step still grows the heap by a few MB). Without train.keep_freed_memory this config's bf16
-    step pages in ~25,000 pages every step (tests/benchmark.py: 28,572 at the commit before).
+    step pages in ~25,000 pages every step (tools/benchmark.py: 28,572 at the commit before).
     In the precision `python train.py` picks here: bf16 where it is native, else float32."""
     argv = benchmark.CONFIGS["tiny-video"] + ["--dtype", "auto"]
     out = subprocess.run([sys.executable, "-c", FAULTS, benchmark.ROOT, *argv],

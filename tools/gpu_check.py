@@ -26,12 +26,12 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import benchmark  # noqa: E402  (tests/benchmark.py: the FLOP counter)
+import benchmark  # noqa: E402  (tools/benchmark.py: the FLOP counter)
 import data  # noqa: E402
 import train  # noqa: E402
 

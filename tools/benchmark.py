@@ -1,15 +1,15 @@
 """Speed and memory of this machine running the project: training steps, masks, FISTA.
 
-    python tests/benchmark.py                 # docs/results.md, section 5 (~10 min)
-    python tests/benchmark.py --before 73dbc9b  # also that commit's steps, interleaved: ratios
-    python tests/benchmark.py --configs tiny-video --dtypes auto --before A B C  # each lever
-    python tests/benchmark.py --configs laptop --pin laptop --before A  # a preset A defines alike
-    python tests/benchmark.py --variants "--compile true"  # this tree with other train.py flags
-    python tests/benchmark.py --variants "OMP_WAIT_POLICY=PASSIVE"  # or other environment variables
-    python tests/benchmark.py --scaling       # also batch 4 / 8 / 16 and 1 vs 2 threads
-    python tests/benchmark.py --smoke         # a few steps of everything (the test suite)
-    python tests/benchmark.py --profile       # where the time of a tiny-video step goes
-    python tests/benchmark.py --estimate      # vitl16 on GPUs: an estimate from FLOPs
+    python tools/benchmark.py                 # docs/results.md, section 5 (~10 min)
+    python tools/benchmark.py --before 73dbc9b  # also that commit's steps, interleaved: ratios
+    python tools/benchmark.py --configs tiny-video --dtypes auto --before A B C  # each lever
+    python tools/benchmark.py --configs laptop --pin laptop --before A  # a preset A defines alike
+    python tools/benchmark.py --variants "--compile true"  # this tree with other train.py flags
+    python tools/benchmark.py --variants "OMP_WAIT_POLICY=PASSIVE"  # or other environment variables
+    python tools/benchmark.py --scaling       # also batch 4 / 8 / 16 and 1 vs 2 threads
+    python tools/benchmark.py --smoke         # a few steps of everything (the test suite)
+    python tools/benchmark.py --profile       # where the time of a tiny-video step goes
+    python tools/benchmark.py --estimate      # vitl16 on GPUs: an estimate from FLOPs
 
 Every measurement runs in a child process (its own thread count and peak memory). The
 training steps of one config, in each precision (and, with --before, at each earlier commit,
@@ -44,7 +44,9 @@ HERE = os.path.abspath(__file__)
 ROOT = os.environ.get("BENCHMARK_ROOT") or os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
+import data  # noqa: E402
 import infer_latent  # noqa: E402
+import losses  # noqa: E402
 import masks  # noqa: E402
 import model  # noqa: E402
 import train  # noqa: E402
@@ -126,6 +128,11 @@ def _reply(result):
     print("@@" + json.dumps(result), flush=True)
 
 
+def _make_source(cfg, part):
+    """The clip source, in this tree (data.make_source) or an earlier one (train.make_source)."""
+    return (getattr(data, "make_source", None) or train.make_source)(cfg, part)
+
+
 def known_flags(argv):
     """argv without the `--key value` pairs that this tree's train.Config does not have: an
     earlier commit measured with --before lacks the options added since (e.g. --embed_gain),
@@ -144,7 +151,7 @@ def step_worker(job):
     cfg = train.parse_config(known_flags(CONFIGS[job["config"]] + [
         "--dtype", job["dtype"], "--batch_size", str(job["batch"]), *job.get("extra", ())]))
     run = train.setup(cfg)
-    source = train.make_source(cfg, "train")
+    source = _make_source(cfg, "train")
     g = torch.Generator().manual_seed(0)
     pool = [source.sample(cfg.batch_size * cfg.accum_steps, g)[0] for _ in range(4)]
     step, t = 0, time.perf_counter()
@@ -170,7 +177,7 @@ def step_worker(job):
             gflop = count_flops(lambda: train.train_step(run, pool[0], step)) / 1e9
         except RuntimeError:  # the counter's module hooks break autograd.grad (FISTA inside)
             gflop = None
-        _reply({"gflop_per_step": gflop, "peak_rss_mb": train.peak_rss_mb(),
+        _reply({"gflop_per_step": gflop, "peak_rss_mb": (getattr(data, "peak_rss_mb", None) or train.peak_rss_mb)(),
                 "dtype": str(run.dtype).replace("torch.", ""),
                 "clips_per_step": cfg.batch_size * cfg.accum_steps})
         return
@@ -272,11 +279,12 @@ def bench_fista(batch, iterations):
     """FISTA on the sparse-latent energy of a randomly initialised switch_sparse80 predictor
     (3 -> 3 steps of 128-d features, z in R^20), all samples at once."""
     torch.manual_seed(0)
-    predictor = model.MLPPredictor(3, 3, 128, latent="sparse", latent_dim=20)
+    predictor = infer_latent.MLPPredictor(3, 3, 128, latent="sparse", latent_dim=20)
     h_x, h_y = torch.randn(batch, 3, 128), torch.randn(batch, 3, 128)
-    infer_latent.infer_z(predictor, h_x, h_y, "sparse", 1e-3, steps=5, tol=0)
+    infer_latent.infer_z(predictor, h_x, h_y, "sparse", 1e-3, steps=5, tol=0, loss=losses.mse)
     t = time.perf_counter()
-    infer_latent.infer_z(predictor, h_x, h_y, "sparse", 1e-3, steps=iterations, tol=0)
+    infer_latent.infer_z(predictor, h_x, h_y, "sparse", 1e-3, steps=iterations, tol=0,
+                         loss=losses.mse)
     dt = time.perf_counter() - t
     return {"iterations_per_s": iterations / dt, "sample_iterations_per_s": batch * iterations / dt}
 
@@ -287,7 +295,7 @@ def profile_step(config, dtype, batch, steps=5, warmup=3):
     from torch.profiler import profile
     cfg = train.parse_config(CONFIGS[config] + ["--dtype", dtype, "--batch_size", str(batch)])
     run = train.setup(cfg)
-    clips = train.make_source(cfg, "train").sample(batch, torch.Generator().manual_seed(0))[0]
+    clips = _make_source(cfg, "train").sample(batch, torch.Generator().manual_seed(0))[0]
     for i in range(warmup):
         train.train_step(run, clips, i)
     with profile() as prof:
