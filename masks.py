@@ -11,17 +11,15 @@ CPU kernels compiled for a shape are reused, and torch.compile or CUDA graphs ne
 shapes. A sample with fewer candidates than that is drawn again (about a quarter of them in the
 laptop geometry), so unions of blocks at the extremes of their size range are not used. The
 rows are cut by keeping a *uniformly random* subset of the candidates (the original kept the
-first K, which starves the last time steps, see SPEC section 6). For the multi-block and
+first K, which starves the last time steps). For the multi-block and
 random-tube masks the subset is drawn over spatial positions and then expanded through time,
 so context and target stay unions of full-length tubes and every time step holds exactly the
 same number of them. Tokens cut this way are neither context nor target. `cut="batch"`
 keeps the earlier rule, the batch minimum, whose counts change from step to step.
 
-`python masks.py` prints statistics for the paper geometry and draws a few masks.
+`python tools/mask_stats.py` prints statistics for the paper geometry and draws a few masks.
 """
-import argparse
 import functools
-import json
 import math
 
 import torch
@@ -288,83 +286,3 @@ class MaskSampler:
         if self.strategy == "random_tube":
             return [random_tube(batch, self.grid, self.ratio, generator)]
         return [future(batch, self.grid, self.ctx_steps)]
-
-
-# ----------------------------------------------------------------------------------------------
-# Statistics and a picture: `python masks.py`
-
-def mask_stats(sampler, batch, batches, generator):
-    """Realised masked fraction (share of tokens hidden from the context encoder), target
-    fraction, and the share of context / target tokens that falls in each time step."""
-    T, H, W = sampler.grid
-    L = T * H * W
-    n = len(sampler.names)
-    hidden, target = torch.zeros(n), torch.zeros(n)
-    ctx_steps, tgt_steps = torch.zeros(n, T), torch.zeros(n, T)
-    for _ in range(batches):
-        for i, (ctx, tgt) in enumerate(sampler(batch, generator)):
-            hidden[i] += 1 - ctx.shape[1] / L
-            target[i] += tgt.shape[1] / L
-            ctx_steps[i] += torch.bincount(ctx.flatten() // (H * W), minlength=T) / ctx.numel()
-            tgt_steps[i] += torch.bincount(tgt.flatten() // (H * W), minlength=T) / tgt.numel()
-    return [{"strategy": sampler.strategy, "cut": sampler.cut, "config": name,
-             "masked_fraction": round(float(hidden[i] / batches), 4),
-             "target_fraction": round(float(target[i] / batches), 4),
-             "ctx_share_per_step": [round(float(v), 4) for v in ctx_steps[i] / batches],
-             "tgt_share_per_step": [round(float(v), 4) for v in tgt_steps[i] / batches]}
-            for i, name in enumerate(sampler.names)]
-
-
-def draw_masks(samplers, path, samples=3, cell=6, seed=0):
-    """PNG: one row per (configuration, sample), one tile per time step;
-    grey = context, orange = target, black = neither."""
-    from PIL import Image
-
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for sampler in samplers:
-        T, H, W = sampler.grid
-        for ctx, tgt in sampler(samples, g):
-            for b in range(samples):
-                role = torch.zeros(T * H * W, dtype=torch.long)
-                role[ctx[b]], role[tgt[b]] = 1, 2
-                rows.append(role.view(T, H, W))
-    palette = torch.tensor([[0, 0, 0], [170, 170, 170], [255, 140, 0]], dtype=torch.uint8)
-    T, H, W = rows[0].shape
-    gap = 2
-    canvas = torch.full((len(rows) * (H * cell + gap), T * (W * cell + gap), 3), 255,
-                        dtype=torch.uint8)
-    for r, role in enumerate(rows):
-        tiles = palette[role].repeat_interleave(cell, 1).repeat_interleave(cell, 2)  # (T,Hc,Wc,3)
-        for t in range(T):
-            y, x = r * (H * cell + gap), t * (W * cell + gap)
-            canvas[y:y + H * cell, x:x + W * cell] = tiles[t]
-    Image.fromarray(canvas.numpy()).save(path)
-
-
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--img_size", type=int, default=224)
-    p.add_argument("--patch_size", type=int, default=16)
-    p.add_argument("--tubelet_size", type=int, default=2)
-    p.add_argument("--batch", type=int, default=24, help="clips per batch (per GPU in the paper)")
-    p.add_argument("--batches", type=int, default=200)
-    p.add_argument("--ctx_frames", type=int, default=8, help="context frames of causal/future")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--png", default="masks.png")
-    a = p.parse_args()
-    grid = (a.frames // a.tubelet_size, a.img_size // a.patch_size, a.img_size // a.patch_size)
-    samplers = [MaskSampler(s, grid, a.tubelet_size, ctx_frames=a.ctx_frames) for s in STRATEGIES]
-    earlier = [MaskSampler(s, grid, a.tubelet_size, ctx_frames=a.ctx_frames, cut="batch")
-               for s in ("multiblock", "causal")]  # the cut to the batch minimum, to compare
-    g = torch.Generator().manual_seed(a.seed)
-    for sampler in samplers + earlier:
-        for row in mask_stats(sampler, a.batch, a.batches, g):
-            print(json.dumps(row))
-    draw_masks(samplers, a.png)
-    print(f"wrote {a.png}")
-
-
-if __name__ == "__main__":
-    main()

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+import mask_stats  # tools/mask_stats.py
 import masks
 
 GRID = (8, 14, 14)  # the paper geometry: 16x224x224, tubelet 2, patch 16
@@ -190,7 +191,7 @@ def test_fixed_counts_keep_the_realised_fractions():
     same share of the clip as the cut to the batch minimum did, within 0.01 (docs/results.md,
     section 5, has both); per-time-step shares stay flat."""
     grid = (8, 8, 8)
-    rows = {cut: masks.mask_stats(masks.MaskSampler("multiblock", grid, 2, cut=cut), 8, 100,
+    rows = {cut: mask_stats.mask_stats(masks.MaskSampler("multiblock", grid, 2, cut=cut), 8, 100,
                                   gen(0)) for cut in masks.CUTS}
     for fixed, batch in zip(rows["fixed"], rows["batch"]):
         assert abs(fixed["masked_fraction"] - batch["masked_fraction"]) < 0.01

@@ -10,7 +10,7 @@ import model
 
 
 def slow_sincos_3d(dim, grid, uniform_power):
-    """Per-element reference of SPEC section 1: one token and one channel at a time."""
+    """Per-element reference of the sin-cos formula: one token and one channel at a time."""
     T, H, W = grid
     widths = [2 * math.ceil(dim / 6)] * 3 if uniform_power else [dim // 2, dim // 4, dim // 4]
     rows = []
