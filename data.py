@@ -9,6 +9,9 @@ run sees exactly the batches it would have seen, and DataLoader workers need no 
 Digits come from MNIST IDX files in a directory (`mnist_dir` or $MNIST_DIR), else from a
 one-time download into ~/.cache/vjepa-mnist checked against the published MD5s, else (offline)
 from digits drawn procedurally here, with a one-line warning.
+
+Also what a run writes: checkpoints (the release format plus what a resume needs), the log and
+the summary.
 """
 import contextlib
 import dataclasses
@@ -51,6 +54,7 @@ MMNIST_MEAN, MMNIST_STD = 0.05, 0.2
 # Digits
 
 def md5(path):
+    """The file's MD5 as hex, read in 1 MB chunks."""
     h = hashlib.md5()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -326,7 +330,8 @@ class MovingMNISTFile:
     def sample(self, batch, generator):
         idx = torch.randint(self.seqs.shape[1], (batch,), generator=generator).sort().values
         clips = self.seqs[: self.num_frames, idx.numpy()].transpose(1, 0, 2, 3)  # (B, T, H, W)
-        return torch.from_numpy(np.ascontiguousarray(clips)).float().div_(255)[:, None], {"index": idx}
+        clips = torch.from_numpy(np.ascontiguousarray(clips)).float().div_(255)
+        return clips[:, None], {"index": idx}
 
 
 class VideoFolder:
@@ -349,7 +354,8 @@ class VideoFolder:
         self.files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
                             if f.lower().endswith(self.EXTENSIONS))
         if not self.files:
-            raise FileNotFoundError(f"data_path={root!r} holds no video ({', '.join(self.EXTENSIONS)})")
+            raise FileNotFoundError(f"data_path={root!r} holds no video "
+                                    f"({', '.join(self.EXTENSIONS)})")
         self.root, self.num_frames, self.img_size, self.in_chans, self.stride = (
             root, num_frames, img_size, in_chans, stride)
         self.scale, self.ratio = scale, ratio
@@ -414,9 +420,11 @@ class VideoFolder:
         x = x.permute(3, 0, 1, 2)  # (C, T, H, W)
         if x.shape[0] != self.in_chans:  # grey <-> colour
             x = x.mean(0, keepdim=True).expand(self.in_chans, -1, -1, -1)
-        H, W = x.shape[-2:]
-        area = H * W * (self.scale[0] + (self.scale[1] - self.scale[0]) * float(torch.rand(1, generator=g)))
-        log_r = math.log(self.ratio[0]) + (math.log(self.ratio[1]) - math.log(self.ratio[0])) * float(torch.rand(1, generator=g))
+        H, W = x.shape[-2:]  # area uniform in scale, aspect log-uniform in ratio
+        u = float(torch.rand(1, generator=g))
+        area = H * W * (self.scale[0] + (self.scale[1] - self.scale[0]) * u)
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        log_r = log_lo + (log_hi - log_lo) * float(torch.rand(1, generator=g))
         w = min(W, max(1, round(math.sqrt(area * math.exp(log_r)))))
         h = min(H, max(1, round(math.sqrt(area / math.exp(log_r)))))
         top = int(torch.randint(H - h + 1, (1,), generator=g))
@@ -454,7 +462,7 @@ class VideoFolder:
 
 def step_seed(seed, rank, step, stream=0):
     """A well-mixed 63-bit seed for one (run seed, rank, step); `stream` separates independent
-    uses in one step (0: the clips, 1: the masks, 2: train.restart_unused_option)."""
+    uses in one step (0: the clips, 1: the masks, 2: train.restart_unused_options)."""
     state = np.random.SeedSequence([seed, rank, step, stream]).generate_state(1, np.uint64)
     return int(state[0] >> 1)
 
@@ -493,16 +501,16 @@ def make_source(cfg, part="train", digits=None):
         images, labels = split_digits(*(digits or load_digits(cfg.mnist_dir)), part)
         if cfg.dataset == "switching_mnist":
             return SwitchingMovingMNIST(images, labels, cfg.num_frames, cfg.img_size,
-                                             switch_at=cfg.mask_ctx_frames)
+                                        switch_at=cfg.mask_ctx_frames)
         return MovingMNIST(images, labels, cfg.num_frames, cfg.img_size, cfg.num_digits,
-                                normalise=cfg.normalise, background=cfg.background)
+                           normalise=cfg.normalise, background=cfg.background)
     if cfg.dataset == "mmnist_file":
         return MovingMNISTFile(cfg.data_path, cfg.num_frames)
     return VideoFolder(cfg.data_path, cfg.num_frames, cfg.img_size, cfg.in_chans)
 
 
 # ----------------------------------------------------------------------------------------------
-# A video folder's unusable files, and checkpoints (the release format plus what a resume needs)
+# A video folder's unusable files, and checkpoints
 
 def check_folder(folder, root, num_frames):
     """--check_data: every file of a video folder by its header; prints those that cannot be
@@ -561,7 +569,7 @@ def save_checkpoint(path, nets, opt, cfg, step, loss, world, lr):
     state = {
         **{name: model.to_release(net.state_dict()) for name, net in nets.items()},
         "opt": opt.state_dict(), "scaler": None,
-        "epoch": 0,  # batches are indexed by step; kept for the release format
+        "epoch": 0,  # the release format has it; batches here are indexed by step
         "loss": loss, "batch_size": cfg.batch_size, "world_size": world, "lr": lr,
         "config": dataclasses.asdict(cfg), "step": step,
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
@@ -654,7 +662,7 @@ def trim_log(path, step):
 # The run's log and summary
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """A loss became NaN or infinite: the run stops rather than train on garbage."""
 
 
 @torch.no_grad()

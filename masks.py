@@ -5,17 +5,13 @@ Every sampler returns, per mask configuration, a pair of LongTensors of token in
 index = (i_t * H' + i_h) * W' + i_w. Indices in a row are sorted and the two sets are disjoint.
 
 Rectangular tensors need the same K in every row, but unions of random blocks differ in size.
-We cut every row to a count fixed by the geometry (`fixed_counts`: the average that a cut to
-the batch minimum keeps at batch 8, the laptop batch), so every step has the same shapes:
-CPU kernels compiled for a shape are reused, and torch.compile or CUDA graphs need no dynamic
-shapes. A sample with fewer candidates than that is drawn again (about a quarter of them in the
-laptop geometry), so unions of blocks at the extremes of their size range are not used. The
-rows are cut by keeping a *uniformly random* subset of the candidates (the original kept the
-first K, which starves the last time steps). For the multi-block and
-random-tube masks the subset is drawn over spatial positions and then expanded through time,
-so context and target stay unions of full-length tubes and every time step holds exactly the
-same number of them. Tokens cut this way are neither context nor target. `cut="batch"`
-keeps the earlier rule, the batch minimum, whose counts change from step to step.
+Every row is cut to a count fixed by the geometry (`fixed_counts`), so every step has the same
+shapes: CPU kernels compiled for a shape are reused, and torch.compile or CUDA graphs need no
+dynamic shapes. A sample with fewer candidates than that is drawn again. A row keeps a
+*uniformly random* subset of its candidates, so no time step or region is favoured; for the
+multi-block and random-tube masks the subset is drawn over spatial positions and expanded
+through time, so context and target are unions of full-length tubes with the same number in
+every time step. Tokens cut this way are neither context nor target.
 
 `python tools/mask_stats.py` prints statistics for the paper geometry and draws a few masks.
 """
@@ -136,17 +132,15 @@ def _blocks_with_counts(batch, hw, configs, generator, min_ctx, min_tgt, accept=
                      "often); use fewer or smaller blocks")
 
 
-REFERENCE_BATCH = 8  # fixed_counts keep what a cut to the batch minimum kept at this batch
-CUTS = ("fixed", "batch")
+REFERENCE_BATCH = 8  # the laptop batch, at which fixed_counts average the batch minimum
 
 
 @functools.lru_cache
 def fixed_counts(hw, configs, batch=REFERENCE_BATCH, draws=8192):
     """The spatial positions every sample keeps, per configuration, and the share of samples
-    that have that many -> (context (C,), target (C,), share). Each count is the average over
-    `draws` seeded draws (the same on every machine and run) of the batch minimum at `batch`,
-    rounded: what the cut to the batch minimum kept on average there, now the same at every
-    step, batch size and number of processes. At least 1 each."""
+    that have that many -> (context (C,), target (C,), share). Each count is the batch minimum
+    at `batch`, averaged over `draws` seeded draws (the same on every machine and run) and
+    rounded, so it does not depend on the step, batch size or number of processes. At least 1."""
     masked = _blocks_with_counts(draws, hw, configs, torch.Generator().manual_seed(0), 1, 1)
     n_tgt = masked.sum(2)  # (C, draws)
     n_ctx = masked.shape[2] - n_tgt
@@ -156,30 +150,20 @@ def fixed_counts(hw, configs, batch=REFERENCE_BATCH, draws=8192):
     return k_ctx, k_tgt, max(float(share), 0.01)
 
 
-def _spatial_masks(batch, hw, configs, generator, cut):
-    """Unions of blocks that leave enough candidates for `cut`, and how many of each every row
-    keeps -> (masked [C, B, S], context counts (C,), target counts (C,)); counts are spatial
-    positions."""
-    if cut not in CUTS:
-        raise ValueError(f"cut={cut!r}: expected one of {CUTS}")
+def fixed_blocks(batch, hw, configs, generator):
+    """Unions of blocks that leave at least fixed_counts candidates, and those counts
+    -> (masked [C, B, S], context positions (C,), target positions (C,))."""
     configs = tuple(map(tuple, configs))
-    if cut == "fixed":
-        k_ctx, k_tgt, share = fixed_counts(tuple(hw), configs)
-        # 10% more than the share expected to qualify, so that one draw is nearly always enough
-        masked = _blocks_with_counts(batch, hw, configs, generator, k_ctx, k_tgt, share / 1.1)
-        return masked, k_ctx, k_tgt
-    masked = _blocks_with_counts(batch, hw, configs, generator, 1, 1)
-    n_tgt = masked.sum(2)  # (C, B)
-    return masked, masked.shape[2] - n_tgt.amax(1), n_tgt.amin(1)
+    k_ctx, k_tgt, share = fixed_counts(tuple(hw), configs)
+    # 10% more than the share expected to qualify, so that one draw is nearly always enough
+    masked = _blocks_with_counts(batch, hw, configs, generator, k_ctx, k_tgt, share / 1.1)
+    return masked, k_ctx, k_tgt
 
 
-def multiblock_configs(batch, grid, configs, generator, cut="fixed"):
-    """V-JEPA multi-block: the target is a union of spatial blocks spanning all time steps.
-    Several configurations [(num_blocks, scale), ...] at once -> [(ctx, tgt), ...].
-    cut: "fixed" (every row keeps fixed_counts) or "batch" (the batch minimum)."""
-    T, H, W = grid
-    S = H * W
-    masked, k_ctx, k_tgt = _spatial_masks(batch, (H, W), configs, generator, cut)  # (C, B, S)
+def multiblock_split(masked, k_ctx, k_tgt, T, generator):
+    """Spatial unions of blocks [C, B, S] -> [(ctx, tgt), ...]: k_ctx[c] random unmasked and
+    k_tgt[c] random masked positions per row, each as a tube through all T time steps."""
+    S = masked.shape[2]
     out = []
     for m, n_ctx, n_tgt in zip(masked, k_ctx.tolist(), k_tgt.tolist()):
         ctx, tgt = random_split(m, n_ctx, n_tgt, generator)
@@ -187,9 +171,16 @@ def multiblock_configs(batch, grid, configs, generator, cut="fixed"):
     return out
 
 
-def multiblock(batch, grid, num_blocks, scale, generator, cut="fixed"):
+def multiblock_configs(batch, grid, configs, generator):
+    """V-JEPA multi-block: the target is a union of spatial blocks spanning all time steps.
+    Several configurations [(num_blocks, scale), ...] at once -> [(ctx, tgt), ...]."""
+    T, H, W = grid
+    return multiblock_split(*fixed_blocks(batch, (H, W), configs, generator), T, generator)
+
+
+def multiblock(batch, grid, num_blocks, scale, generator):
     """multiblock_configs for one configuration -> (ctx, tgt)."""
-    return multiblock_configs(batch, grid, [(num_blocks, scale)], generator, cut)[0]
+    return multiblock_configs(batch, grid, [(num_blocks, scale)], generator)[0]
 
 
 def _tube_count(ratio, S):
@@ -212,15 +203,12 @@ def random_tube(batch, grid, ratio, generator):
     return tubes(ctx, T, S), tubes(tgt, T, S)
 
 
-def causal_multiblock_configs(batch, grid, ctx_steps, configs, generator, cut="fixed"):
-    """Context = the first `ctx_steps` time steps minus a multi-block mask; target = the rest
-    (the blocks within those steps and every token after them). Several configurations
-    [(num_blocks, scale), ...] at once -> [(ctx, tgt), ...]. The counts follow those of the
-    spatial blocks: ctx_steps x the spatial context, and every later token plus ctx_steps x the
-    spatial target."""
-    T, H, W = grid
-    S = H * W
-    masked, k_ctx, k_tgt = _spatial_masks(batch, (H, W), configs, generator, cut)  # (C, B, S)
+def causal_split(masked, k_ctx, k_tgt, T, ctx_steps, generator):
+    """Spatial unions of blocks [C, B, S] -> [(ctx, tgt), ...]: context from the first
+    `ctx_steps` time steps minus the blocks; target = the blocks within those steps and every
+    token after them. The counts follow the spatial ones: ctx_steps x k_ctx context tokens, and
+    every later token plus ctx_steps x k_tgt target tokens."""
+    S = masked.shape[2]
     early = (_arange(T) < ctx_steps).repeat_interleave(S)  # (L,) time-major
     in_tgt = ~early | masked.repeat(1, 1, T)  # (C, B, L)
     k_ctx, k_tgt = ctx_steps * k_ctx, (T - ctx_steps) * S + ctx_steps * k_tgt
@@ -228,10 +216,17 @@ def causal_multiblock_configs(batch, grid, ctx_steps, configs, generator, cut="f
             for m, n_ctx, n_tgt in zip(in_tgt, k_ctx.tolist(), k_tgt.tolist())]
 
 
-def causal_multiblock(batch, grid, ctx_steps, num_blocks, scale, generator, cut="fixed"):
+def causal_multiblock_configs(batch, grid, ctx_steps, configs, generator):
+    """Causal multi-block for several configurations [(num_blocks, scale), ...] at once
+    -> [(ctx, tgt), ...] (see causal_split)."""
+    T, H, W = grid
+    return causal_split(*fixed_blocks(batch, (H, W), configs, generator), T, ctx_steps,
+                        generator)
+
+
+def causal_multiblock(batch, grid, ctx_steps, num_blocks, scale, generator):
     """causal_multiblock_configs for one configuration -> (ctx, tgt)."""
-    return causal_multiblock_configs(batch, grid, ctx_steps, [(num_blocks, scale)], generator,
-                                     cut)[0]
+    return causal_multiblock_configs(batch, grid, ctx_steps, [(num_blocks, scale)], generator)[0]
 
 
 def future(batch, grid, ctx_steps):
@@ -249,15 +244,12 @@ class MaskSampler:
     multiblock / causal: two configurations (short-range, long-range); each gets its own mask
     token in the predictor. random_tube / future: one configuration.
     ctx_frames (causal, future) counts video frames and must be a multiple of the tubelet size.
-    cut (multiblock, causal): "fixed" token counts or the "batch" minimum (see the top).
     """
 
-    def __init__(self, strategy, grid, tubelet_size, ratio=0.9, ctx_frames=0, cut="fixed"):
+    def __init__(self, strategy, grid, tubelet_size, ratio=0.9, ctx_frames=0):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown mask strategy {strategy!r}; expected one of {STRATEGIES}")
-        if cut not in CUTS:
-            raise ValueError(f"cut={cut!r}: expected one of {CUTS}")
-        self.strategy, self.grid, self.ratio, self.cut = strategy, grid, ratio, cut
+        self.strategy, self.grid, self.ratio = strategy, grid, ratio
         self.ctx_steps = 0
         if strategy == "random_tube":
             _tube_count(ratio, grid[1] * grid[2])
@@ -278,11 +270,10 @@ class MaskSampler:
 
     def __call__(self, batch, generator):
         if self.strategy == "multiblock":
-            return multiblock_configs(batch, self.grid, (SHORT_RANGE, LONG_RANGE), generator,
-                                      self.cut)
+            return multiblock_configs(batch, self.grid, (SHORT_RANGE, LONG_RANGE), generator)
         if self.strategy == "causal":
             return causal_multiblock_configs(batch, self.grid, self.ctx_steps,
-                                             (SHORT_RANGE, LONG_RANGE), generator, self.cut)
+                                             (SHORT_RANGE, LONG_RANGE), generator)
         if self.strategy == "random_tube":
             return [random_tube(batch, self.grid, self.ratio, generator)]
         return [future(batch, self.grid, self.ctx_steps)]

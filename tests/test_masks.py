@@ -50,7 +50,7 @@ def test_multiblock_target_is_a_union_of_blocks_and_context_its_complement():
     and the target is a union of axis-aligned rectangles of the configured size range."""
     g = gen(3)
     for _ in range(50):
-        ctx, tgt = masks.multiblock(1, GRID, 1, 0.15, g, cut="batch")
+        ctx, tgt = mask_stats.batch_minimum_multiblock(1, GRID, [(1, 0.15)], g)[0]
         c, t = spatial_sets(ctx[0]), spatial_sets(tgt[0])
         assert c | t == set(range(S)) and not c & t
         rows = {p // 14 for p in t}
@@ -101,9 +101,8 @@ def test_seeded_reproducibility():
 
 
 def test_random_split_is_uniform_over_positions():
-    """The cut to the batch minimum keeps each candidate equally often (the original's
-    first-K cut keeps only the lowest indices); context comes only from non-targets, targets
-    only from targets."""
+    """The cut keeps each candidate equally often (keeping the first K would keep only the
+    lowest indices); context comes only from non-targets, targets only from targets."""
     target = torch.zeros(20000, 10, dtype=torch.bool)
     target[:, 2:8] = True
     ctx, tgt = masks.random_split(target, 2, 3, gen())
@@ -177,7 +176,7 @@ def test_fixed_counts_are_the_batch_minimum_on_average():
     sums = torch.zeros(2, 2)
     g = gen(11)
     for _ in range(300):
-        for c, (ctx, tgt) in enumerate(masks.multiblock_configs(8, grid, configs, g, "batch")):
+        for c, (ctx, tgt) in enumerate(mask_stats.batch_minimum_multiblock(8, grid, configs, g)):
             sums[c] += torch.tensor([ctx.shape[1] / 2, tgt.shape[1] / 2])
     mean = sums / 300
     for c in range(2):
@@ -188,11 +187,12 @@ def test_fixed_counts_are_the_batch_minimum_on_average():
 
 def test_fixed_counts_keep_the_realised_fractions():
     """At the laptop geometry and batch (16x64x64, patch 8, batch 8) the fixed counts hide the
-    same share of the clip as the cut to the batch minimum did, within 0.01 (docs/results.md,
-    section 5, has both); per-time-step shares stay flat."""
+    same share of the clip as the cut to the batch minimum, within 0.01; per-time-step shares
+    stay flat."""
     grid = (8, 8, 8)
-    rows = {cut: mask_stats.mask_stats(masks.MaskSampler("multiblock", grid, 2, cut=cut), 8, 100,
-                                  gen(0)) for cut in masks.CUTS}
+    samplers = {"fixed": masks.MaskSampler("multiblock", grid, 2),
+                "batch": mask_stats.BatchMinimumSampler("multiblock", grid, 2)}
+    rows = {cut: mask_stats.mask_stats(s, 8, 100, gen(0)) for cut, s in samplers.items()}
     for fixed, batch in zip(rows["fixed"], rows["batch"]):
         assert abs(fixed["masked_fraction"] - batch["masked_fraction"]) < 0.01
         assert abs(fixed["target_fraction"] - batch["target_fraction"]) < 0.01
@@ -213,6 +213,25 @@ def test_samples_drawn_again_leave_enough_candidates():
         assert len({tuple(m.tolist()) for m in masked[c]}) > 20
 
 
-def test_unknown_cut_is_an_error():
-    with pytest.raises(ValueError, match="cut='first'"):
-        masks.MaskSampler("multiblock", GRID, 2, cut="first")
+
+def test_batch_minimum_of_masks_without_blocks_is_an_error():
+    with pytest.raises(ValueError, match="no blocks to cut"):
+        mask_stats.BatchMinimumSampler("random_tube", GRID, 2)(2, gen())
+
+
+def test_mask_stats_command(tmp_path):
+    """`python tools/mask_stats.py` prints one JSON line per sampler and configuration (fixed
+    and batch-minimum cuts) and writes the picture."""
+    import json
+    import subprocess
+    import sys
+    png = tmp_path / "masks.png"
+    out = subprocess.run([sys.executable, mask_stats.__file__, "--img_size", "32", "--patch_size",
+                          "8", "--batches", "2", "--batch", "2", "--png", str(png)],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    rows = [json.loads(line) for line in out[:-1]]
+    assert [(r["strategy"], r["cut"]) for r in rows] == [
+        ("multiblock", "fixed"), ("multiblock", "fixed"), ("random_tube", "fixed"),
+        ("causal", "fixed"), ("causal", "fixed"), ("future", "fixed"),
+        ("multiblock", "batch"), ("multiblock", "batch"), ("causal", "batch"), ("causal", "batch")]
+    assert out[-1] == f"wrote {png}" and png.stat().st_size > 0

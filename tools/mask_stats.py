@@ -1,5 +1,8 @@
 """Statistics of the mask samplers (masked and target fractions, the share of context and
-target tokens in each time step) and a picture of a few masks.
+target tokens in each time step) and a picture of a few masks. The multi-block and causal
+masks are also measured with each batch cut to its minimum instead of masks.fixed_counts
+(the "cut": "batch" lines): the counts fixed_counts average, and with --batch 1 the blocks
+themselves, uncut.
 
     python tools/mask_stats.py                               # the paper geometry, masks.png
     python tools/mask_stats.py --img_size 64 --patch_size 8 --batch 8
@@ -13,6 +16,37 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import masks  # noqa: E402
+
+
+def batch_minimum_blocks(batch, hw, configs, generator):
+    """Like masks.fixed_blocks, but every row keeps as many positions as the row with the fewest
+    -> (masked [C, B, S], context positions (C,), target positions (C,)); these counts change
+    from batch to batch."""
+    masked = masks._blocks_with_counts(batch, hw, tuple(map(tuple, configs)), generator, 1, 1)
+    n_tgt = masked.sum(2)  # (C, B)
+    return masked, masked.shape[2] - n_tgt.amax(1), n_tgt.amin(1)
+
+
+def batch_minimum_multiblock(batch, grid, configs, generator):
+    """masks.multiblock_configs with the cut to the batch minimum -> [(ctx, tgt), ...]."""
+    T, H, W = grid
+    return masks.multiblock_split(*batch_minimum_blocks(batch, (H, W), configs, generator), T,
+                                  generator)
+
+
+class BatchMinimumSampler(masks.MaskSampler):
+    """A multiblock or causal MaskSampler whose rows are cut to the batch minimum."""
+    cut = "batch"
+
+    def __call__(self, batch, generator):
+        configs = (masks.SHORT_RANGE, masks.LONG_RANGE)
+        if self.strategy == "multiblock":
+            return batch_minimum_multiblock(batch, self.grid, configs, generator)
+        if self.strategy == "causal":
+            T, H, W = self.grid
+            return masks.causal_split(*batch_minimum_blocks(batch, (H, W), configs, generator),
+                                      T, self.ctx_steps, generator)
+        raise ValueError(f"{self.strategy} masks have no blocks to cut")
 
 
 def mask_stats(sampler, batch, batches, generator):
@@ -29,7 +63,8 @@ def mask_stats(sampler, batch, batches, generator):
             target[i] += tgt.shape[1] / L
             ctx_steps[i] += torch.bincount(ctx.flatten() // (H * W), minlength=T) / ctx.numel()
             tgt_steps[i] += torch.bincount(tgt.flatten() // (H * W), minlength=T) / tgt.numel()
-    return [{"strategy": sampler.strategy, "cut": sampler.cut, "config": name,
+    cut = getattr(sampler, "cut", "fixed")
+    return [{"strategy": sampler.strategy, "cut": cut, "config": name,
              "masked_fraction": round(float(hidden[i] / batches), 4),
              "target_fraction": round(float(target[i] / batches), 4),
              "ctx_share_per_step": [round(float(v), 4) for v in ctx_steps[i] / batches],
@@ -77,11 +112,12 @@ def main():
     p.add_argument("--png", default="masks.png")
     a = p.parse_args()
     grid = (a.frames // a.tubelet_size, a.img_size // a.patch_size, a.img_size // a.patch_size)
-    samplers = [masks.MaskSampler(s, grid, a.tubelet_size, ctx_frames=a.ctx_frames) for s in masks.STRATEGIES]
-    earlier = [masks.MaskSampler(s, grid, a.tubelet_size, ctx_frames=a.ctx_frames, cut="batch")
-               for s in ("multiblock", "causal")]  # the cut to the batch minimum, to compare
+    samplers = [masks.MaskSampler(s, grid, a.tubelet_size, ctx_frames=a.ctx_frames)
+                for s in masks.STRATEGIES]
+    batch_minimum = [BatchMinimumSampler(s, grid, a.tubelet_size, ctx_frames=a.ctx_frames)
+                     for s in ("multiblock", "causal")]
     g = torch.Generator().manual_seed(a.seed)
-    for sampler in samplers + earlier:
+    for sampler in samplers + batch_minimum:
         for row in mask_stats(sampler, a.batch, a.batches, g):
             print(json.dumps(row))
     draw_masks(samplers, a.png)
