@@ -29,7 +29,7 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024")
 
 def keep_freed_memory(largest=32 << 20):
     """Let glibc's malloc keep the memory a step frees for the next one (else each step's
-    activations page-fault anew; docs/results.md, performance). No-op where malloc is not glibc's."""
+    activations page-fault anew; docs/results.md, performance). No-op elsewhere than glibc."""
     try:
         import ctypes
         mallopt = ctypes.CDLL(None).mallopt
@@ -218,25 +218,27 @@ def train_step(run, clips, step):
     run.opt.zero_grad(set_to_none=True)
     total, chunks = 0.0, clips.to(run.device, non_blocking=True).chunk(cfg.accum_steps)
     for i, x in enumerate(chunks):  # accum_steps micro-batches; DDP syncs on the last
-        with no_sync_unless(run, i == len(chunks) - 1), autocast(run.device, run.dtype):
-            if run.sampler is None:  # VJ-VCR or generative: losses.vjvcr_energy
-                loss, terms, h = run.net(x)
-                steps = h.shape[1]
-            else:
-                step_masks = [(c.to(run.device, non_blocking=True),  # [B, Kc], [B, Kt] per mask
-                               t.to(run.device, non_blocking=True))
-                              for c, t in run.sampler(len(x), g)]
-                with torch.no_grad():  # targets: the EMA encoder's features, layer-normed
-                    h, full = (None, pixel_targets(x, cfg.patch_size, cfg.tubelet_size)) if (
-                        run.target is None) else feature_targets(run, x)  # [B, N, D]
-                    targets = [model.gather_tokens(full, t) for _, t in step_masks]  # [B, Kt, D]
-                # the context encoder on the kept tokens, the predictor with mask tokens
-                preds, contexts = run.net(x, step_masks)  # [B, Kt, D], [B, Kc, D] per mask
-                loss, terms = losses.vjepa_energy(  # prediction + token regulariser
-                    losses.PREDICTION_LOSSES[cfg.loss], preds, targets, contexts, cfg.token_vcr,
-                    cfg.vcr_alpha, cfg.vcr_beta)
-                steps = run.grid[0]
-        (loss / len(chunks)).backward()
+        with no_sync_unless(run, i == len(chunks) - 1):  # also around the backward pass
+            with autocast(run.device, run.dtype):
+                if run.sampler is None:  # VJ-VCR or generative: losses.vjvcr_energy
+                    loss, terms, h = run.net(x)
+                    steps = h.shape[1]
+                else:
+                    step_masks = [(c.to(run.device, non_blocking=True),  # [B, Kc], [B, Kt]
+                                   t.to(run.device, non_blocking=True))  # per configuration
+                                  for c, t in run.sampler(len(x), g)]
+                    with torch.no_grad():  # targets: the EMA encoder's features, layer-normed
+                        h, full = (None, pixel_targets(x, cfg.patch_size, cfg.tubelet_size)) if (
+                            run.target is None) else feature_targets(run, x)  # [B, N, D]
+                        targets = [model.gather_tokens(full, t)  # [B, Kt, D]
+                                   for _, t in step_masks]
+                    # the context encoder on the kept tokens, the predictor with mask tokens
+                    preds, contexts = run.net(x, step_masks)  # [B, Kt, D], [B, Kc, D] per mask
+                    loss, terms = losses.vjepa_energy(  # prediction + token regulariser
+                        losses.PREDICTION_LOSSES[cfg.loss], preds, targets, contexts,
+                        cfg.token_vcr, cfg.vcr_alpha, cfg.vcr_beta)
+                    steps = run.grid[0]
+            (loss / len(chunks)).backward()
         total += loss.detach() / len(chunks)
     grad_norm = (torch.nn.utils.clip_grad_norm_(run.module.parameters(), cfg.grad_clip)
                  if cfg.grad_clip > 0 else torch.zeros(()))

@@ -155,8 +155,8 @@ def test_training_steps_reuse_freed_memory():
     """After a few steps a training step gets its memory from what the previous step freed: no
     page faults in a typical step (a freshly paged-in block costs one per 4 KB; now and then a
     step still grows the heap by a few MB). Without train.keep_freed_memory this config's bf16
-    step pages in ~25,000 pages every step (tools/benchmark.py: 28,572 at the commit before).
-    In the precision `python train.py` picks here: bf16 where it is native, else float32."""
+    step pages in tens of thousands of pages every step. In the precision `python train.py`
+    picks here: bf16 where it is native, else float32."""
     argv = benchmark.CONFIGS["tiny-video"] + ["--dtype", "auto"]
     out = subprocess.run([sys.executable, "-c", FAULTS, benchmark.ROOT, *argv],
                          capture_output=True, text=True, check=True)
@@ -164,8 +164,8 @@ def test_training_steps_reuse_freed_memory():
 
 
 def test_benchmark_killed_with_sigterm_removes_its_worktrees(tmp_path):
-    """`kill` of a --before run while it measures leaves no git worktree registered (an earlier
-    version left one per commit in /tmp)."""
+    """`kill` of a --before run while it measures leaves no git worktree registered (else each
+    killed run would leave one per commit in /tmp)."""
     def worktrees():
         out = subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=benchmark.ROOT,
                              capture_output=True, text=True)

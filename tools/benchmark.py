@@ -1,6 +1,6 @@
 """Speed and memory of this machine running the project: training steps, masks, FISTA.
 
-    python tools/benchmark.py                 # docs/results.md, section 5 (~10 min)
+    python tools/benchmark.py                 # everything below but the options (~10 min)
     python tools/benchmark.py --before 73dbc9b  # also that commit's steps, interleaved: ratios
     python tools/benchmark.py --configs tiny-video --dtypes auto --before A B C  # each lever
     python tools/benchmark.py --configs laptop --pin laptop --before A  # a preset A defines alike
@@ -19,12 +19,16 @@ work slows all variants alike. Per variant: ms/step (median and min over its tim
 after --warmup), clips/s, GFLOP/step counted by torch.utils.flop_counter on one step
 (forward, backward and the target encoder; not the optimizer), the achieved GFLOP/s and its
 share of this machine's matmul peak (2048 x 2048 in the same precision and thread count; 512
-where bf16 is emulated), and
-the peak resident memory; also the process's CPU time per step, which work of others on the
-machine inflates less than the time (with 1 thread it stays close to the work done). A
-speed-up is the median over rounds of the two variants' ratio in that round. "`python train.py`" is the laptop run itself: data generation, logging and
-checkpoints included, so its clips/s is what a user sees. The CPU's name comes first.
-Results: a Markdown table on stdout and OUT/benchmark.json.
+where bf16 is emulated), and the peak resident memory; also the process's CPU time per step,
+which work of others on the machine inflates less than the time (with 1 thread it stays close
+to the work done). A speed-up is the median over rounds of the two variants' ratio in that
+round. "`python train.py`" is the laptop run itself: data generation, logging and checkpoints
+included, so its clips/s is what a user sees. The CPU's name comes first. Results: a Markdown
+table on stdout and OUT/benchmark.json.
+
+An earlier commit is measured by this file, run in that commit's tree (BENCHMARK_ROOT): it
+imports that tree's train, model, masks, ..., whichever folder the commit kept its own
+benchmark in.
 """
 import argparse
 import contextlib
@@ -51,10 +55,10 @@ import masks  # noqa: E402
 import model  # noqa: E402
 import train  # noqa: E402
 
-# Named training configs: a preset plus overrides. "tiny-video" is the reference config of
-# issue 18 (16 x 64 x 64, patch 8, tubelet 2, ViT 192/6/3, predictor 96/4, batch 8, both
-# multi-block masks, raw pixels, L1, AdamW, EMA): the laptop preset's network and batch with
-# the patch and masks the laptop preset had before issue 16. "laptop" is the preset as it is.
+# Named training configs: a preset plus overrides. "tiny-video" (16 x 64 x 64, patch 8,
+# tubelet 2, ViT 192/6/3, predictor 96/4, batch 8, both multi-block masks, raw pixels, L1,
+# AdamW, EMA) sets what the laptop preset has changed over time, so it compares commits.
+# "laptop" is the preset as it is.
 TINY_VIDEO = ["--preset", "laptop", "--patch_size", "8", "--mask", "multiblock",
               "--normalise", "false", "--embed_gain", "1", "--token_vcr", "0"]
 CONFIGS = {
@@ -66,7 +70,6 @@ CONFIGS = {
 }
 PINNED = ("tiny-video",)  # configs that mean the same at an earlier commit (--before): the
 #                          others name a preset, which an earlier commit may define otherwise
-FLOP_REFERENCE = {"tiny-video": 64.7}  # GFLOP/step of the original code on this config (issue)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,7 +180,8 @@ def step_worker(job):
             gflop = count_flops(lambda: train.train_step(run, pool[0], step)) / 1e9
         except RuntimeError:  # the counter's module hooks break autograd.grad (FISTA inside)
             gflop = None
-        _reply({"gflop_per_step": gflop, "peak_rss_mb": (getattr(data, "peak_rss_mb", None) or train.peak_rss_mb)(),
+        peak_rss_mb = getattr(data, "peak_rss_mb", None) or train.peak_rss_mb  # either, by commit
+        _reply({"gflop_per_step": gflop, "peak_rss_mb": peak_rss_mb(),
                 "dtype": str(run.dtype).replace("torch.", ""),
                 "clips_per_step": cfg.batch_size * cfg.accum_steps})
         return
@@ -480,10 +484,9 @@ def table(results):
              "| --- |"]
     for r in results:
         if r["kind"] == "step":
-            ref = FLOP_REFERENCE.get(r["config"])
             flop, rate, share = "n/a", "n/a", "n/a"  # n/a: not countable (see step_worker)
             if r["gflop_per_step"]:
-                flop = f"{r['gflop_per_step']:.1f}" + (f" (reference {ref})" if ref else "")
+                flop = f"{r['gflop_per_step']:.1f}"
                 rate = f"{r['gflops']:.0f}"
                 share = f"{r['gflops'] / peak[(r['dtype'], r['threads'])]:.0%}"
             lines.append(f"| {r['config']} step | {code[r['code']]} | {r['dtype']} | "
