@@ -290,9 +290,8 @@ def build_models(num_frames, img_size, patch_size, tubelet_size, in_chans, enc_d
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints in the release format
-
-RELEASE_PREFIX = "module.backbone."  # the release's key prefix (DDP's `module.` + `backbone.`)
+# Checkpoints in the release format (its key prefix: DDP's `module.` + `backbone.`)
+RELEASE_PREFIX = "module.backbone."
 
 
 def to_release(state_dict):

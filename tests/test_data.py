@@ -13,9 +13,11 @@ import pytest
 import torch
 
 import data
+from conftest import SHARED_MNIST
 
-# A folder with the MNIST test set (t10k-*.gz); the tests that read real digits skip without it.
-MNIST_DIR = Path(os.environ.get("VJEPA_TEST_MNIST", "")).resolve()
+# The MNIST test set (t10k-*.gz): $VJEPA_TEST_MNIST, else the shared copy beside the project
+# (conftest.SHARED_MNIST); the tests that read real digits skip without it.
+MNIST_DIR = Path(os.environ.get("VJEPA_TEST_MNIST") or SHARED_MNIST).resolve()
 T10K = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 # Class counts of the MNIST test set (published with the data set).
 T10K_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -33,8 +35,8 @@ def _offline(monkeypatch, tmp_path_factory):
 
 @pytest.fixture
 def mnist_dir():
-    if not os.environ.get("VJEPA_TEST_MNIST") or not all((MNIST_DIR / f).exists() for f in T10K):
-        pytest.skip("no MNIST test set: set $VJEPA_TEST_MNIST to a folder with the t10k-* files")
+    if not all((MNIST_DIR / f).exists() for f in T10K):
+        pytest.skip(f"no MNIST test set at {MNIST_DIR} (set $VJEPA_TEST_MNIST)")
     return MNIST_DIR
 
 
