@@ -441,8 +441,9 @@ class VJVCR(nn.Module):
             h_y = (self.encoder(clips, keep=self.tgt_idx.expand(len(clips), -1)) if vit
                    else self.encoder(clips[:, :, n:]))
         h_x, pred, pred_steps = self.predict(clips, h_y)
-        steps = (lambda t: self.per_step(t)) if vit else (lambda t: t)
-        h = torch.cat([steps(h_x), pred_steps if h_y is None else steps(h_y)], dim=1)
+        x_steps = self.per_step(h_x) if vit else h_x  # VCR acts on one vector per time step
+        y_steps = pred_steps if h_y is None else self.per_step(h_y) if vit else h_y
+        h = torch.cat([x_steps, y_steps], dim=1)
         recon = None if self.decoder is None else self.decode(pred)
         energy, terms = losses.vjvcr_energy(
             self.loss_fn, pred, h_y, h, recon, clips[:, :, n:], cfg.vcr_alpha, cfg.vcr_beta,

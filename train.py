@@ -14,10 +14,8 @@ import contextlib
 import copy
 import dataclasses
 import datetime
-import json
 import math
 import os
-import random
 import signal
 import sys
 import time
@@ -41,7 +39,6 @@ def keep_freed_memory(largest=32 << 20):
 
 keep_freed_memory()  # before torch allocates anything
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

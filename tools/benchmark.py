@@ -52,7 +52,6 @@ import data  # noqa: E402
 import infer_latent  # noqa: E402
 import losses  # noqa: E402
 import masks  # noqa: E402
-import model  # noqa: E402
 import train  # noqa: E402
 
 # Named training configs: a preset plus overrides. "tiny-video" (16 x 64 x 64, patch 8,
