@@ -10,8 +10,8 @@ Digits come from MNIST IDX files in a directory (`mnist_dir` or $MNIST_DIR), els
 one-time download into ~/.cache/vjepa-mnist checked against the published MD5s, else (offline)
 from digits drawn procedurally here, with a one-line warning.
 
-Also what a run writes: checkpoints (the release format plus what a resume needs), the log and
-the summary.
+Also what a run writes and reads back: checkpoints (the original release's format plus what a
+resume needs; `load_vjepa_checkpoint` reads release files too), the log and the summary.
 """
 import contextlib
 import dataclasses
@@ -22,7 +22,9 @@ import http.client
 import math
 import os
 import random
+import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -386,17 +388,6 @@ class VideoFolder:
             return shape
         return video[..., None] if video.ndim == 3 else video
 
-    def check(self):
-        """Every file's header, not its frames -> {path: why it cannot be used}. A file damaged
-        after its header is found only when a clip is drawn from it."""
-        problems = {}
-        for path in self.files:
-            try:
-                self.read(path, header_only=True)
-            except ValueError as e:
-                problems[path] = str(e)
-        return problems
-
     def why(self, path):
         """Why `path` cannot be used, reading it if this process has not (a worker did)."""
         return (self.bad[path] if self.video(path) is None
@@ -462,7 +453,7 @@ class VideoFolder:
 
 def step_seed(seed, rank, step, stream=0):
     """A well-mixed 63-bit seed for one (run seed, rank, step); `stream` separates independent
-    uses in one step (0: the clips, 1: the masks, 2: train.restart_unused_options)."""
+    uses in one step (0: the clips, 1: the masks, 2: infer_latent.restart_unused_options)."""
     state = np.random.SeedSequence([seed, rank, step, stream]).generate_state(1, np.uint64)
     return int(state[0] >> 1)
 
@@ -510,20 +501,7 @@ def make_source(cfg, part="train", digits=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# A video folder's unusable files, and checkpoints
-
-def check_folder(folder, root, num_frames):
-    """--check_data: every file of a video folder by its header; prints those that cannot be
-    used and raises ValueError if there are any."""
-    problems = folder.check()
-    for why in problems.values():
-        print(why)
-    if problems:
-        raise ValueError(f"{len(problems)} of {len(folder.files)} files under {root} "
-                         "cannot be used (listed above); a run skips them when it draws them")
-    print(f"all {len(folder.files)} files under {root} have a readable header and at "
-          f"least num_frames={num_frames} frames (their frames are read when drawn)")
-
+# A video folder's unusable files; checkpoints, resuming and stopping
 
 class SkippedFiles:
     """The draws of a video folder that failed and were replaced (labels["failed"]): each file
@@ -552,7 +530,8 @@ class SkippedFiles:
             first = "; ".join(list(self.named.values())[:3])
             raise ValueError(f"{self.failed} of {self.draws} draws from {self.source.root} met "
                              f"a file that cannot be used, more than {self.MAX_SHARE:.0%}; the "
-                             f"first: {first}. List them all with --check_data true")
+                             f"first: {first}. List them all: "
+                             "python tools/check_videos.py --data_path DIR")
 
 
 def previous_path(path):
@@ -567,7 +546,7 @@ def save_checkpoint(path, nets, opt, cfg, step, loss, world, lr):
     synced, then renamed: neither a crash nor a power loss leaves half a checkpoint at `path`;
     the one it replaces is kept at previous_path(path)."""
     state = {
-        **{name: model.to_release(net.state_dict()) for name, net in nets.items()},
+        **{name: to_release(net.state_dict()) for name, net in nets.items()},
         "opt": opt.state_dict(), "scaler": None,
         "epoch": 0,  # the release format has it; batches here are indexed by step
         "loss": loss, "batch_size": cfg.batch_size, "world_size": world, "lr": lr,
@@ -626,7 +605,7 @@ def load_checkpoint(path, nets, opt, cfg, arch_keys):
     for name, net in nets.items():
         if name not in state:
             raise ValueError(f"--resume: {path} has no {name!r}")
-        model.load_strict(net, model.from_release(state[name]), f"{path} {name}")
+        load_strict(net, from_release(state[name]), f"{path} {name}")
     opt.load_state_dict(state["opt"])
     torch.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])
@@ -634,12 +613,44 @@ def load_checkpoint(path, nets, opt, cfg, arch_keys):
     return state["step"], path
 
 
+def start_fresh(log_path, rank=0):
+    """A fresh run starts a fresh log -> step 0."""
+    if rank == 0 and os.path.exists(log_path):
+        os.remove(log_path)
+    return 0
+
+
+def resume(ckpt_path, log_path, nets, opt, cfg, arch_keys, rank=0):
+    """Load OUT_DIR/ckpt.pt (or the one before it, when it cannot be read), cut the log back to
+    its step -> that step."""
+    start, used = load_checkpoint(ckpt_path, nets, opt, cfg, arch_keys)
+    if rank == 0:
+        trim_log(log_path, start)
+        if used != ckpt_path and os.path.exists(ckpt_path):  # else the next save rotates it
+            os.replace(ckpt_path, ckpt_path + ".unreadable")  # over the good previous one
+    return start
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """While open, SIGTERM (a cluster's pre-emption) and Ctrl-C only set stop["asked"]: the
+    loop finishes its step, checkpoints and stops. The previous handlers come back on exit."""
+    stop = {"asked": False}
+    previous = {sig: signal.signal(sig, lambda *_: stop.update(asked=True))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def save_snapshot(out_dir, nets, cfg, step):
     """OUT_DIR/snapshots/stepNNNNNN.pt: the encoders (release format) and the config."""
     folder = os.path.join(out_dir, "snapshots")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"step{step:06d}.pt")
-    state = {name: model.to_release(nets[name].state_dict())
+    state = {name: to_release(nets[name].state_dict())
              for name in ("encoder", "target_encoder")}
     torch.save({**state, "config": dataclasses.asdict(cfg), "step": step}, path + ".tmp")
     os.replace(path + ".tmp", path)
@@ -656,6 +667,218 @@ def trim_log(path, step):
                         keep.append(line)
         with open(path, "w") as f:
             f.writelines(keep)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints in the release format (its key prefix: DDP's `module.` + `backbone.`), read
+# strictly, the architecture from the tensors' shapes
+RELEASE_PREFIX = "module.backbone."
+
+
+def to_release(state_dict):
+    return {RELEASE_PREFIX + k: v for k, v in state_dict.items()}
+
+
+def from_release(state_dict):
+    return {k[len(RELEASE_PREFIX):] if k.startswith(RELEASE_PREFIX) else k: v
+            for k, v in state_dict.items()}
+
+
+def load_strict(module, state_dict, what):
+    """load_state_dict(strict=True) with a one-line error that lists what does not match."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong = [f"{k} {tuple(state_dict[k].shape)} (expected {tuple(own[k].shape)})"
+             for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    problems = [f"{label} {items[:5]}" for label, items in
+                (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
+    if problems:
+        raise ValueError(f"{what} does not match this architecture: " + "; ".join(problems))
+    module.load_state_dict(state_dict, strict=True)
+
+
+STANDARD_HEADS = {dim: heads for dim, _, heads in model.VIT_SIZES.values()}  # no shape tells heads
+
+
+def _count(state, prefix):
+    """1 + the largest i of `{prefix}{i}.*` (a gap shows up as missing keys)."""
+    ids = [int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)]
+    return max(ids) + 1 if ids else 0
+
+
+def _shape(state, key, what):
+    if key not in state:
+        raise ValueError(f"{what} has no {key!r}: not a V-JEPA ViT (its first keys: "
+                         f"{sorted(state)[:5]})")
+    return tuple(state[key].shape)
+
+
+def _mlp_ratio(state, first_block, dim):
+    key = f"{first_block}.mlp.fc1.weight"  # [hidden, dim]
+    return state[key].shape[0] / dim if key in state else 4.0
+
+
+def infer_architecture(encoder_state, predictor_state=None, config=None, heads=None,
+                       trained_frames=None, trained_img_size=None):
+    """The hyper-parameters of a release-format encoder (and predictor) from tensor shapes.
+    Heads: `heads`, else config["enc_heads"], else STANDARD_HEADS. Frames: `trained_frames`,
+    else config["num_frames"], else N / (trained_img_size/p)^2 time steps, else 16 (every
+    released model); the side follows from N = (T/t) (H/p)^2.
+    -> {"encoder": model.VisionTransformer kwargs, "num_tokens": N, "predictor": kwargs or None}."""
+    enc, config = from_release(encoder_state), config or {}
+    dim, in_chans, t, p, _ = _shape(enc, "patch_embed.proj.weight", "the encoder")  # [D,C,t,p,p]
+    n = _shape(enc, "pos_embed", "the encoder")[1]  # [1, N, D]
+    heads = heads or config.get("enc_heads") or STANDARD_HEADS.get(dim)
+    if heads is None:
+        raise ValueError(f"cannot tell the heads of a width-{dim} encoder (the file has no config "
+                         f"and {dim} is not a standard width {sorted(STANDARD_HEADS)}): "
+                         f"pass heads=")
+    if trained_frames and config.get("num_frames", trained_frames) != trained_frames:
+        raise ValueError(f"trained_frames={trained_frames}, but the file's config says "
+                         f"num_frames={config['num_frames']}")
+    if trained_frames:
+        frames, origin = trained_frames, "given as trained_frames"
+    elif "num_frames" in config:
+        frames, origin = config["num_frames"], "from the file's config"
+    elif trained_img_size:
+        frames = n // max(1, (trained_img_size // p) ** 2) * t
+        origin = f"from trained_img_size={trained_img_size}"
+    else:
+        frames, origin = 16, "assumed: no config"
+    steps = frames // t
+    side = math.isqrt(n // steps) if steps else 0
+    if (frames % t or side == 0 or steps * side ** 2 != n
+            or trained_img_size and trained_img_size != side * p):
+        size = f" of trained_img_size={trained_img_size} / patch {p}" if trained_img_size else ""
+        hint = "; pass trained_frames= (the frames the file was trained with)" if (
+            origin.startswith("assumed")) else ""
+        raise ValueError(f"pos_embed has N={n} tokens, which is not num_frames={frames} ({origin})"
+                         f" / tubelet {t} time steps times a square grid of patches{size}{hint}")
+    arch = {"num_tokens": n, "predictor": None,
+            "encoder": dict(num_frames=frames, img_size=side * p, patch_size=p, tubelet_size=t,
+                            in_chans=in_chans, dim=dim, depth=_count(enc, "blocks."),
+                            heads=heads, mlp_ratio=_mlp_ratio(enc, "blocks.0", dim),
+                            # not in the weights: how a re-initialisation scales the embedding
+                            embed_gain=config.get("embed_gain", 1.0))}
+    if predictor_state is not None:
+        pred = from_release(predictor_state)
+        pred_dim = _shape(pred, "predictor_embed.weight", "the predictor")[0]  # [Dp, D]
+        arch["predictor"] = dict(
+            enc_dim=dim, dim=pred_dim, depth=_count(pred, "predictor_blocks."), heads=heads,
+            num_mask_tokens=_count(pred, "mask_tokens."),
+            mlp_ratio=_mlp_ratio(pred, "predictor_blocks.0", pred_dim),
+            out_dim=_shape(pred, "predictor_proj.weight", "the predictor")[0])  # [out, Dp]
+    return arch
+
+
+def _uniform_power(table, grid):
+    """Which of our sin-cos variants a stored [1, N, D] table is (True / False), or None."""
+    for uniform in (True, False):
+        if not uniform and table.shape[-1] % 8:  # the split variant needs D divisible by 8
+            continue
+        ours = model.sincos_3d(table.shape[-1], grid, uniform)[None]
+        if ours.shape == table.shape and torch.allclose(table.float(), ours, atol=1e-4):
+            return uniform
+    return None
+
+
+CHECKPOINT_LAYOUT = ("a torch.save file of a dict with 'encoder' and 'target_encoder' state "
+                     "dicts (the V-JEPA release format, also what train.py writes)")
+
+
+def _what_file(path, error):
+    """What a file torch.load cannot read is, from its first bytes (torch says `KeyError: 101`)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    detail = " ".join(str(error).split())
+    refused = re.search(r"WeightsUnpickler error: (.*?) Check the documentation", detail)
+    detail = re.sub(r"^\[enforce fail at [^]]*\] \.? *", "", detail).split(". ")[0]
+    detail = refused.group(1) if refused else detail or type(error).__name__
+    if size == 0:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04") and refused:  # torch.save writes a zip archive
+        return (f"a torch file of objects other than tensors and plain containers, which "
+                f"loading without running its code refuses ({detail})")
+    if head.startswith(b"PK\x03\x04"):
+        return (f"a {size}-byte zip archive that is not a whole torch checkpoint (truncated, "
+                f"or another kind of zip: {detail})")
+    if head.startswith(b"\x80"):  # pickle protocol 2+, also the old torch.save format
+        return f"a {size}-byte pickle that torch cannot read without running code ({detail})"
+    return f"a {size}-byte file that is not a torch checkpoint (it starts with {head!r})"
+
+
+def _read_checkpoint(path):
+    """torch.load that runs no pickled code; numpy's RNG state (ours) is allowed explicitly."""
+    array = np.zeros(1, np.uint32)
+    rebuild = array.__reduce__()[0]  # numpy's array rebuilder, wherever this numpy keeps it
+    try:
+        with torch.serialization.safe_globals([rebuild, np.ndarray, np.dtype, type(array.dtype)]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:  # no such file, a directory, no permission: these name the path already
+        raise
+    except Exception as e:  # KeyError, EOFError, RuntimeError, UnpicklingError, ...
+        raise ValueError(f"{path} is {_what_file(path, e)}; expected {CHECKPOINT_LAYOUT}") from None
+
+
+def load_vjepa_checkpoint(path, num_frames=None, img_size=None, heads=None,
+                          which="target_encoder", trained_frames=None, trained_img_size=None):
+    """Encoder and predictor (None if absent) of a release-format checkpoint, in eval mode.
+    which: "target_encoder" (frozen evaluation) or "encoder". The architecture comes from the
+    shapes (infer_architecture). num_frames / img_size: build at another clip size, the sin-cos
+    tables recomputed for the new grid. Loading is strict; errors name the tensor."""
+    if which not in ("target_encoder", "encoder"):
+        raise ValueError(f"which={which!r}: expected 'target_encoder' or 'encoder'")
+    ckpt = _read_checkpoint(path)
+    if not isinstance(ckpt, dict):
+        shape = f" of shape {tuple(ckpt.shape)}" if isinstance(ckpt, torch.Tensor) else ""
+        raise ValueError(f"{path} is a torch file of a {type(ckpt).__name__}{shape}; expected "
+                         f"{CHECKPOINT_LAYOUT}")
+    if which not in ckpt:
+        bare = ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())
+        kind = f"a bare state dict of {len(ckpt)} tensors" if bare else "a dict"
+        raise ValueError(f"{path} is {kind} with no {which!r} entry (its keys: "
+                         f"{sorted(map(str, ckpt))[:8]}); expected {CHECKPOINT_LAYOUT}")
+    for name in (which, "predictor"):
+        entry = ckpt.get(name, {})
+        if not isinstance(entry, dict) or not all(isinstance(v, torch.Tensor)
+                                                  for v in entry.values()):
+            raise ValueError(f"{path}: its {name!r} entry is a {type(entry).__name__} that is "
+                             f"not a state dict of tensors; expected {CHECKPOINT_LAYOUT}")
+    enc_state = from_release(ckpt[which])
+    pred_state = from_release(ckpt["predictor"]) if "predictor" in ckpt else None
+    arch = infer_architecture(enc_state, pred_state, ckpt.get("config"), heads, trained_frames,
+                              trained_img_size)
+    enc = arch["encoder"]
+    old_grid = model.token_grid(enc["num_frames"], enc["img_size"], enc["patch_size"],
+                          enc["tubelet_size"])
+    enc = dict(enc, num_frames=num_frames or enc["num_frames"],
+               img_size=img_size or enc["img_size"])
+    new_grid = model.token_grid(enc["num_frames"], enc["img_size"], enc["patch_size"],
+                          enc["tubelet_size"])
+
+    def build_and_load(build, state, table_key, what):
+        table = state.get(table_key)  # a missing one is reported by load_strict
+        uniform = None if table is None else _uniform_power(table, old_grid)
+        net = build(True if uniform is None else uniform)
+        if new_grid != old_grid:
+            if uniform is None:
+                raise ValueError(f"{path} {what}: {table_key} is not one of our sin-cos tables "
+                                 f"for the grid {old_grid}, so it cannot be recomputed for "
+                                 f"{new_grid}")
+            state = {**state, table_key: getattr(net, table_key)}  # exact, unlike interpolation
+        load_strict(net, state, f"{path} {what}")
+        return net.eval()
+
+    encoder = build_and_load(lambda u: model.VisionTransformer(**enc, uniform_power=u),
+                             enc_state, "pos_embed", which)
+    predictor = None
+    if pred_state is not None:
+        predictor = build_and_load(
+            lambda u: model.Predictor(encoder.grid, **arch["predictor"], uniform_power=u),
+            pred_state, "predictor_pos_embed", "predictor")
+    return encoder, predictor
 
 
 # ----------------------------------------------------------------------------------------------
@@ -741,6 +964,20 @@ class Log:
             bar.set_postfix(loss=f"{self.last:.4f}", std=f"{emb_std:.3f}", rankme=f"{rank_me:.1f}")
         self.loss_sum.zero_()
         self.n, self.t = 0, time.perf_counter()
+
+
+def val_monitors(cfg, encoder, device, dtype, digits=None):
+    """The target encoder's collapse monitors on cfg.val_clips fixed validation clips (the same
+    in every run): per-channel std of its features and RankMe of the mean token ({} for none)."""
+    if not cfg.val_clips:
+        return {}
+    clips, _ = fixed_set(make_source(cfg, "val", digits), cfg.val_clips, seed=12345)
+    encoder.eval()
+    with torch.no_grad(), model.autocast(device, dtype):
+        h = torch.cat([encoder(c.to(device)) for c in clips.split(32)]).float()
+    return {"val_emb_std": round(float(h.reshape(-1, h.shape[-1]).std(0).mean()), 4),
+            "val_rankme": round(losses.rankme(h.mean(1)), 2),  # one vector per clip
+            "val_rankme_max": min(h.shape[0], h.shape[-1])}
 
 
 def write_summary(cfg, step, wall, last, clips, val, skipped):

@@ -6,6 +6,7 @@ it at every step of a latent model, probe.py to evaluate one. `VJVCR` wires the 
 predictor and decoder of the objectives vjvcr and generative (their energy: losses.py).
 """
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -213,6 +214,28 @@ def infer_z(predictor, h_x, h_y, kind, lam=0.0, steps=20, tol=1e-4, method="fist
         return minimise_l1(energy, z0, lam, steps, tol, method)[0]
 
 
+def check_config(cfg):
+    """VJ-VCR's and the latents' settings of a train.Config: ValueError naming the first bad one."""
+    if cfg.objective in ("vjvcr", "generative"):
+        if not 0 < cfg.mask_ctx_frames < cfg.num_frames:
+            raise ValueError(f"mask_ctx_frames={cfg.mask_ctx_frames} leaves no context or no "
+                             f"target among num_frames={cfg.num_frames}")
+        if cfg.vcr_arch == "conv" and cfg.img_size % 8:
+            raise ValueError(f"img_size={cfg.img_size}: the conv encoder needs a multiple of 8")
+        side = cfg.img_size // (8 if cfg.vcr_arch == "conv" else cfg.patch_size)
+        if cfg.pool_grid < 1 or side % cfg.pool_grid:
+            raise ValueError(f"pool_grid={cfg.pool_grid} does not divide the {side}x{side} map "
+                             f"of each frame (img_size={cfg.img_size})")
+    if cfg.latent != "none":
+        if cfg.objective != "vjvcr" or cfg.vcr_arch != "conv" or cfg.vcr_gamma:
+            raise ValueError(f"--latent {cfg.latent} needs --objective vjvcr, --vcr_arch conv "
+                             "and --vcr_gamma 0 (E(z) is the feature prediction error)")
+        if cfg.latent_dim < (2 if cfg.latent == "discrete" else 1) or cfg.latent_lam < 0:
+            raise ValueError(f"--latent {cfg.latent}: latent_dim={cfg.latent_dim}, latent_lam="
+                             f"{cfg.latent_lam}; expected latent_dim >= 2 (discrete) or >= 1 "
+                             "(sparse) and latent_lam >= 0")
+
+
 def restart_unused_option(predictor, opt, counts, generator, noise=0.01):
     """Discrete latent: only the chosen option's copy of the last layer learns, so the copy that
     wins the first batches wins all later ones. As k-means does with an empty cluster, the least
@@ -234,6 +257,15 @@ def restart_unused_option(predictor, opt, counts, generator, noise=0.01):
                 if torch.is_tensor(moment) and moment.shape == p.shape:
                     moment[dst] = moment[src]
     return low
+
+
+def restart_unused_options(net, opt, generator, world=1):
+    """A discrete-latent VJVCR's last batch -> restart_unused_option on the clips per option,
+    summed over processes so that every process restarts the same option with the same noise."""
+    counts = net.last_z.detach().sum(0)
+    if world > 1:
+        dist.all_reduce(counts)
+    return restart_unused_option(net.predictor, opt, counts, generator)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,6 +465,11 @@ class VJVCR(nn.Module):
         cfg, (_, Hp, Wp) = self.cfg, self.encoder.grid
         return model.unpatchify(self.decoder(pred), (pred.shape[1] // (Hp * Wp), Hp, Wp),
                                 cfg.in_chans, cfg.patch_size, cfg.tubelet_size)
+
+    def checkpoint_nets(self):
+        """{checkpoint name: module}; one encoder for x and y, under the key probes read too."""
+        nets = {"encoder": self.encoder, "predictor": self.predictor, "target_encoder": self.encoder}
+        return {**nets, **({"decoder": self.decoder} if self.decoder else {})}
 
     def forward(self, clips):
         cfg, n = self.cfg, self.cfg.mask_ctx_frames

@@ -1,15 +1,13 @@
-"""V-JEPA's networks (tubelet embedding, 3D sin-cos positions, ViT encoder, narrow ViT
-predictor) and loading checkpoints in the original release's format.
+"""V-JEPA's networks: tubelet embedding, 3D sin-cos positions, ViT encoder, narrow ViT
+predictor; and the device and precision they compute in.
 
 A clip is `[B, C, T, H, W]`. A Conv3d with kernel = stride = (t, p, p) cuts it into tubelets:
 a grid of T/t x H/p x W/p tokens, flattened time-major, index = (i_t * Hp + i_h) * Wp + i_w.
 Parameter names follow the original V-JEPA release (without its `module.backbone.` prefix).
 """
+import contextlib
 import math
-import os
-import re
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -170,6 +168,14 @@ def unpatchify(tokens, grid, channels, patch_size, tubelet_size):
     return x.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(B, channels, Tg * t, Hg * p, Wg * p)
 
 
+def pixel_targets(clips, patch_size, tubelet_size, eps=1e-6):
+    """V-JEPA's pixel baseline (Table 1): each tubelet's pixels normalised by its own mean and
+    variance (as MAE's). [B, C, T, H, W] -> [B, N, C*t*p*p]."""
+    x = patchify(clips.float(), patch_size, tubelet_size)
+    mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+    return (x - mean) / (var + eps).sqrt()
+
+
 class PatchEmbed3D(nn.Module):
     """Tubelets of t x p x p pixels -> tokens: [B, C, T, H, W] -> [B, T/t * H/p * W/p, D].
     `gain` scales the initial weights: an embedding starts at ~0.02 gain sqrt(C t p p) x the
@@ -290,211 +296,49 @@ def build_models(num_frames, img_size, patch_size, tubelet_size, in_chans, enc_d
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints in the release format (its key prefix: DDP's `module.` + `backbone.`)
-RELEASE_PREFIX = "module.backbone."
+# Device and precision
+
+def cpu_class():
+    """"AMX", "AVX-512 bf16", "AVX-512" or what ATen reports ("AVX2", ...); lowered by
+    ATEN_CPU_CAPABILITY=avx2 as ATen's kernels are."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    if not cap.startswith("AVX512"):
+        return cap
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    return "AVX-512 bf16" if torch.cpu._is_avx512_bf16_supported() else "AVX-512"
 
 
-def to_release(state_dict):
-    return {RELEASE_PREFIX + k: v for k, v in state_dict.items()}
+def pick_dtype(choice, device):
+    """"auto" -> bf16 where the hardware multiplies in it (CUDA with bf16, a CPU with AMX or
+    AVX-512 bf16), else float32: elsewhere bf16 is emulated and several times slower."""
+    if choice != "auto":
+        return getattr(torch, choice)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_class() in ("AMX", "AVX-512 bf16") else torch.float32
 
 
-def from_release(state_dict):
-    return {k[len(RELEASE_PREFIX):] if k.startswith(RELEASE_PREFIX) else k: v
-            for k, v in state_dict.items()}
+def autocast(device, dtype):
+    """Mixed precision in `dtype`, or nothing for float32 (also on the meta device)."""
+    return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device.type,
+                                                                                  dtype=dtype)
 
 
-def load_strict(module, state_dict, what):
-    """load_state_dict(strict=True) with a one-line error that lists what does not match."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = [f"{k} {tuple(state_dict[k].shape)} (expected {tuple(own[k].shape)})"
-             for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
-    problems = [f"{label} {items[:5]}" for label, items in
-                (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
-    if problems:
-        raise ValueError(f"{what} does not match this architecture: " + "; ".join(problems))
-    module.load_state_dict(state_dict, strict=True)
+def param_groups(module):
+    """AdamW groups: no weight decay on biases and other 1-D parameters."""
+    decay = [p for p in module.parameters() if p.ndim > 1]
+    no_decay = [p for p in module.parameters() if p.ndim <= 1]
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "no_decay": True}]
 
 
-STANDARD_HEADS = {dim: heads for dim, _, heads in VIT_SIZES.values()}  # no shape tells heads
-
-
-def _count(state, prefix):
-    """1 + the largest i of `{prefix}{i}.*` (a gap shows up as missing keys)."""
-    ids = [int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)]
-    return max(ids) + 1 if ids else 0
-
-
-def _shape(state, key, what):
-    if key not in state:
-        raise ValueError(f"{what} has no {key!r}: not a V-JEPA ViT (its first keys: "
-                         f"{sorted(state)[:5]})")
-    return tuple(state[key].shape)
-
-
-def _mlp_ratio(state, first_block, dim):
-    key = f"{first_block}.mlp.fc1.weight"  # [hidden, dim]
-    return state[key].shape[0] / dim if key in state else 4.0
-
-
-def infer_architecture(encoder_state, predictor_state=None, config=None, heads=None,
-                       trained_frames=None, trained_img_size=None):
-    """The hyper-parameters of a release-format encoder (and predictor) from tensor shapes.
-    Heads: `heads`, else config["enc_heads"], else STANDARD_HEADS. Frames: `trained_frames`,
-    else config["num_frames"], else N / (trained_img_size/p)^2 time steps, else 16 (every
-    released model); the side follows from N = (T/t) (H/p)^2.
-    -> {"encoder": VisionTransformer kwargs, "num_tokens": N, "predictor": kwargs or None}."""
-    enc, config = from_release(encoder_state), config or {}
-    dim, in_chans, t, p, _ = _shape(enc, "patch_embed.proj.weight", "the encoder")  # [D,C,t,p,p]
-    n = _shape(enc, "pos_embed", "the encoder")[1]  # [1, N, D]
-    heads = heads or config.get("enc_heads") or STANDARD_HEADS.get(dim)
-    if heads is None:
-        raise ValueError(f"cannot tell the heads of a width-{dim} encoder (the file has no config "
-                         f"and {dim} is not a standard width {sorted(STANDARD_HEADS)}): "
-                         f"pass heads=")
-    if trained_frames and config.get("num_frames", trained_frames) != trained_frames:
-        raise ValueError(f"trained_frames={trained_frames}, but the file's config says "
-                         f"num_frames={config['num_frames']}")
-    if trained_frames:
-        frames, origin = trained_frames, "given as trained_frames"
-    elif "num_frames" in config:
-        frames, origin = config["num_frames"], "from the file's config"
-    elif trained_img_size:
-        frames = n // max(1, (trained_img_size // p) ** 2) * t
-        origin = f"from trained_img_size={trained_img_size}"
-    else:
-        frames, origin = 16, "assumed: no config"
-    steps = frames // t
-    side = math.isqrt(n // steps) if steps else 0
-    if (frames % t or side == 0 or steps * side ** 2 != n
-            or trained_img_size and trained_img_size != side * p):
-        size = f" of trained_img_size={trained_img_size} / patch {p}" if trained_img_size else ""
-        hint = "; pass trained_frames= (the frames the file was trained with)" if (
-            origin.startswith("assumed")) else ""
-        raise ValueError(f"pos_embed has N={n} tokens, which is not num_frames={frames} ({origin})"
-                         f" / tubelet {t} time steps times a square grid of patches{size}{hint}")
-    arch = {"num_tokens": n, "predictor": None,
-            "encoder": dict(num_frames=frames, img_size=side * p, patch_size=p, tubelet_size=t,
-                            in_chans=in_chans, dim=dim, depth=_count(enc, "blocks."),
-                            heads=heads, mlp_ratio=_mlp_ratio(enc, "blocks.0", dim),
-                            # not in the weights: how a re-initialisation scales the embedding
-                            embed_gain=config.get("embed_gain", 1.0))}
-    if predictor_state is not None:
-        pred = from_release(predictor_state)
-        pred_dim = _shape(pred, "predictor_embed.weight", "the predictor")[0]  # [Dp, D]
-        arch["predictor"] = dict(
-            enc_dim=dim, dim=pred_dim, depth=_count(pred, "predictor_blocks."), heads=heads,
-            num_mask_tokens=_count(pred, "mask_tokens."),
-            mlp_ratio=_mlp_ratio(pred, "predictor_blocks.0", pred_dim),
-            out_dim=_shape(pred, "predictor_proj.weight", "the predictor")[0])  # [out, Dp]
-    return arch
-
-
-def _uniform_power(table, grid):
-    """Which of our sin-cos variants a stored [1, N, D] table is (True / False), or None."""
-    for uniform in (True, False):
-        if not uniform and table.shape[-1] % 8:  # the split variant needs D divisible by 8
-            continue
-        ours = sincos_3d(table.shape[-1], grid, uniform)[None]
-        if ours.shape == table.shape and torch.allclose(table.float(), ours, atol=1e-4):
-            return uniform
-    return None
-
-
-CHECKPOINT_LAYOUT = ("a torch.save file of a dict with 'encoder' and 'target_encoder' state "
-                     "dicts (the V-JEPA release format, also what train.py writes)")
-
-
-def _what_file(path, error):
-    """What a file torch.load cannot read is, from its first bytes (torch says `KeyError: 101`)."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-    detail = " ".join(str(error).split())
-    refused = re.search(r"WeightsUnpickler error: (.*?) Check the documentation", detail)
-    detail = re.sub(r"^\[enforce fail at [^]]*\] \.? *", "", detail).split(". ")[0]
-    detail = refused.group(1) if refused else detail or type(error).__name__
-    if size == 0:
-        return "an empty file"
-    if head.startswith(b"PK\x03\x04") and refused:  # torch.save writes a zip archive
-        return (f"a torch file of objects other than tensors and plain containers, which "
-                f"loading without running its code refuses ({detail})")
-    if head.startswith(b"PK\x03\x04"):
-        return (f"a {size}-byte zip archive that is not a whole torch checkpoint (truncated, "
-                f"or another kind of zip: {detail})")
-    if head.startswith(b"\x80"):  # pickle protocol 2+, also the old torch.save format
-        return f"a {size}-byte pickle that torch cannot read without running code ({detail})"
-    return f"a {size}-byte file that is not a torch checkpoint (it starts with {head!r})"
-
-
-def _read_checkpoint(path):
-    """torch.load that runs no pickled code; numpy's RNG state (ours) is allowed explicitly."""
-    array = np.zeros(1, np.uint32)
-    rebuild = array.__reduce__()[0]  # numpy's array rebuilder, wherever this numpy keeps it
+def keep_freed_memory(largest=32 << 20):
+    """Let glibc's malloc keep the memory a step frees for the next one, else each step's
+    activations page-fault anew (docs/results.md, section 7). No-op elsewhere than glibc."""
     try:
-        with torch.serialization.safe_globals([rebuild, np.ndarray, np.dtype, type(array.dtype)]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:  # no such file, a directory, no permission: these name the path already
-        raise
-    except Exception as e:  # KeyError, EOFError, RuntimeError, UnpicklingError, ...
-        raise ValueError(f"{path} is {_what_file(path, e)}; expected {CHECKPOINT_LAYOUT}") from None
-
-
-def load_vjepa_checkpoint(path, num_frames=None, img_size=None, heads=None,
-                          which="target_encoder", trained_frames=None, trained_img_size=None):
-    """Encoder and predictor (None if absent) of a release-format checkpoint, in eval mode.
-    which: "target_encoder" (frozen evaluation) or "encoder". The architecture comes from the
-    shapes (infer_architecture). num_frames / img_size: build at another clip size, the sin-cos
-    tables recomputed for the new grid. Loading is strict; errors name the tensor."""
-    if which not in ("target_encoder", "encoder"):
-        raise ValueError(f"which={which!r}: expected 'target_encoder' or 'encoder'")
-    ckpt = _read_checkpoint(path)
-    if not isinstance(ckpt, dict):
-        shape = f" of shape {tuple(ckpt.shape)}" if isinstance(ckpt, torch.Tensor) else ""
-        raise ValueError(f"{path} is a torch file of a {type(ckpt).__name__}{shape}; expected "
-                         f"{CHECKPOINT_LAYOUT}")
-    if which not in ckpt:
-        bare = ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())
-        kind = f"a bare state dict of {len(ckpt)} tensors" if bare else "a dict"
-        raise ValueError(f"{path} is {kind} with no {which!r} entry (its keys: "
-                         f"{sorted(map(str, ckpt))[:8]}); expected {CHECKPOINT_LAYOUT}")
-    for name in (which, "predictor"):
-        entry = ckpt.get(name, {})
-        if not isinstance(entry, dict) or not all(isinstance(v, torch.Tensor)
-                                                  for v in entry.values()):
-            raise ValueError(f"{path}: its {name!r} entry is a {type(entry).__name__} that is "
-                             f"not a state dict of tensors; expected {CHECKPOINT_LAYOUT}")
-    enc_state = from_release(ckpt[which])
-    pred_state = from_release(ckpt["predictor"]) if "predictor" in ckpt else None
-    arch = infer_architecture(enc_state, pred_state, ckpt.get("config"), heads, trained_frames,
-                              trained_img_size)
-    enc = arch["encoder"]
-    old_grid = token_grid(enc["num_frames"], enc["img_size"], enc["patch_size"],
-                          enc["tubelet_size"])
-    enc = dict(enc, num_frames=num_frames or enc["num_frames"],
-               img_size=img_size or enc["img_size"])
-    new_grid = token_grid(enc["num_frames"], enc["img_size"], enc["patch_size"],
-                          enc["tubelet_size"])
-
-    def build_and_load(build, state, table_key, what):
-        table = state.get(table_key)  # a missing one is reported by load_strict
-        uniform = None if table is None else _uniform_power(table, old_grid)
-        net = build(True if uniform is None else uniform)
-        if new_grid != old_grid:
-            if uniform is None:
-                raise ValueError(f"{path} {what}: {table_key} is not one of our sin-cos tables "
-                                 f"for the grid {old_grid}, so it cannot be recomputed for "
-                                 f"{new_grid}")
-            state = {**state, table_key: getattr(net, table_key)}  # exact, unlike interpolation
-        load_strict(net, state, f"{path} {what}")
-        return net.eval()
-
-    encoder = build_and_load(lambda u: VisionTransformer(**enc, uniform_power=u),
-                             enc_state, "pos_embed", which)
-    predictor = None
-    if pred_state is not None:
-        predictor = build_and_load(
-            lambda u: Predictor(encoder.grid, **arch["predictor"], uniform_power=u),
-            pred_state, "predictor_pos_embed", "predictor")
-    return encoder, predictor
+        import ctypes
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc (TypeError: Windows)
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+    return bool(mallopt(M_MMAP_THRESHOLD, largest) and mallopt(M_TRIM_THRESHOLD, 1 << 30))

@@ -16,28 +16,12 @@ import dataclasses
 import datetime
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
 
 # oneDNN keeps a kernel per shape: the ~110 shapes of a laptop step must fit, or it recompiles
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024")
-
-
-def keep_freed_memory(largest=32 << 20):
-    """Let glibc's malloc keep the memory a step frees for the next one (else each step's
-    activations page-fault anew; docs/results.md, performance). No-op elsewhere than glibc."""
-    try:
-        import ctypes
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, TypeError):  # not glibc (TypeError: Windows)
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
-    return bool(mallopt(M_MMAP_THRESHOLD, largest) and mallopt(M_TRIM_THRESHOLD, 1 << 30))
-
-
-keep_freed_memory()  # before torch allocates anything
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
@@ -68,7 +52,6 @@ class Config:
     normalise: bool = True  # MovingMNIST pixels -> (x - 0.05) / 0.2, as video is normalised
     background: float = 0.0  # MovingMNIST: brightness of a smooth random static background
     num_workers: int = 0  # DataLoader worker processes
-    check_data: bool = False  # video_folder: read every file's header, list the unusable, exit
     # clip geometry and tokens
     num_frames: int = 16
     img_size: int = 64
@@ -191,17 +174,12 @@ CHOICES = {"dataset": ("movingmnist", "switching_mnist", "mmnist_file", "video_f
 # ----------------------------------------------------------------------------------------------
 # The training step
 
-def pixel_targets(clips, patch_size, tubelet_size, eps=1e-6):
-    """V-JEPA's pixel baseline (Table 1): each tubelet's pixels normalised by its own mean and
-    variance (as MAE's). [B, C, T, H, W] -> [B, N, C*t*p*p]."""
-    x = model.patchify(clips.float(), patch_size, tubelet_size)
-    mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
-    return (x - mean) / (var + eps).sqrt()
-
-
 def feature_targets(run, clips):
-    """V-JEPA's targets for every token: the EMA target encoder's features h [B, N, D] and
-    their layer norm without affine parameters [B, N, D] (float32)."""
+    """V-JEPA's targets for every token -> (the EMA target encoder's features h [B, N, D], their
+    layer norm without affine parameters [B, N, D] float32); for pixel targets (no target
+    encoder) (None, each tubelet's normalised pixels)."""
+    if run.target is None:
+        return None, model.pixel_targets(clips, run.cfg.patch_size, run.cfg.tubelet_size)
     h = run.target(clips)
     return h, F.layer_norm(h.float(), h.shape[-1:])
 
@@ -216,7 +194,7 @@ def train_step(run, clips, step):
     total, chunks = 0.0, clips.to(run.device, non_blocking=True).chunk(cfg.accum_steps)
     for i, x in enumerate(chunks):  # accum_steps micro-batches; DDP syncs on the last
         with no_sync_unless(run, i == len(chunks) - 1):  # also around the backward pass
-            with autocast(run.device, run.dtype):
+            with model.autocast(run.device, run.dtype):
                 if run.sampler is None:  # VJ-VCR or generative: losses.vjvcr_energy
                     loss, terms, h = run.net(x)
                     steps = h.shape[1]
@@ -225,8 +203,7 @@ def train_step(run, clips, step):
                                    t.to(run.device, non_blocking=True))  # per configuration
                                   for c, t in run.sampler(len(x), g)]
                     with torch.no_grad():  # targets: the EMA encoder's features, layer-normed
-                        h, full = (None, pixel_targets(x, cfg.patch_size, cfg.tubelet_size)) if (
-                            run.target is None) else feature_targets(run, x)  # [B, N, D]
+                        h, full = feature_targets(run, x)  # [B, N, D]
                         targets = [model.gather_tokens(full, t)  # [B, Kt, D]
                                    for _, t in step_masks]
                     # the context encoder on the kept tokens, the predictor with mask tokens
@@ -242,8 +219,9 @@ def train_step(run, clips, step):
     run.opt.step()
     if run.target is not None:
         ema_update(run.target, run.module.encoder, momentum)
-    if cfg.latent == "discrete" and step < cfg.latent_restart:
-        restart_unused_options(run, step)
+    if cfg.latent == "discrete" and step < cfg.latent_restart:  # VJ-VCR: unused options restart
+        g = torch.Generator().manual_seed(data.step_seed(cfg.seed, 0, step, stream=2))
+        infer_latent.restart_unused_options(run.module, run.opt, g, run.world)
     return total, terms, None if h is None else h.detach(), steps, grad_norm
 
 
@@ -262,37 +240,12 @@ def no_sync_unless(run, last):
     return contextlib.nullcontext() if last or run.world == 1 else run.net.no_sync()
 
 
-def restart_unused_options(run, step):
-    """Discrete latent: an option (almost) never chosen restarts as a copy of the most chosen."""
-    counts = run.module.last_z.detach().sum(0)  # clips per option
-    if run.world > 1:  # every process restarts the same option with the same noise
-        dist.all_reduce(counts)
-    g = torch.Generator().manual_seed(data.step_seed(run.cfg.seed, 0, step, stream=2))
-    infer_latent.restart_unused_option(run.module.predictor, run.opt, counts, g)
-
-
 # ----------------------------------------------------------------------------------------------
 # The run
-
-@contextlib.contextmanager
-def stop_on_signals():
-    """While open, SIGTERM (a cluster's pre-emption) and Ctrl-C only set stop["asked"]: the
-    loop finishes its step, checkpoints and stops. The previous handlers come back on exit."""
-    stop = {"asked": False}
-    previous = {sig: signal.signal(sig, lambda *_: stop.update(asked=True))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
 
 def main(argv):
     cfg = parse_config(argv)
     check_config(cfg)
-    if cfg.check_data:
-        return data.check_folder(data.make_source(cfg), cfg.data_path, cfg.num_frames)
     rank, world, device = setup_distributed(cfg)
     run = setup(cfg, rank, world, device)
     master = rank == 0
@@ -300,7 +253,8 @@ def main(argv):
     ckpt_path, log_path = (os.path.join(cfg.out_dir, f) for f in ("ckpt.pt", "log.jsonl"))
     # the initial weights (a function of cfg.seed, also when resuming): the log's drift
     start_weights = [p.detach().float().clone() for p in run.nets["encoder"].parameters()]
-    start = resume(run, ckpt_path, log_path) if cfg.resume else start_fresh(run, log_path)
+    start = (data.resume(ckpt_path, log_path, run.nets, run.opt, cfg, ARCH_KEYS, rank) if cfg.resume
+             else data.start_fresh(log_path, rank))
     end = min(cfg.max_steps, cfg.stop_at or cfg.max_steps)
     digits = (data.load_digits(cfg.mnist_dir)
               if cfg.dataset in ("movingmnist", "switching_mnist") else None)
@@ -317,7 +271,7 @@ def main(argv):
     skipped = data.SkippedFiles(source)
     log = data.Log(run, log_path, start_weights, skipped)
     t_start, step = time.perf_counter(), start
-    with stop_on_signals() as stop:  # SIGTERM (pre-emption) or Ctrl-C: checkpoint, stop
+    with data.stop_on_signals() as stop:  # SIGTERM (pre-emption) or Ctrl-C: checkpoint, stop
         for clips, labels in loader:
             skipped.add(labels, len(clips))
             loss, terms, h, steps_per_clip, grad_norm = train_step(run, clips, step)
@@ -330,7 +284,7 @@ def main(argv):
                 stopping = log.must_stop(step, asked, ckpt_path)
             if log_now:
                 if h is None:  # pixel targets: encode this batch for the monitors
-                    with torch.no_grad(), autocast(device, run.dtype):
+                    with torch.no_grad(), model.autocast(device, run.dtype):
                         h = run.nets["target_encoder"](clips.to(device))
                 log.write(step, terms, h, steps_per_clip, grad_norm, schedules(cfg, step - 1), bar)
             if master and (step % cfg.ckpt_every == 0 or step == end or stopping):
@@ -341,52 +295,22 @@ def main(argv):
             if stopping:
                 break
     bar.close()
-    if master:
-        finish(run, start, step, time.perf_counter() - t_start, log.last, digits, skipped)
+    if master:  # OUT_DIR/summary.json, with the collapse monitors on fixed validation clips
+        val = data.val_monitors(cfg, run.nets["target_encoder"], device, run.dtype, digits)
+        data.write_summary(cfg, step, time.perf_counter() - t_start, log.last,
+                           (step - start) * cfg.batch_size * cfg.accum_steps * world, val, skipped)
     if world > 1:
         dist.destroy_process_group()
-
-
-def start_fresh(run, log_path):
-    if run.rank == 0 and os.path.exists(log_path):
-        os.remove(log_path)  # a fresh run starts a fresh log
-    return 0
-
-
-def resume(run, ckpt_path, log_path):
-    """Load OUT_DIR/ckpt.pt (or the one before it, when it cannot be read) -> its step."""
-    start, used = data.load_checkpoint(ckpt_path, run.nets, run.opt, run.cfg, ARCH_KEYS)
-    if run.rank == 0:
-        data.trim_log(log_path, start)
-        if used != ckpt_path and os.path.exists(ckpt_path):  # else the next save rotates it
-            os.replace(ckpt_path, ckpt_path + ".unreadable")  # over the good previous one
-    return start
 
 
 def announce(run, start, end):
     cfg, device = run.cfg, run.device
     n_params = sum(p.numel() for p in run.module.parameters())
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_class()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else model.cpu_class()
     print(f"{cfg.objective} ({cfg.preset}): {n_params / 1e6:.2f}M parameters, grid {run.grid}, "
           f"{run.world} process(es) on {device} ({where}), "
           f"{str(run.dtype).replace('torch.', '')} (--dtype {cfg.dtype}), global batch "
           f"{cfg.batch_size * run.world * cfg.accum_steps}, steps {start}->{end}")
-
-
-def finish(run, start, step, wall, last, digits, skipped):
-    """OUT_DIR/summary.json, with the target encoder's collapse monitors on fixed clips."""
-    cfg, val = run.cfg, {}
-    if cfg.val_clips:
-        val_clips, _ = data.fixed_set(data.make_source(cfg, "val", digits), cfg.val_clips,
-                                     seed=12345)  # the same clips in every run
-        encoder = run.nets["target_encoder"].eval()
-        with torch.no_grad(), autocast(run.device, run.dtype):
-            h = torch.cat([encoder(c.to(run.device)) for c in val_clips.split(32)]).float()
-        val = {"val_emb_std": round(float(h.reshape(-1, h.shape[-1]).std(0).mean()), 4),
-               "val_rankme": round(losses.rankme(h.mean(1)), 2),  # one vector per clip
-               "val_rankme_max": min(h.shape[0], h.shape[-1])}
-    clips = (step - start) * cfg.batch_size * cfg.accum_steps * run.world
-    data.write_summary(cfg, step, wall, last, clips, val, skipped)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -439,36 +363,16 @@ def check_config(cfg):
         for dim, what in ((cfg.enc_dim, "enc_dim"), (cfg.pred_dim, "pred_dim")):
             if dim % cfg.enc_heads:
                 raise ValueError(f"{what}={dim} is not divisible by enc_heads={cfg.enc_heads}")
-    if not masked:
-        if not 0 < cfg.mask_ctx_frames < cfg.num_frames:
-            raise ValueError(f"mask_ctx_frames={cfg.mask_ctx_frames} leaves no context or no "
-                             f"target among num_frames={cfg.num_frames}")
-        if cfg.vcr_arch == "conv" and cfg.img_size % 8:
-            raise ValueError(f"img_size={cfg.img_size}: the conv encoder needs a multiple of 8")
-        side = cfg.img_size // (8 if cfg.vcr_arch == "conv" else cfg.patch_size)
-        if cfg.pool_grid < 1 or side % cfg.pool_grid:
-            raise ValueError(f"pool_grid={cfg.pool_grid} does not divide the {side}x{side} map "
-                             f"of each frame (img_size={cfg.img_size})")
+    infer_latent.check_config(cfg)
     if cfg.loss not in losses.PREDICTION_LOSSES:
         raise ValueError(f"--loss {cfg.loss!r} is not a prediction loss of losses.py; expected "
                          f"one of {sorted(losses.PREDICTION_LOSSES)}")
-    if cfg.latent != "none":
-        if cfg.objective != "vjvcr" or cfg.vcr_arch != "conv" or cfg.vcr_gamma:
-            raise ValueError(f"--latent {cfg.latent} needs --objective vjvcr, --vcr_arch conv "
-                             "and --vcr_gamma 0 (E(z) is the feature prediction error)")
-        if cfg.latent_dim < (2 if cfg.latent == "discrete" else 1) or cfg.latent_lam < 0:
-            raise ValueError(f"--latent {cfg.latent}: latent_dim={cfg.latent_dim}, latent_lam="
-                             f"{cfg.latent_lam}; expected latent_dim >= 2 (discrete) or >= 1 "
-                             "(sparse) and latent_lam >= 0")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but this machine has no CUDA device")
     if cfg.dataset != "video_folder" and cfg.in_chans != 1:
         raise ValueError(f"in_chans={cfg.in_chans}: MovingMNIST clips have 1 channel")
     if cfg.dataset in ("mmnist_file", "video_folder") and not cfg.data_path:
         raise ValueError(f"dataset={cfg.dataset} needs --data_path")
-    if cfg.check_data and cfg.dataset != "video_folder":
-        raise ValueError(f"--check_data checks a video folder; dataset={cfg.dataset} has no files "
-                         "to check")
     for key in ("batch_size", "max_steps", "log_every", "ckpt_every", "accum_steps",
                 "dist_timeout_s"):
         if getattr(cfg, key) < 1:
@@ -525,48 +429,11 @@ def setup_distributed(cfg):
     return rank, world, torch.device("cpu")
 
 
-def cpu_class():
-    """"AMX", "AVX-512 bf16", "AVX-512" or what ATen reports ("AVX2", ...); lowered by
-    ATEN_CPU_CAPABILITY=avx2 as ATen's kernels are."""
-    cap = torch.backends.cpu.get_cpu_capability()
-    if not cap.startswith("AVX512"):
-        return cap
-    if torch.cpu._is_amx_tile_supported():
-        return "AMX"
-    return "AVX-512 bf16" if torch.cpu._is_avx512_bf16_supported() else "AVX-512"
-
-
-def pick_dtype(choice, device):
-    """"auto" -> bf16 where the hardware multiplies in it (CUDA with bf16, a CPU with AMX or
-    AVX-512 bf16), else float32: elsewhere bf16 is emulated and several times slower."""
-    if choice != "auto":
-        return getattr(torch, choice)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_class() in ("AMX", "AVX-512 bf16") else torch.float32
-
-
-def autocast(device, dtype):
-    """Mixed precision in `dtype`, or nothing for float32 (also on the meta device)."""
-    return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device.type,
-                                                                                  dtype=dtype)
-
-
-def param_groups(module):
-    """AdamW groups: no weight decay on biases and other 1-D parameters."""
-    decay = [p for p in module.parameters() if p.ndim > 1]
-    no_decay = [p for p in module.parameters() if p.ndim <= 1]
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "no_decay": True}]
-
-
 def build(cfg, grid, device):
     """-> (trainable module, {checkpoint name: module}, EMA target encoder or None)."""
-    loss_fn = losses.PREDICTION_LOSSES[cfg.loss]
     if cfg.objective in ("vjvcr", "generative"):
-        net = infer_latent.VJVCR(cfg, loss_fn).to(device)
-        nets = {"encoder": net.encoder, "predictor": net.predictor,
-                "target_encoder": net.encoder}  # one encoder for x and y; probes read this key
-        return net, {**nets, **({"decoder": net.decoder} if net.decoder else {})}, None
+        net = infer_latent.VJVCR(cfg, losses.PREDICTION_LOSSES[cfg.loss]).to(device)
+        return net, net.checkpoint_nets(), None
     # one mask token per mask configuration (an unused one would get no gradient: DDP refuses)
     grid = grid or model.token_grid(cfg.num_frames, cfg.img_size, cfg.patch_size,
                                     cfg.tubelet_size)
@@ -603,6 +470,7 @@ class Run:
 def setup(cfg, rank=0, world=1, device=torch.device("cpu")):
     """The networks, optimizer and masks of a checked config -> Run."""
     grid = check_config(cfg)
+    model.keep_freed_memory()  # before the first step allocates
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     module, nets, target = build(cfg, grid, device)
     for m in module.modules():
@@ -610,7 +478,7 @@ def setup(cfg, rank=0, world=1, device=torch.device("cpu")):
             m.grad_checkpoint = cfg.grad_checkpoint
     optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     # fused: one kernel for all parameters instead of ~10 operations per tensor
-    opt = optimizer(param_groups(module), lr=cfg.lr, weight_decay=cfg.weight_decay,
+    opt = optimizer(model.param_groups(module), lr=cfg.lr, weight_decay=cfg.weight_decay,
                     fused=device.type in ("cpu", "cuda"))
     sampler = mask_sampler(cfg, grid) if cfg.objective in ("vjepa", "pixel") else None
     net = module
@@ -620,7 +488,7 @@ def setup(cfg, rank=0, world=1, device=torch.device("cpu")):
     if cfg.compile:  # the masks' token counts are fixed: static shapes
         net = torch.compile(net)
     return Run(cfg, module, net, nets, target, opt, sampler, grid, rank, world, device,
-               pick_dtype(cfg.dtype, device))
+               model.pick_dtype(cfg.dtype, device))
 
 
 if __name__ == "__main__":

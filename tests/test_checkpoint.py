@@ -1,4 +1,4 @@
-"""model.load_vjepa_checkpoint: release-format files, ours and hand-made, against the models
+"""data.load_vjepa_checkpoint: release-format files, ours and hand-made, against the models
 that wrote them; architecture inference; positional recomputation; errors."""
 import copy
 import os
@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+import data
 import model
 import train
 from test_model import slow_sincos_3d
@@ -28,9 +29,9 @@ def _one_thread():
 
 def write_release(path, encoder, predictor, target=None, drop=(), **extra):
     """A checkpoint as the release writes it: no config, every key under module.backbone."""
-    state = {"encoder": model.to_release(encoder.state_dict()),
-             "predictor": model.to_release(predictor.state_dict()),
-             "target_encoder": model.to_release((target or encoder).state_dict()),
+    state = {"encoder": data.to_release(encoder.state_dict()),
+             "predictor": data.to_release(predictor.state_dict()),
+             "target_encoder": data.to_release((target or encoder).state_dict()),
              "opt": {}, "scaler": None, "epoch": 0, "loss": 0.5, "batch_size": 2,
              "world_size": 1, "lr": 1e-4, **extra}
     torch.save({k: v for k, v in state.items() if k not in drop}, path)
@@ -72,12 +73,12 @@ def test_release_file_gives_the_same_outputs(tmp_path):
         m.eval()
     path = write_release(tmp_path / "release.pt", encoder, predictor, target)
 
-    enc, pred = model.load_vjepa_checkpoint(path)
+    enc, pred = data.load_vjepa_checkpoint(path)
     assert not enc.training and not pred.training
     assert (enc.grid, len(enc.blocks), enc.blocks[0].attn.heads) == ((8, 4, 4), 2, 3)
     same_outputs(target, predictor, enc, pred)  # the default reads target_encoder
 
-    enc, _ = model.load_vjepa_checkpoint(path, which="encoder")
+    enc, _ = data.load_vjepa_checkpoint(path, which="encoder")
     same_outputs(encoder, predictor, enc, pred)
     clip = torch.randn(1, 3, 16, 32, 32)
     with torch.no_grad():
@@ -88,12 +89,12 @@ def test_missing_entries(tmp_path):
     encoder, predictor = tiny_models()
     path = write_release(tmp_path / "c.pt", encoder, predictor, drop=("target_encoder",))
     with pytest.raises(ValueError, match=r"no 'target_encoder'.*'encoder', 'epoch'"):
-        model.load_vjepa_checkpoint(path)
+        data.load_vjepa_checkpoint(path)
     path = write_release(tmp_path / "d.pt", encoder, predictor, drop=("predictor",))
-    enc, pred = model.load_vjepa_checkpoint(path, which="encoder")
+    enc, pred = data.load_vjepa_checkpoint(path, which="encoder")
     assert pred is None and len(enc.blocks) == 2
     with pytest.raises(ValueError, match="which='ema'"):
-        model.load_vjepa_checkpoint(path, which="ema")
+        data.load_vjepa_checkpoint(path, which="ema")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,7 +109,7 @@ def test_trainer_checkpoint(tmp_path, mnist_args):
         "--num_frames", "4", "--img_size", "32", "--patch_size", "8", "--enc_dim", "32",
         "--enc_heads", "2", "--pred_dim", "16", "--dtype", "float32"])
     path = os.path.join(out, "ckpt.pt")
-    enc, pred = model.load_vjepa_checkpoint(path)
+    enc, pred = data.load_vjepa_checkpoint(path)
 
     # the same models built by hand from the saved config
     state = torch.load(path, weights_only=False)
@@ -117,8 +118,8 @@ def test_trainer_checkpoint(tmp_path, mnist_args):
         cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size, cfg.in_chans,
         cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.pred_dim, cfg.pred_depth,
         num_masks=1, uniform_power=cfg.uniform_power)  # future masks: one configuration
-    model.load_strict(ref_enc, model.from_release(state["target_encoder"]), "target")
-    model.load_strict(ref_pred, model.from_release(state["predictor"]), "predictor")
+    data.load_strict(ref_enc, data.from_release(state["target_encoder"]), "target")
+    data.load_strict(ref_pred, data.from_release(state["predictor"]), "predictor")
     assert enc.blocks[0].attn.heads == 2 and enc.input_size == (4, 32, 32)
     same_outputs(ref_enc.eval(), ref_pred.eval(), enc, pred)
 
@@ -131,21 +132,21 @@ def test_renamed_key_and_wrong_shape_are_named(tmp_path):
     state = encoder.state_dict()
     state["blocks.1.attn.out.weight"] = state.pop("blocks.1.attn.proj.weight")
     path = tmp_path / "renamed.pt"
-    torch.save({"target_encoder": model.to_release(state)}, path)
+    torch.save({"target_encoder": data.to_release(state)}, path)
     with pytest.raises(ValueError, match=r"missing \['blocks\.1\.attn\.proj\.weight'\]; "
                                          r"unexpected \['blocks\.1\.attn\.out\.weight'\]"):
-        model.load_vjepa_checkpoint(path)
+        data.load_vjepa_checkpoint(path)
 
     # a bias one element short: no other tensor's shape explains it away
     for entry, key, width in (("target_encoder", "blocks.0.mlp.fc2.bias", 192),
                               ("predictor", "predictor_blocks.0.mlp.fc2.bias", 48)):
         path = write_release(tmp_path / "shape.pt", encoder, predictor)
         ckpt = torch.load(path)
-        ckpt[entry][model.RELEASE_PREFIX + key] = torch.zeros(width - 1)
+        ckpt[entry][data.RELEASE_PREFIX + key] = torch.zeros(width - 1)
         torch.save(ckpt, path)
         with pytest.raises(ValueError, match=rf"{entry} .*wrong shape \['{key} \({width - 1},\) "
                                              rf"\(expected \({width},\)\)"):
-            model.load_vjepa_checkpoint(path)
+            data.load_vjepa_checkpoint(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,7 +156,7 @@ def test_renamed_key_and_wrong_shape_are_named(tmp_path):
 def test_positions_recomputed_for_a_new_grid(tmp_path, uniform_power):
     encoder, predictor = tiny_models(uniform_power)
     path = write_release(tmp_path / "c.pt", encoder, predictor)
-    enc, pred = model.load_vjepa_checkpoint(path, num_frames=8, img_size=48)
+    enc, pred = data.load_vjepa_checkpoint(path, num_frames=8, img_size=48)
     new_grid = (4, 6, 6)
     assert enc.grid == new_grid and enc.input_size == (8, 48, 48)
 
@@ -180,7 +181,7 @@ def test_positions_recomputed_for_a_new_grid(tmp_path, uniform_power):
                                 (predictor, fresh_pred, "predictor_pos_embed")):
         state = saved.state_dict()
         state[table] = getattr(fresh, table)
-        model.load_strict(fresh, state, "fresh")
+        data.load_strict(fresh, state, "fresh")
     same_outputs(fresh_enc.eval(), fresh_pred.eval(), enc, pred)
 
 
@@ -190,12 +191,12 @@ def test_foreign_positional_table(tmp_path):
     with torch.no_grad():
         encoder.pos_embed.add_(0.01 * torch.randn_like(encoder.pos_embed))
     path = write_release(tmp_path / "c.pt", encoder, predictor)
-    enc, _ = model.load_vjepa_checkpoint(path)
+    enc, _ = data.load_vjepa_checkpoint(path)
     assert torch.equal(enc.pos_embed, encoder.pos_embed)
     with pytest.raises(ValueError, match=r"pos_embed is not one of our sin-cos tables for the "
                                          r"grid \(8, 4, 4\), so it cannot be recomputed for "
                                          r"\(8, 6, 6\)"):
-        model.load_vjepa_checkpoint(path, img_size=48)
+        data.load_vjepa_checkpoint(path, img_size=48)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,8 +207,8 @@ def test_foreign_positional_table(tmp_path):
 def test_infer_released_architectures(dim, depth, heads, img, tokens):
     with torch.device("meta"):  # shapes without memory or compute
         encoder, predictor = model.build_models(16, img, 16, 2, 3, dim, depth, heads, 384, 12)
-    arch = model.infer_architecture(model.to_release(encoder.state_dict()),
-                                    model.to_release(predictor.state_dict()))
+    arch = data.infer_architecture(data.to_release(encoder.state_dict()),
+                                    data.to_release(predictor.state_dict()))
     assert arch["num_tokens"] == tokens
     assert arch["encoder"] == dict(num_frames=16, img_size=img, patch_size=16, tubelet_size=2,
                                    in_chans=3, dim=dim, depth=depth, heads=heads, mlp_ratio=4.0,
@@ -223,8 +224,8 @@ def test_heads_of_a_non_standard_width(tmp_path):
     encoder, predictor = tiny_models(enc_dim=40, enc_heads=2, pred_dim=16)
     path = write_release(tmp_path / "c.pt", encoder, predictor)
     with pytest.raises(ValueError, match=r"width-40 encoder.*pass heads="):
-        model.load_vjepa_checkpoint(path)
-    enc, pred = model.load_vjepa_checkpoint(path, heads=2)
+        data.load_vjepa_checkpoint(path)
+    enc, pred = data.load_vjepa_checkpoint(path, heads=2)
     assert enc.blocks[0].attn.heads == pred.predictor_blocks[0].attn.heads == 2
     same_outputs(encoder.eval(), predictor.eval(), enc, pred)
 
@@ -233,10 +234,10 @@ def test_a_grid_that_16_frames_cannot_explain(tmp_path):
     encoder, predictor = tiny_models(num_frames=6)  # N = 3 x 4 x 4 = 48, not 8 x a square
     path = write_release(tmp_path / "c.pt", encoder, predictor)
     with pytest.raises(ValueError, match=r"N=48 tokens.*num_frames=16 \(assumed: no config\)"):
-        model.load_vjepa_checkpoint(path)
+        data.load_vjepa_checkpoint(path)
     # with the frame count in a config, the same tensors load
     write_release(path, encoder, predictor, config={"num_frames": 6})
-    enc, pred = model.load_vjepa_checkpoint(path)
+    enc, pred = data.load_vjepa_checkpoint(path)
     same_outputs(encoder.eval(), predictor.eval(), enc, pred)
 
 
@@ -272,7 +273,7 @@ def test_a_file_that_is_not_a_checkpoint(tmp_path, make, expected):
     path = tmp_path / "c.pt"
     make(path)
     with pytest.raises(ValueError) as info:
-        model.load_vjepa_checkpoint(path)
+        data.load_vjepa_checkpoint(path)
     message = str(info.value)
     assert "\n" not in message and message.startswith(str(path))
     assert re.search(expected, message), message
@@ -297,15 +298,15 @@ def test_trained_frames_of_a_file_without_config(tmp_path):
     for kwargs in ({}, {"num_frames": 8}):
         with pytest.raises(ValueError, match=r"N=64 tokens, which is not num_frames=16 "
                                              r"\(assumed: no config\).*pass trained_frames="):
-            model.load_vjepa_checkpoint(path, **kwargs)
+            data.load_vjepa_checkpoint(path, **kwargs)
 
     for kwargs in ({"trained_frames": 8}, {"trained_img_size": 64}):
-        enc, pred = model.load_vjepa_checkpoint(path, **kwargs)
+        enc, pred = data.load_vjepa_checkpoint(path, **kwargs)
         assert enc.grid == (4, 4, 4) and enc.input_size == (8, 64, 64)
         same_outputs(encoder.eval(), predictor.eval(), enc, pred)
 
     # trained at 8 frames, rebuilt at 16: the tables of a fresh 16-frame model, the rest as saved
-    enc, pred = model.load_vjepa_checkpoint(path, trained_frames=8, num_frames=16)
+    enc, pred = data.load_vjepa_checkpoint(path, trained_frames=8, num_frames=16)
     fresh_enc, fresh_pred = tiny_models(**dict(EIGHT, num_frames=16))
     assert enc.grid == (8, 4, 4)
     assert torch.equal(enc.pos_embed, fresh_enc.pos_embed)
@@ -326,4 +327,4 @@ def test_trained_size_that_does_not_fit(tmp_path, kwargs, config, expected):
     path = tmp_path / "eight.pt"
     write_release(path, *tiny_models(**EIGHT), **({"config": config} if config else {}))
     with pytest.raises(ValueError, match=expected):
-        model.load_vjepa_checkpoint(path, **kwargs)
+        data.load_vjepa_checkpoint(path, **kwargs)

@@ -249,28 +249,26 @@ def test_too_many_unusable_files_stop_the_run(tmp_path):
     failed, draws = map(int, re.findall(r"\d+", message)[:2])
     assert draws >= data.SkippedFiles.MIN_DRAWS and failed > 0.05 * draws
     named = [p for p in bad if p in message]
-    assert named and message.endswith("List them all with --check_data true")
+    assert named and message.endswith("List them all: python tools/check_videos.py --data_path DIR")
     assert read_log(tmp_path / "run")[-1]["step"] < 100  # stopped early
 
 
-def test_check_data_lists_the_unusable_files(tmp_path, capsys):
+def test_check_videos_lists_the_unusable_files(tmp_path, capsys):
+    """tools/check_videos.py: the unusable files from their headers, and nothing written."""
+    from tools import check_videos
     bad = write_folder(tmp_path / "videos", 4, ["garbage.gif", "short.npy", "truncated.gif"])
-    args = ["--dataset", "video_folder", "--data_path", str(tmp_path / "videos"),
-            "--num_frames", "4", "--check_data", "true", "--out_dir", str(tmp_path / "run")]
+    args = ["--data_path", str(tmp_path / "videos"), "--num_frames", "4"]
     with pytest.raises(ValueError, match=r"^2 of 7 files under .* cannot be used \(listed above"):
-        train.main(args)
+        check_videos.main(args)
     out = capsys.readouterr().out.splitlines()
     # the headers show the garbage and the short file; the cut GIF's header is whole
     assert len(out) == 2 and out[0].startswith(f"cannot read {bad[0]}: ")
     assert out[1] == f"{bad[1]} has 2 frames; expected at least num_frames=4"
-    assert not (tmp_path / "run").exists()  # a check writes nothing
     for name in ("garbage.gif", "short.npy"):
         os.remove(tmp_path / "videos" / name)
-    assert train.main(args) is None
+    assert check_videos.main(args) is None
     assert capsys.readouterr().out.startswith(f"all 5 files under {tmp_path / 'videos'} have a "
                                               "readable header and at least num_frames=4 frames")
-    with pytest.raises(ValueError, match="--check_data checks a video folder"):
-        train.main(["--check_data", "true"])
 
 
 # ----------------------------------------------------------------------------------------------

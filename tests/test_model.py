@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import data
 import infer_latent
 import model
 
@@ -204,15 +205,15 @@ def test_load_strict_names_what_does_not_match():
     sd = dict(enc.state_dict())
     sd["blocks.0.attn.qkv.weightX"] = sd.pop("blocks.0.attn.qkv.weight")
     with pytest.raises(ValueError, match=r"missing \['blocks.0.attn.qkv.weight'\]"):
-        model.load_strict(tiny_encoder(), sd, "ckpt")
+        data.load_strict(tiny_encoder(), sd, "ckpt")
     sd = dict(enc.state_dict())
     sd["norm.bias"] = torch.zeros(7)
     with pytest.raises(ValueError, match="wrong shape.*norm.bias"):
-        model.load_strict(tiny_encoder(), sd, "ckpt")
-    released = model.to_release(enc.state_dict())
+        data.load_strict(tiny_encoder(), sd, "ckpt")
+    released = data.to_release(enc.state_dict())
     assert all(k.startswith("module.backbone.") for k in released)
     other = tiny_encoder()
-    model.load_strict(other, model.from_release(released), "ckpt")
+    data.load_strict(other, data.from_release(released), "ckpt")
     x = torch.randn(1, 1, 4, 16, 16)
     assert torch.equal(other(x), enc(x))
 
@@ -453,3 +454,49 @@ def test_embed_gain_scales_only_the_tubelet_embedding_and_survives_reinit():
     model.init_weights(fresh, fresh.blocks)
     w = fresh.patch_embed.proj.weight.detach()
     assert 3 * 0.015 < float(w.std()) < 3 * 0.02  # truncated normal(0.02) x 3
+
+
+# ----------------------------------------------------------------------------------------------
+# Pixel targets, device and precision (model.py's last sections)
+
+def test_pixel_targets_are_each_tubelet_normalised():
+    """Against a loop over tubelets: the C*t*p*p pixels of each, minus their mean, divided by
+    sqrt(their biased variance + eps), in time-major token order."""
+    clips = torch.rand(2, 1, 4, 8, 8)
+    clips[0, :, :2, :4, :4] = 0.5  # a flat tubelet: all zeros after normalisation
+    out = model.pixel_targets(clips, patch_size=4, tubelet_size=2)
+    assert out.shape == (2, 2 * 2 * 2, 32)
+    for b in range(2):
+        n = 0
+        for t in range(2):
+            for i in range(2):
+                for j in range(2):
+                    x = clips[b, :, 2 * t:2 * t + 2, 4 * i:4 * i + 4, 4 * j:4 * j + 4].flatten()
+                    ref = (x - x.mean()) / (x.var(unbiased=False) + 1e-6).sqrt()
+                    assert torch.allclose(out[b, n], ref, atol=1e-5)
+                    n += 1
+    assert out[0, 0].abs().max() == 0
+
+
+def test_no_weight_decay_on_biases_and_1d_parameters():
+    groups = model.param_groups(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4)))
+    assert [p.shape for p in groups[0]["params"]] == [(4, 3)]
+    assert groups[1]["weight_decay"] == 0 and len(groups[1]["params"]) == 3
+
+
+@pytest.mark.parametrize("capability,amx,avx512_bf16,cpu_class,auto", [
+    ("AVX2", False, False, "AVX2", torch.float32),  # most laptops: bf16 is emulated there
+    ("AVX512", False, False, "AVX-512", torch.float32),
+    ("AVX512", False, True, "AVX-512 bf16", torch.bfloat16),
+    ("AVX512", True, True, "AMX", torch.bfloat16),
+    ("AVX2", True, True, "AVX2", torch.float32),  # an AMX CPU under ATEN_CPU_CAPABILITY=avx2
+])
+def test_precision_comes_from_the_cpu(monkeypatch, capability, amx, avx512_bf16, cpu_class,
+                                      auto):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    cpu = torch.device("cpu")
+    assert model.cpu_class() == cpu_class and model.pick_dtype("auto", cpu) == auto
+    assert model.pick_dtype("float32", cpu) == torch.float32
+    assert model.pick_dtype("bfloat16", cpu) == torch.bfloat16

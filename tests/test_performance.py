@@ -137,7 +137,7 @@ def test_known_flags_drops_options_an_earlier_commit_lacks():
 FAULTS = """
 import resource, sys, torch
 sys.path.insert(0, sys.argv[1])
-import train  # keeps freed memory (train.keep_freed_memory), when this tree has it
+import train  # train.setup keeps freed memory (model.keep_freed_memory), when this tree has it
 cfg = train.parse_config(sys.argv[2:])
 run = train.setup(cfg)
 x = torch.rand(8, 1, 16, 64, 64)
@@ -154,7 +154,7 @@ print(sorted(faults[4:])[4])  # the median of the last 8 steps
 def test_training_steps_reuse_freed_memory():
     """After a few steps a training step gets its memory from what the previous step freed: no
     page faults in a typical step (a freshly paged-in block costs one per 4 KB; now and then a
-    step still grows the heap by a few MB). Without train.keep_freed_memory this config's bf16
+    step still grows the heap by a few MB). Without model.keep_freed_memory this config's bf16
     step pages in tens of thousands of pages every step. In the precision `python train.py`
     picks here: bf16 where it is native, else float32."""
     argv = benchmark.CONFIGS["tiny-video"] + ["--dtype", "auto"]

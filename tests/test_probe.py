@@ -27,151 +27,6 @@ from tools import tables
 MNIST_ARGS = ["--mnist_dir", str(SHARED_MNIST)] if SHARED_MNIST.exists() else []
 
 
-def test_speed_probe_recovers_a_linearly_encoded_speed():
-    g = torch.Generator().manual_seed(0)
-    speed = 1 + 3 * torch.rand(600, generator=g)
-    noise = torch.randn(600, 20, generator=g)
-    features = torch.cat([noise[:, :10], (2.5 * speed - 1)[:, None] + 0.01 * noise[:, 10:11],
-                          noise[:, 11:]], dim=1)  # one column encodes speed linearly
-    predict = probe.ridge_fit(features[:500], speed[:500])
-    scores = probe.regression_scores(predict(features[500:]), speed[500:])
-    assert scores["r2"] > 0.999 and scores["mse"] < 1e-3
-    # and pure noise predicts nothing
-    predict = probe.ridge_fit(noise[:500], speed[:500])
-    assert probe.regression_scores(predict(noise[500:]), speed[500:])["r2"] < 0.1
-
-
-def test_psnr_closed_form():
-    frames = torch.rand(3, 1, 2, 8, 8) * 0.8
-    assert probe.psnr(frames + 0.1, frames) == pytest.approx(20.0, abs=1e-4)  # MSE 0.01
-
-
-def tiny_vcr_runs(tmp_path, mnist_args, preset="vjvcr", seeds=(0, 1), extra=()):
-    """Checkpoints of a few steps of a tiny VJ-VCR config, one per seed."""
-    paths = []
-    for seed in seeds:
-        out = str(tmp_path / f"{preset}_s{seed}")
-        train.main(["--preset", preset, "--enc_dim", "4", "--batch_size", "16", "--max_steps",
-                    "3", "--val_clips", "0", "--seed", str(seed), "--out_dir", out,
-                    *extra] + mnist_args)
-        paths.append(os.path.join(out, "ckpt.pt"))
-    return paths
-
-
-def test_probe_end_to_end_over_seeds(tmp_path, mnist_args):
-    """Two training seeds and two random inits: each run's scores, mean ± std over each (the
-    sample std, as statistics.stdev)."""
-    ckpts = tiny_vcr_runs(tmp_path, mnist_args, extra=("--img_size", "32", "--num_frames", "6",
-                                                       "--pool_grid", "4"))
-    results = probe.main(["--ckpt", *ckpts, "--fit_clips", "128", "--test_clips", "64",
-                          "--decoder_steps", "2", "--random_inits", "2"])
-    assert [r["seed"] for r in results["runs"]] == [0, 1] and len(results["random_init_runs"]) == 2
-    for name, runs in (("trained", results["runs"]), ("random_init", results["random_init_runs"])):
-        for key in ("speed_mse", "speed_r2", "rankme"):
-            values = [r[key] for r in runs]
-            assert results["summary"][name][key] == pytest.approx(
-                [statistics.mean(values), statistics.stdev(values)], abs=1e-4)
-    assert "psnr" in results["summary"]["trained"] and "psnr" not in results["random_init_runs"][0]
-    test = probe.vcr_sets(probe.load_run(ckpts[0])[0], 128, 64)["test"][0][:, :, 3:]
-    fit = probe.vcr_sets(probe.load_run(ckpts[0])[0], 128, 64)["fit"][0][:, :, 3:]
-    mse = ((test - fit.mean(0)) ** 2).flatten(1).mean(1)  # per clip, against the mean clip
-    assert results["psnr_mean_frames"] == pytest.approx(
-        float((10 * torch.log10(1 / mse)).mean()), abs=0.01)
-    assert results["runs"][0]["train_s"] > 0
-    out = os.path.join(os.path.dirname(ckpts[0]), "probe")
-    assert os.path.exists(os.path.join(out, "results.json"))
-    with pytest.raises(ValueError, match="differ in preset"):
-        probe.main(["--ckpt", ckpts[0], *tiny_vcr_runs(
-            tmp_path, mnist_args, "generative", (0,), ("--img_size", "32", "--num_frames", "6",
-                                                        "--pool_grid", "4"))])
-
-
-def test_probe_refuses_what_it_cannot_evaluate(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        probe.main(["--ckpt", str(tmp_path / "none.pt")])
-    with pytest.raises(ValueError, match="give --ckpt"):
-        probe.main([])
-
-
-def test_summarise_matches_statistics():
-    runs = [{"a": 1.0, "b": 2, "c": None, "name": "x"}, {"a": 4.0, "b": 3, "c": 1.0, "name": "y"},
-            {"a": 2.5, "b": 7, "c": 2.0, "name": "z"}]
-    s = probe.summarise(runs)
-    assert set(s) == {"a", "b"}  # c is missing in one run, name is not a number
-    assert s["a"] == pytest.approx([2.5, statistics.stdev([1.0, 4.0, 2.5])], abs=1e-4)
-    assert probe.summarise(runs[:1])["a"] == [1.0, 0.0]
-
-
-def test_option_shares_and_codes_used_from_against_hand_counts(tmp_path):
-    z = torch.nn.functional.one_hot(torch.tensor([0, 2, 2, 4, 2, 0, 2, 2]), 5).float()
-    assert probe.option_shares(z) == [5 / 8, 2 / 8, 1 / 8, 0.0, 0.0]
-    log = tmp_path / "log.jsonl"
-    log.write_text("\n".join(json.dumps({"step": s, "z_zero": v})
-                             for s, v in ((50, 1.0), (100, 0.995), (150, 0.97), (200, 0.999))))
-    assert probe.codes_used_from(str(log)) == 150
-    assert probe.codes_used_from(str(log), below=0.5) is None
-    assert probe.codes_used_from(str(tmp_path / "none.jsonl")) is None
-
-
-# ----------------------------------------------------------------------------------------------
-# VJ-VCR latent models (Table 2): moved here from infer_latent.py with their evaluation
-
-def test_linear_classifier_separable_and_chance():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(900, 5, generator=g)
-    x = x[(x[:, :2].abs() > 0.2).all(1)][:600]  # keep a margin around the class boundaries
-    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()  # 4 linearly separable classes
-    assert probe.linear_classifier(x[:500], y[:500], x[500:], y[500:], 4) > 0.95
-    noise = torch.randint(4, (len(x),), generator=g)
-    assert abs(probe.linear_classifier(x[:500], noise[:500], x[500:], noise[500:], 4) - 0.25) < 0.12
-
-
-@pytest.mark.parametrize("latent", ["discrete", "sparse", "none"])
-def test_latent_evaluation_end_to_end(tmp_path, mnist_args, latent):
-    """`python probe.py --ckpt` on switching_mnist models (two seeds for the discrete latent):
-    what z* knows, mean ± std over seeds, Figure 3 of the first seed, the Table 2 of
-    tools/tables.py."""
-    preset = {"discrete": "switch_discrete", "sparse": "switch_sparse80",
-              "none": "switch_none"}[latent]
-    ckpts = tiny_vcr_runs(tmp_path, mnist_args, preset, (0, 1) if latent == "discrete" else (0,))
-    results = probe.main(["--ckpt", *ckpts, "--fit_clips", "96", "--test_clips", "64",
-                          "--decoder_steps", "2"] + mnist_args)
-    assert results["preset"] == preset and len(results["runs"]) == len(ckpts)
-    runs, s = results["runs"], results["summary"]
-    assert all(r["pred_mse"] > 0 and 0 <= r["psi_from_target"] <= 1 for r in runs)
-    if latent != "none":
-        for key in ("psi_accuracy", "digit_accuracy", "zero_fraction"):
-            assert all(0 <= r[key] <= 1 for r in runs)
-            assert s[key][0] == pytest.approx(statistics.mean(r[key] for r in runs), abs=1e-4)
-    if latent == "discrete":
-        assert s["zero_fraction"] == [0.8, 0.0]  # one-hot of 5
-        for r in runs:
-            assert sum(r["option_shares"]) == pytest.approx(1) and r["top_option_share"] >= 0.2
-        assert s["psi_accuracy"][1] == pytest.approx(
-            statistics.stdev(r["psi_accuracy"] for r in runs), abs=1e-4)
-    if latent == "sparse":
-        assert 0 <= runs[0]["all_zero_clips"] <= 1 and "codes_used_from_step" in runs[0]
-    out = os.path.join(os.path.dirname(ckpts[0]), "probe")
-    for name in ("results.json", "figure3.png"):
-        assert os.path.exists(os.path.join(out, name))
-    from PIL import Image
-    with Image.open(os.path.join(out, "figure3.png")) as im:
-        # 5 rows (one per direction), 9 frames of 64 pixels plus gaps, drawn at scale 2
-        assert im.size == (2 * 9 * (64 + 4), 2 * 5 * (64 + 4))
-    lines = tables.table([os.path.dirname(ckpts[0])]).splitlines()  # tools/tables.py
-    assert lines[2].startswith(f"| {preset} | {len(ckpts)} |")
-    assert lines[-1].startswith("Predicting the majority class: psi")
-
-
-def test_latent_evaluation_refuses_a_latent_without_switches(tmp_path, mnist_args):
-    ckpt = tiny_vcr_runs(tmp_path, mnist_args, "vjvcr", (0,), (
-        "--img_size", "32", "--num_frames", "6", "--latent", "discrete", "--latent_dim", "5"))
-    with pytest.raises(ValueError, match="latents are evaluated on switching_mnist"):
-        probe.main(["--ckpt", *ckpt])
-    with pytest.raises(ValueError, match="needs --objective vjvcr"):
-        train.main(["--preset", "switch_sparse80", "--objective", "generative"])
-
-
 # ----------------------------------------------------------------------------------------------
 # V-JEPA probes
 
@@ -750,7 +605,7 @@ def test_the_probe_encodes_in_the_precision_of_the_cpu(tmp_path, two_seeds, monk
                                                        cpu_class, flag, expected):
     """Without native bf16 (AVX2) the encoders run in float32, with it (AMX) in bf16: read from
     the dtype of the encoder's output in every encoding pass, trained and random alike."""
-    monkeypatch.setattr(train, "cpu_class", lambda: cpu_class)
+    monkeypatch.setattr(model, "cpu_class", lambda: cpu_class)
     seen, encode = [], probe.video_features
 
     def recording(encoder, *args, **kwargs):
@@ -771,7 +626,7 @@ def test_vjepa_probe_two_checkpoints_and_the_attentive_probe(tmp_path, two_seeds
     ckpts, cache = two_seeds, str(tmp_path / "cache")
     r = probe.main(["--ckpt", *ckpts, "--fit_clips", "64", "--test_clips", "48",
                     "--random_inits", "1", "--cache_dir", cache, "--out_dir", str(tmp_path),
-                    "--attentive_seeds", "1", "--attentive_fit_clips", "32", "--epochs", "1"]
+                    "--attentive_seeds", "2", "--attentive_fit_clips", "32", "--epochs", "1"]
                    + MNIST_ARGS)
     assert r["ckpt"] == ckpts
     assert len(r["linear_runs"]["trained"]) == 2 and len(r["linear_runs"]["random_init"]) == 1
@@ -781,6 +636,15 @@ def test_vjepa_probe_two_checkpoints_and_the_attentive_probe(tmp_path, two_seeds
     assert set(r["attentive"]) == {"digit", "direction", "speed"}
     for c in r["attentive"].values():
         assert 0 <= c["trained"][0] <= 1 and 0 <= c["random"][0] <= 1
+    runs = r["attentive_runs"]  # 2 trained x 2 probe seeds, 1 random init x 2 probe seeds
+    assert [len(runs["trained"]), len(runs["random_init"])] == [4, 2]
+    for t, c in r["attentive"].items():
+        acc = [x[t][0] for x in runs["trained"]]
+        assert c["probe_seed_std"][0] == pytest.approx(
+            max(statistics.stdev(acc[:2]), statistics.stdev(acc[2:])), abs=1e-4)
+        assert c["probe_seed_std"][1] == pytest.approx(
+            statistics.stdev([x[t][0] for x in runs["random_init"]]), abs=1e-4)
+        assert c["trained"][0] == pytest.approx(statistics.mean(acc), abs=1e-4)
 
 
 def test_random_init_of_a_loaded_checkpoint_keeps_its_embed_gain(tmp_path):
@@ -794,7 +658,7 @@ def test_random_init_of_a_loaded_checkpoint_keeps_its_embed_gain(tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save({"encoder": state, "target_encoder": state,
                 "config": {"embed_gain": 3.0, "enc_heads": 2, "num_frames": 4}}, path)
-    loaded, _ = model.load_vjepa_checkpoint(str(path))
+    loaded, _ = data.load_vjepa_checkpoint(str(path))
     fresh = probe.random_init_like(loaded, 7)
     reference = model.VisionTransformer(num_frames=4, img_size=32, patch_size=8, tubelet_size=2,
                                         in_chans=1, dim=24, depth=1, heads=2, embed_gain=1.0)
@@ -802,3 +666,34 @@ def test_random_init_of_a_loaded_checkpoint_keeps_its_embed_gain(tmp_path):
     model.init_weights(reference, reference.blocks)  # the same draw at gain 1, times 3 by hand
     assert torch.allclose(fresh.patch_embed.proj.weight, 3 * reference.patch_embed.proj.weight)
     assert torch.equal(fresh.blocks[0].attn.qkv.weight, reference.blocks[0].attn.qkv.weight)
+
+
+def test_best_readout_against_a_hand_worked_example():
+    """Trained: the pooling with the best mean over seeds; random: the single best score over
+    inits and poolings, its spread over inits at that pooling; gap over their combined std."""
+    def run(digit, speed):  # digit: (mean, max); speed: (mean, max, time, cells)
+        r = {p: {"speed": [v, 0.02, 1.0]} for p, v in zip(probe.POOLINGS, speed)}
+        for p, v in zip(("mean", "max"), digit):
+            r[p]["digit"] = [v, 0.01, 0.1]
+        return r
+    runs = {"trained": [run((0.40, 0.45), (0.30, 0.50, 0.60, 0.55)),
+                        run((0.42, 0.41), (0.35, 0.45, 0.62, 0.70))],
+            "random_init": [run((0.30, 0.47), (0.10, 0.50, 0.58, 0.40)),
+                            run((0.31, 0.44), (0.10, 0.52, 0.50, 0.60)),
+                            run((0.29, 0.46), (0.10, 0.51, 0.55, 0.66))]}
+    best = probe.best_readout(runs)
+    d, s = best["digit"], best["speed"]
+    assert (d["pooling"], d["random_pooling"]) == ("max", "max")  # mean 0.43 > 0.41; 0.47 best
+    assert (s["pooling"], s["random_pooling"]) == ("cells", "cells")  # 0.625 > 0.61; 0.66
+    sd = statistics.stdev
+    assert d["trained"] == pytest.approx([0.43, sd([0.45, 0.41])], abs=1e-4)
+    assert d["random"] == pytest.approx([0.47, sd([0.47, 0.44, 0.46])], abs=1e-4)
+    assert d["gap"] == pytest.approx(-0.04, abs=1e-4)
+    assert d["combined_std"] == pytest.approx(math.hypot(sd([0.45, 0.41]), sd([0.47, 0.44, 0.46])),
+                                              abs=1e-4)
+    assert d["gap_over_std"] == pytest.approx(-0.04 / d["combined_std"], abs=0.05)
+    assert s["random"] == pytest.approx([0.66, sd([0.40, 0.60, 0.66])], abs=1e-4)
+    assert s["gap"] == pytest.approx(0.625 - 0.66, abs=1e-4) and s["random_se"] == 0.02
+    # one trained seed and one init: the standard errors stand in for the spreads
+    one = probe.best_readout({k: v[:1] for k, v in runs.items()})["digit"]
+    assert one["combined_std"] == pytest.approx(math.hypot(0.01, 0.01), abs=1e-4)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import model
+import data
 import probe
 import train
 from test_probe import MNIST_ARGS, tiny_vjepa, two_seeds  # noqa: F401 (a fixture)
@@ -166,7 +166,7 @@ def test_snapshots_and_the_learning_curve(tmp_path):
     torch.manual_seed(cfg.seed)
     _, nets, _ = train.build(cfg, None, torch.device("cpu"))
     for name in ("encoder", "target_encoder"):
-        state = model.from_release(snaps[0][name])
+        state = data.from_release(snaps[0][name])
         fresh = nets[name].state_dict()
         assert state.keys() == fresh.keys()
         assert all(torch.equal(state[k], fresh[k]) for k in fresh), name
@@ -176,7 +176,7 @@ def test_snapshots_and_the_learning_curve(tmp_path):
         assert all(torch.equal(snaps[2][name][k], v) for k, v in final[name].items())
     # the log's drift of the target encoder at step 4, from the snapshots
     params = [k for k, _ in nets["encoder"].named_parameters()]
-    w0, w4 = (model.from_release(s["target_encoder"]) for s in (snaps[0], snaps[2]))
+    w0, w4 = (data.from_release(s["target_encoder"]) for s in (snaps[0], snaps[2]))
     moved = sum(float((w4[k].double() - w0[k].double()).pow(2).sum()) for k in params)
     norm = sum(float(w0[k].double().pow(2).sum()) for k in params)
     with open(os.path.join(out, "log.jsonl")) as f:
@@ -233,3 +233,25 @@ def test_content_share_against_a_loop():
             den += sum(c ** 2 for c in col)
     assert abs(context.content_share(targets) - num / den) < 1e-6
     assert context.content_share(targets[:1].expand(5, -1, -1)) < 1e-10  # positions explain all
+
+
+def test_attentive_sweep_reports_the_spread_over_probe_seeds(tmp_path, two_seeds, capsys):
+    """tools/attentive_sweep.py: per setting and encoder, the accuracies of each probe seed
+    and their mean ± sample std in the printed table; smaller fit sets use the first clips."""
+    from tools import attentive_sweep
+    out = tmp_path / "sweep.json"
+    results = attentive_sweep.main(["--ckpt", two_seeds[0], "--settings", "24:1e-2:1:8",
+                                    "16:1e-3:1:8", "--seeds", "2", "--test_clips", "20",
+                                    "--dtype", "float32", "--out", str(out)] + MNIST_ARGS)
+    assert [(r["encoder"], r["setting"]) for r in results] == [
+        ("trained", (24, 0.01, 1, 8)),
+        ("trained", (16, 0.001, 1, 8)), ("random init", (24, 0.01, 1, 8)),
+        ("random init", (16, 0.001, 1, 8))]
+    table = capsys.readouterr().out.splitlines()
+    assert table[1] == "| encoder | fit:lr:epochs:batch | digit | direction | speed | minutes |"
+    for r, row in zip(results, table[3:]):
+        acc = r["acc"]["digit"]
+        assert len(acc) == 2 and all(0 <= x <= 1 for x in acc)
+        mean, std = 100 * float(np.mean(acc)), 100 * float(np.std(acc, ddof=1))
+        assert row.split(" | ")[2] == f"{mean:.1f} ± {std:.1f}"
+    assert json.loads(out.read_text())[0]["setting"] == [24, 0.01, 1, 8]

@@ -120,12 +120,6 @@ def test_rankme_closed_forms():
     assert losses.rankme(rank_one) == pytest.approx(1, rel=1e-3)
 
 
-def test_no_weight_decay_on_biases_and_1d_parameters():
-    groups = train.param_groups(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4)))
-    assert [p.shape for p in groups[0]["params"]] == [(4, 3)]
-    assert groups[1]["weight_decay"] == 0 and len(groups[1]["params"]) == 3
-
-
 def test_parse_config():
     cfg = train.parse_config(["--lr", "1e-3", "--enc_depth=3", "--resume", "true"])
     assert (cfg.lr, cfg.enc_depth, cfg.resume) == (1e-3, 3, True)
@@ -211,29 +205,11 @@ def test_torchrun_two_processes(tmp_path, mnist_args):
     assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["world_size"] == 2
 
 
-@pytest.mark.parametrize("capability,amx,avx512_bf16,cpu_class,auto", [
-    ("AVX2", False, False, "AVX2", torch.float32),  # most laptops: bf16 is emulated there
-    ("AVX512", False, False, "AVX-512", torch.float32),
-    ("AVX512", False, True, "AVX-512 bf16", torch.bfloat16),
-    ("AVX512", True, True, "AMX", torch.bfloat16),
-    ("AVX2", True, True, "AVX2", torch.float32),  # an AMX CPU under ATEN_CPU_CAPABILITY=avx2
-])
-def test_precision_comes_from_the_cpu(monkeypatch, capability, amx, avx512_bf16, cpu_class,
-                                      auto):
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    cpu = torch.device("cpu")
-    assert train.cpu_class() == cpu_class and train.pick_dtype("auto", cpu) == auto
-    assert train.pick_dtype("float32", cpu) == torch.float32
-    assert train.pick_dtype("bfloat16", cpu) == torch.bfloat16
-
-
 def test_the_first_line_names_the_cpu_class_and_the_precision(tmp_path, mnist_args, capsys):
     train.main(TINY + mnist_args + ["--max_steps", "1", "--val_clips", "0", "--out_dir",
                                     str(tmp_path)])
     first = capsys.readouterr().out.splitlines()[0]
-    assert f"on cpu ({train.cpu_class()}), float32 (--dtype float32)" in first, first
+    assert f"on cpu ({model.cpu_class()}), float32 (--dtype float32)" in first, first
 
 
 # The paper presets at a size a CPU steps in a second: the same objective, masks, activation
@@ -454,7 +430,7 @@ def test_vit_route_of_vjvcr(tmp_path, mnist_args, gamma):
     """VJ-VCR with the V-JEPA networks: future-prediction masks, VCR on each step's pooled grid,
     per-token pixel decoder (gamma > 0); trains, checkpoints and probes (without a decoder of
     its own, the probe's decoder reconstructs each tubelet's mean frame)."""
-    import probe
+    from tools import probe_vcr
     out = str(tmp_path / "vit")
     train.main(["--preset", "vjvcr_vit", "--img_size", "32", "--patch_size", "8",
                 "--num_frames", "8", "--mask_ctx_frames", "2", "--enc_dim", "32",
@@ -463,8 +439,8 @@ def test_vit_route_of_vjvcr(tmp_path, mnist_args, gamma):
                 "--val_clips", "8", "--dtype", "float32", "--out_dir", out] + mnist_args)
     record = read_log(out)[-1]
     assert {"pred", "var", "cov"} <= set(record) and ("pixel" in record) == (gamma != "0")
-    results = probe.main(["--ckpt", os.path.join(out, "ckpt.pt"), "--fit_clips", "64",
-                          "--test_clips", "16", "--decoder_steps", "2", "--random_inits", "1"])
+    results = probe_vcr.main(["--ckpt", os.path.join(out, "ckpt.pt"), "--fit_clips", "64",
+                              "--test_clips", "16", "--decoder_steps", "2", "--random_inits", "1"])
     assert math.isfinite(results["runs"][0]["psnr"])
     assert results["runs"][0]["rankme"] <= 16  # 16 test clips
 
@@ -472,33 +448,13 @@ def test_vit_route_of_vjvcr(tmp_path, mnist_args, gamma):
 # ----------------------------------------------------------------------------------------------
 # V-JEPA with pixel targets (the paper's Table 1 baseline)
 
-def test_pixel_targets_are_each_tubelet_normalised():
-    """Against a loop over tubelets: the C*t*p*p pixels of each, minus their mean, divided by
-    sqrt(their biased variance + eps), in time-major token order."""
-    clips = torch.rand(2, 1, 4, 8, 8)
-    clips[0, :, :2, :4, :4] = 0.5  # a flat tubelet: all zeros after normalisation
-    out = train.pixel_targets(clips, patch_size=4, tubelet_size=2)
-    assert out.shape == (2, 2 * 2 * 2, 32)
-    for b in range(2):
-        n = 0
-        for t in range(2):
-            for i in range(2):
-                for j in range(2):
-                    x = clips[b, :, 2 * t:2 * t + 2, 4 * i:4 * i + 4, 4 * j:4 * j + 4].flatten()
-                    ref = (x - x.mean()) / (x.var(unbiased=False) + 1e-6).sqrt()
-                    assert torch.allclose(out[b, n], ref, atol=1e-5)
-                    n += 1
-    assert out[0, 0].abs().max() == 0
-
-
 def test_pixel_objective_trains_and_its_checkpoint_loads(tmp_path, mnist_args):
-    import model
     out = str(tmp_path / "pix")
     train.main(["--preset", "laptop_pixel", *TINY, "--max_steps", "3", "--log_every", "1",
                 "--out_dir", out] + mnist_args)
     log = read_log(out)
     assert all(math.isfinite(r["loss"]) and r["emb_std"] > 0 for r in log)
-    encoder, predictor = model.load_vjepa_checkpoint(os.path.join(out, "ckpt.pt"))
+    encoder, predictor = data.load_vjepa_checkpoint(os.path.join(out, "ckpt.pt"))
     assert predictor.predictor_proj.out_features == 1 * 2 * 8 * 8  # the pixels of a tubelet
     state = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)
     assert torch.equal(state["encoder"]["module.backbone.pos_embed"], encoder.pos_embed)

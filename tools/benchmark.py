@@ -52,7 +52,12 @@ import data  # noqa: E402
 import infer_latent  # noqa: E402
 import losses  # noqa: E402
 import masks  # noqa: E402
+import model  # noqa: E402
 import train  # noqa: E402
+
+# in model.py since the restructure, in train.py before: either, by commit
+pick_dtype = getattr(model, "pick_dtype", None) or train.pick_dtype
+cpu_class = getattr(model, "cpu_class", None) or train.cpu_class
 
 # Named training configs: a preset plus overrides. "tiny-video" (16 x 64 x 64, patch 8,
 # tubelet 2, ViT 192/6/3, predictor 96/4, batch 8, both multi-block masks, raw pixels, L1,
@@ -109,7 +114,7 @@ def _median(xs):
 def matmul_size(dtype, smoke=False):
     """The side of the peak's product: 2048, but 512 where bf16 is emulated (at ~1 GFLOP/s a
     2048^3 product takes 15 s) and 256 in smoke runs."""
-    native = dtype == "float32" or train.pick_dtype("auto", torch.device("cpu")) != torch.float32
+    native = dtype == "float32" or pick_dtype("auto", torch.device("cpu")) != torch.float32
     return 256 if smoke else 2048 if native else 512
 
 
@@ -580,8 +585,8 @@ def main(argv):
                 "spinning, which slows the others: time it in runs of its own, e.g. "
                 "`OMP_WAIT_POLICY=ACTIVE python train.py --max_steps 100` against the same without")
     machine = {"cpu": _cpu_name(), "torch": torch.__version__,
-               "cores": os.cpu_count(), "bf16_native": train.pick_dtype(
-                   "auto", torch.device("cpu")) == torch.bfloat16, "cpu_class": train.cpu_class()}
+               "cores": os.cpu_count(), "bf16_native": pick_dtype(
+                   "auto", torch.device("cpu")) == torch.bfloat16, "cpu_class": cpu_class()}
     print(f"CPU: {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}",
           flush=True)
     if args.estimate:

@@ -48,7 +48,7 @@ def context_dependence(path, clips=64, seed=0):
     for when in ("init", "trained"):
         if when == "trained":
             for name, net in run.nets.items():
-                model.load_strict(net, model.from_release(state[name]), f"{path} {name}")
+                data.load_strict(net, data.from_release(state[name]), f"{path} {name}")
         g = torch.Generator().manual_seed(seed)
         losses_ = {"own": [], "other_clip": [], "zeros": []}
         change, grads = [], {"encoder": 0.0, "predictor": 0.0}

@@ -20,8 +20,8 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
+import data  # noqa: E402
 import model  # noqa: E402
-import train  # noqa: E402
 from probe import (CLASS_TASKS, POOLINGS, REGRESSION_TASKS, cached_features,  # noqa: E402
                    linear_probes, linear_targets, mean_std, probe_sets, random_init_like,
                    read_config)
@@ -92,7 +92,7 @@ def learning_curve(a):
     if not paths:
         raise FileNotFoundError(f"no snapshots in {folder}: train with --snapshot_every N")
     config = read_config(paths[0])
-    encoders = [model.load_vjepa_checkpoint(p)[0] for p in paths]
+    encoders = [data.load_vjepa_checkpoint(p)[0] for p in paths]
     steps = [torch.load(p, map_location="cpu", weights_only=False, mmap=True)["step"]
              for p in paths]
     sources, spec = probe_sets(config, encoders[0], a)
@@ -159,7 +159,7 @@ def main(argv):
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
                    help="autocast precision (auto: bf16 where the CPU multiplies in it natively)")
     a = p.parse_args(argv)
-    a.dtype = train.pick_dtype(a.dtype, torch.device("cpu"))
+    a.dtype = model.pick_dtype(a.dtype, torch.device("cpu"))
     return learning_curve(a)
 
 

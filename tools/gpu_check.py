@@ -33,6 +33,7 @@ import torch  # noqa: E402
 
 import benchmark  # noqa: E402  (tools/benchmark.py: the FLOP counter)
 import data  # noqa: E402
+import model  # noqa: E402
 import train  # noqa: E402
 
 DRY_SIZE = ["--img_size", "64", "--enc_dim", "32", "--enc_depth", "2", "--enc_heads", "2",
@@ -209,7 +210,7 @@ def main(argv):
         p.error("no CUDA device here: run with --dry, or on a GPU machine")
     if a.dry:
         a.batch, a.steps, a.warmup = 2, 2, 1
-    machine = ("CPU (dry run), " + train.cpu_class() if a.dry else
+    machine = ("CPU (dry run), " + model.cpu_class() if a.dry else
                f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
     machine += f", torch {torch.__version__}"
     print(f"GPU check on {machine}", flush=True)

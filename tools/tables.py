@@ -160,13 +160,23 @@ def vjepa_summary(r):
                          f"{fmt(task, c, 'random')} | {c['se'] * unit:.3g} | "
                          f"{c['gap'] * unit:+.3g} | {c['gap_over_std']} | "
                          f"{'yes' if clears(c, task) else 'no'} |")
+    for task, c in r.get("best", {}).items():  # the best pooling against the best random one
+        unit = 100 if task in CLASS_TASKS else 1
+        lines.append(f"| **{task}** | **best: {c['pooling']} / {c['random_pooling']}** | "
+                     f"{fmt(task, c, 'trained')} | {fmt(task, c, 'random')} | "
+                     f"{c['se'] * unit:.3g} | {c['gap'] * unit:+.3g} | {c['gap_over_std']} | "
+                     f"{'yes' if clears(c, task) else 'no'} |")
     if "attentive" in r:
         lines += ["\nattentive probe (mean ± std over probe seeds and checkpoints; random init "
                   "over probe seeds and inits):", "| task | trained | random init | "
-                  "gap / combined std |", "|" + " --- |" * 4]
+                  "gap / combined std | largest std over probe seeds (trained / random) |",
+                  "|" + " --- |" * 5]
         for task, c in r["attentive"].items():
+            seed_std = " | " + (" / ".join(f"{x:.1%}" for x in c["probe_seed_std"])
+                                if "probe_seed_std" in c else "-")
             lines.append(f"| {task} | {c['trained'][0]:.1%} ± {c['trained'][1]:.1%} | "
-                         f"{c['random'][0]:.1%} ± {c['random'][1]:.1%} | {c['gap_over_std']} |")
+                         f"{c['random'][0]:.1%} ± {c['random'][1]:.1%} | {c['gap_over_std']}"
+                         f"{seed_std} |")
     return "\n".join(lines)
 
 
