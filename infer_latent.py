@@ -2,8 +2,8 @@
 frozen: the option of lowest energy (discrete) or FISTA on E(z) + lam |z|_1 (sparse).
 
 `infer_z` infers z* for a VJ-VCR predictor under the run's own prediction loss; train.py calls
-it at every step of a latent model, probe.py to evaluate one. `VJVCR` wires the encoder,
-predictor and decoder of the objectives vjvcr and generative (their energy: losses.py).
+it at every step of a latent model, tools/probe_vcr.py to evaluate one. `VJVCR` wires the
+encoder, predictor and decoder of the objectives vjvcr and generative (their energy: losses.py).
 """
 import torch
 import torch.distributed as dist
@@ -468,7 +468,8 @@ class VJVCR(nn.Module):
 
     def checkpoint_nets(self):
         """{checkpoint name: module}; one encoder for x and y, under the key probes read too."""
-        nets = {"encoder": self.encoder, "predictor": self.predictor, "target_encoder": self.encoder}
+        nets = {"encoder": self.encoder, "predictor": self.predictor,
+                "target_encoder": self.encoder}
         return {**nets, **({"decoder": self.decoder} if self.decoder else {})}
 
     def forward(self, clips):

@@ -55,9 +55,14 @@ import masks  # noqa: E402
 import model  # noqa: E402
 import train  # noqa: E402
 
-# in model.py since the restructure, in train.py before: either, by commit
-pick_dtype = getattr(model, "pick_dtype", None) or train.pick_dtype
-cpu_class = getattr(model, "cpu_class", None) or train.cpu_class
+
+def pick_dtype(choice, device):  # this tree's (in model.py since the restructure)
+    return (getattr(model, "pick_dtype", None) or train.pick_dtype)(choice, device)
+
+
+def cpu_class():
+    return (getattr(model, "cpu_class", None) or train.cpu_class)()
+
 
 # Named training configs: a preset plus overrides. "tiny-video" (16 x 64 x 64, patch 8,
 # tubelet 2, ViT 192/6/3, predictor 96/4, batch 8, both multi-block masks, raw pixels, L1,

@@ -24,7 +24,8 @@ import infer_latent  # noqa: E402
 import losses  # noqa: E402
 import model  # noqa: E402
 import train  # noqa: E402
-from probe import ridge_cv, logistic_fit, logistic_logits, standardise, mean_std, save_results  # noqa: E402,E501
+from probe import (logistic_fit, logistic_logits, mean_std, ridge_cv,  # noqa: E402
+                   save_results, standardise)
 
 def ridge_fit(x, y):
     """Ridge regression of y [n] on x [n, F] -> predict(x_new) -> [m] (the VJ-VCR speed probe)."""

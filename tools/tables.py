@@ -143,7 +143,8 @@ def vjepa_summary(r):
     test-set standard error, the gap and whether it clears the bar (`clears`)."""
     if "se" not in next(iter(r["linear"]["mean"].values())):
         return ""  # a results.json without the comparisons' details
-    lines = [f"{r['preset']}: {len(r['ckpt'])} checkpoint(s) ({r['objective']} targets, "
+    lines = [f"{r['preset']} ({os.path.dirname(r['ckpt'][0])}): {len(r['ckpt'])} checkpoint(s) "
+             f"({r['objective']} targets, "
              f"{r['mask']} masks) against {r['random_inits']} random-init encoders; fit on "
              f"{r['fit_clips']} clips of training digits, scored on {r['test_clips']} clips of "
              "held-out digits. Accuracy (digit, direction) or R^2, mean ± std; SE: the "
