@@ -506,14 +506,22 @@ def probe_vjepa(a):
     return results
 
 
-def main(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", nargs="+", help="checkpoint(s); several: seeds of one run")
+def linear_probe_arguments(p):
+    """The linear probes' flags, shared with tools/curve.py; --dtype: the encoders' precision."""
     p.add_argument("--fit_clips", type=int, default=5000, help="clips the probes are fitted on")
     p.add_argument("--test_clips", type=int, default=2500, help="held-out clips scored")
     p.add_argument("--random_inits", type=int, default=3, help="random-init networks beside")
     p.add_argument("--cache_dir", default="", help="where encoded features are kept "
                    "(default: feature_cache/ beside the run's folder)")
+    p.add_argument("--mnist_dir", default="")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
+                   help="autocast precision (auto: bf16 where the CPU multiplies in it natively)")
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", nargs="+", help="checkpoint(s); several: seeds of one run")
+    linear_probe_arguments(p)
     p.add_argument("--attentive_seeds", type=int, default=0,
                    help="also the attentive probe, over this many probe seeds")
     # the schedule with the smallest std over probe seeds (tools/attentive_sweep.py; results 3)
@@ -522,9 +530,6 @@ def main(argv):
     p.add_argument("--epochs", type=int, default=10, help="attentive probe: training epochs")
     p.add_argument("--lr", type=float, default=3e-3, help="attentive probe: peak LR")
     p.add_argument("--out_dir", default="", help="default: the first checkpoint's folder/probe")
-    p.add_argument("--mnist_dir", default="")
-    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
-                   help="autocast precision (auto: bf16 where the CPU multiplies in it natively)")
     a = p.parse_args(argv)
     a.dtype = model.pick_dtype(a.dtype, torch.device("cpu"))
     if not a.ckpt:

@@ -23,8 +23,8 @@ import torch  # noqa: E402
 import data  # noqa: E402
 import model  # noqa: E402
 from probe import (CLASS_TASKS, POOLINGS, REGRESSION_TASKS, cached_features,  # noqa: E402
-                   linear_probes, linear_targets, mean_std, probe_sets, random_init_like,
-                   read_config)
+                   linear_probe_arguments, linear_probes, linear_targets, mean_std, probe_sets,
+                   random_init_like, read_config)
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
@@ -150,14 +150,7 @@ def learning_curve(a):
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out_dir", metavar="OUT_DIR", help="a run trained with --snapshot_every N")
-    p.add_argument("--fit_clips", type=int, default=5000, help="clips the probes are fitted on")
-    p.add_argument("--test_clips", type=int, default=2500, help="held-out clips scored")
-    p.add_argument("--random_inits", type=int, default=3, help="random-init encoders beside")
-    p.add_argument("--cache_dir", default="", help="where encoded features are kept "
-                   "(default: feature_cache/ beside the run's folder)")
-    p.add_argument("--mnist_dir", default="")
-    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
-                   help="autocast precision (auto: bf16 where the CPU multiplies in it natively)")
+    linear_probe_arguments(p)
     a = p.parse_args(argv)
     a.dtype = model.pick_dtype(a.dtype, torch.device("cpu"))
     return learning_curve(a)
