@@ -1,5 +1,5 @@
-"""Clips to train on: synthetic MovingMNIST made on the fly, the public MovingMNIST test file,
-and folders of real video.
+"""Clips in, checkpoint files out: MNIST digits, MovingMNIST made on the fly (also VJ-VCR's
+stochastic one), folders of real video, the batch of every step; checkpoints written and read.
 
 Every source has `sample(batch, generator) -> (clips [B, C, T, H, W] float32, labels dict)`,
 and draws all of its randomness from `generator`. `StepBatches` seeds that generator from
@@ -10,33 +10,25 @@ Digits come from MNIST IDX files in a directory (`mnist_dir` or $MNIST_DIR), els
 one-time download into ~/.cache/vjepa-mnist checked against the published MD5s, else (offline)
 from digits drawn procedurally here, with a one-line warning.
 
-Also what a run writes and reads back: checkpoints (the original release's format plus what a
-resume needs; `load_vjepa_checkpoint` reads release files too), the log and the summary.
+Checkpoints are written atomically, the one replaced kept as *_prev.pt, and read without running
+pickled code (`read_checkpoint`); model.from_checkpoint builds the networks of one.
 """
 import contextlib
-import dataclasses
 import gzip
 import hashlib
-import json
 import http.client
 import math
 import os
 import random
 import re
 import shutil
-import signal
 import sys
 import tempfile
-import time
 import urllib.request
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-
-import losses
-import model
 
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 MNIST_MD5 = {  # the checksums published with the MNIST distribution
@@ -243,14 +235,13 @@ class MovingMNIST:
     pos [B, n, T, 2] as (y, x), unrounded (the digit is drawn at the rounded corner)."""
 
     def __init__(self, images, labels, num_frames=20, img_size=64, num_digits=2,
-                 speed=(1.0, 4.0), normalise=False, background=0.0):
+                 speed=(1.0, 4.0), normalise=False):
         if img_size < images.shape[-1]:
             raise ValueError(f"img_size={img_size} is smaller than a digit ({images.shape[-1]})")
         self.images, self.labels = images, labels
         self.num_frames, self.img_size, self.num_digits, self.speed = (
             num_frames, img_size, num_digits, speed)
         self.normalise = normalise  # (x - MMNIST_MEAN) / MMNIST_STD, as video gets ImageNet's
-        self.background = background  # brightness of a static random background (0: black)
 
     def sample(self, batch, generator):
         B, n, T = batch, self.num_digits, self.num_frames
@@ -266,11 +257,6 @@ class MovingMNIST:
         digits = self.images[which].float() / 255
         clips = paste(self.img_size, digits, pos.round().long())
         labels = {"speed": speed, "velocity": velocity, "digits": self.labels[which], "pos": pos}
-        if self.background:  # a smooth random pattern per clip, the same in every frame
-            coarse = torch.rand(B, 1, 4, 4, generator=g) * self.background
-            bg = F.interpolate(coarse, size=(self.img_size,) * 2, mode="bilinear",
-                               align_corners=True)  # (B, 1, S, S)
-            clips = torch.maximum(clips, bg)
         if self.normalise:
             clips = (clips - MMNIST_MEAN) / MMNIST_STD
         return clips[:, None], labels  # (B, 1, T, S, S)
@@ -316,26 +302,6 @@ class SwitchingMovingMNIST:
         return clips[:, None], labels
 
 
-class MovingMNISTFile:
-    """The public `mnist_test_seq.npy` (20, N, 64, 64) uint8: two digits a clip, no labels.
-    Clips are the first `num_frames` frames of randomly chosen sequences."""
-
-    def __init__(self, path, num_frames=20):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"data_path={path!r} does not exist")
-        self.seqs = np.load(path, mmap_mode="r")
-        if self.seqs.ndim != 4 or self.seqs.shape[0] < num_frames:
-            raise ValueError(f"{path} has shape {self.seqs.shape}; expected (T, N, H, W) with "
-                             f"T >= num_frames={num_frames}")
-        self.num_frames = num_frames
-
-    def sample(self, batch, generator):
-        idx = torch.randint(self.seqs.shape[1], (batch,), generator=generator).sort().values
-        clips = self.seqs[: self.num_frames, idx.numpy()].transpose(1, 0, 2, 3)  # (B, T, H, W)
-        clips = torch.from_numpy(np.ascontiguousarray(clips)).float().div_(255)
-        return clips[:, None], {"index": idx}
-
-
 class VideoFolder:
     """Real video: every .gif, .mp4, .avi, .webm or .npy ([T, H, W] or [T, H, W, C]) under
     `root`. A clip is `num_frames` frames `stride` apart from a random start (the last frame
@@ -362,6 +328,7 @@ class VideoFolder:
             root, num_frames, img_size, in_chans, stride)
         self.scale, self.ratio = scale, ratio
         self.bad = {}  # path -> why it cannot be used, so that this process reads it only once
+        self.named = set()  # the files warned about
 
     def read(self, path, header_only=False):
         """-> uint8 array [T, H, W, C]; with header_only, its shape, from the file's header
@@ -388,10 +355,16 @@ class VideoFolder:
             return shape
         return video[..., None] if video.ndim == 3 else video
 
-    def why(self, path):
-        """Why `path` cannot be used, reading it if this process has not (a worker did)."""
-        return (self.bad[path] if self.video(path) is None
-                else f"{path}, which a DataLoader worker could not read (it reads now)")
+    def warn(self, failed):
+        """Name each replaced file (labels["failed"]) once, in the training process: a
+        DataLoader worker's bad-file notes die with it, so the file is read again here."""
+        for path in sorted({self.files[i] for i in failed.tolist()} - self.named):
+            self.named.add(path)
+            why = (self.bad[path] if self.video(path) is None
+                   else f"{path}, which a DataLoader worker could not read (it reads now)")
+            print(f"warning: skipping {why}; another file is drawn in its place (each file is "
+                  "named once; list them all: python tools/check_videos.py --data_path DIR)",
+                  file=sys.stderr)
 
     def video(self, path):
         """read(path), or None if it cannot be used; a bad file is not read again."""
@@ -494,44 +467,17 @@ def make_source(cfg, part="train", digits=None):
             return SwitchingMovingMNIST(images, labels, cfg.num_frames, cfg.img_size,
                                         switch_at=cfg.mask_ctx_frames)
         return MovingMNIST(images, labels, cfg.num_frames, cfg.img_size, cfg.num_digits,
-                           normalise=cfg.normalise, background=cfg.background)
-    if cfg.dataset == "mmnist_file":
-        return MovingMNISTFile(cfg.data_path, cfg.num_frames)
+                           normalise=cfg.normalise)
     return VideoFolder(cfg.data_path, cfg.num_frames, cfg.img_size, cfg.in_chans)
 
 
 # ----------------------------------------------------------------------------------------------
-# A video folder's unusable files; checkpoints, resuming and stopping
+# Checkpoint files: the release's format ({"encoder" | "target_encoder" | "predictor": state
+# dict, keys prefixed as the release's}, ...), plus what a resume needs
 
-class SkippedFiles:
-    """The draws of a video folder that failed and were replaced (labels["failed"]): each file
-    is named once in a warning, the count goes to the log, and the run stops when more than
-    MAX_SHARE of the draws fail (then the folder is broken: a wrong path, no video decoder)."""
-    MAX_SHARE = 0.05
-    MIN_DRAWS = 100  # a share of fewer draws says little
-
-    def __init__(self, source):
-        self.source, self.named = source, {}
-        self.draws = self.failed = self.since_log = 0
-
-    def add(self, labels, batch):
-        if "failed" not in labels:  # a source without files
-            return
-        for i in labels["failed"].tolist():
-            path = self.source.files[i]
-            if path not in self.named:
-                self.named[path] = self.source.why(path)
-                print(f"warning: skipping {self.named[path]}; another file is drawn in its "
-                      "place (each file is named once)", file=sys.stderr)
-        self.draws += batch + len(labels["failed"])
-        self.failed += len(labels["failed"])
-        self.since_log += len(labels["failed"])
-        if self.draws >= self.MIN_DRAWS and self.failed > self.MAX_SHARE * self.draws:
-            first = "; ".join(list(self.named.values())[:3])
-            raise ValueError(f"{self.failed} of {self.draws} draws from {self.source.root} met "
-                             f"a file that cannot be used, more than {self.MAX_SHARE:.0%}; the "
-                             f"first: {first}. List them all: "
-                             "python tools/check_videos.py --data_path DIR")
+RELEASE_PREFIX = "module.backbone."  # DDP's `module.` + the release's `backbone.`
+CHECKPOINT_LAYOUT = ("a torch.save file of a dict with 'encoder' and 'target_encoder' state "
+                     "dicts (the V-JEPA release format, also what train.py writes)")
 
 
 def previous_path(path):
@@ -540,26 +486,15 @@ def previous_path(path):
     return f"{root}_prev{ext}"
 
 
-def save_checkpoint(path, nets, opt, cfg, step, loss, world, lr):
-    """The release format ({name: state dict with the release's key prefix}, opt, epoch, loss,
-    batch_size, world_size, lr) plus config, step and RNG states. Written to a temporary file,
-    synced, then renamed: neither a crash nor a power loss leaves half a checkpoint at `path`;
-    the one it replaces is kept at previous_path(path)."""
-    state = {
-        **{name: to_release(net.state_dict()) for name, net in nets.items()},
-        "opt": opt.state_dict(), "scaler": None,
-        "epoch": 0,  # the release format has it; batches here are indexed by step
-        "loss": loss, "batch_size": cfg.batch_size, "world_size": world, "lr": lr,
-        "config": dataclasses.asdict(cfg), "step": step,
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                "python": random.getstate()},
-    }
+def atomic_save(obj, path, keep_previous=False):
+    """torch.save to a temporary file, synced, then renamed: neither a crash nor a power loss
+    leaves half a file at `path`; keep_previous: the file it replaces goes to previous_path."""
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
-        torch.save(state, f)
+        torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())  # else some filesystems may store the rename before the data
-    if os.path.exists(path):
+    if keep_previous and os.path.exists(path):
         os.replace(path, previous_path(path))
     os.replace(tmp, path)
     with contextlib.suppress(OSError):  # the renames too (POSIX; Windows cannot open a folder)
@@ -570,221 +505,21 @@ def save_checkpoint(path, nets, opt, cfg, step, loss, world, lr):
             os.close(fd)
 
 
-def read_state(path):
-    """A checkpoint of save_checkpoint -> its dict; ValueError naming the file when it cannot
-    be read or lacks what a resume needs."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises several kinds for a damaged file
-        raise ValueError(f"--resume: cannot read {path} ({' '.join(str(e).split())})") from None
-    missing = [k for k in ("config", "step", "opt", "rng")
-               if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise ValueError(f"--resume: {path} is not a checkpoint of train.py: no {missing}")
-    return state
+def release_state(nets):
+    """{name: module} -> {name: its state dict, keys prefixed as the release's}."""
+    return {name: {RELEASE_PREFIX + k: v for k, v in net.state_dict().items()}
+            for name, net in nets.items()}
 
 
-def load_checkpoint(path, nets, opt, cfg, arch_keys):
-    """Strict resume: the same values of `arch_keys`, every tensor present and of the same shape.
-    When `path` cannot be read, the previous checkpoint, with a warning. -> (step, file used)"""
-    prev = previous_path(path)
-    if not os.path.exists(path) and not os.path.exists(prev):
-        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-    try:
-        state = read_state(path)
-    except ValueError as e:
-        if not os.path.exists(prev):
-            raise
-        print(f"warning: {e}; resuming from the previous checkpoint {prev}", file=sys.stderr)
-        path, state = prev, read_state(prev)
-    saved = state.get("config", {})
-    diff = [f"{k}={saved.get(k)!r} (this run: {getattr(cfg, k)!r})" for k in arch_keys
-            if saved.get(k) != getattr(cfg, k)]
-    if diff:
-        raise ValueError(f"--resume: {path} is from another architecture: {', '.join(diff)}")
-    for name, net in nets.items():
-        if name not in state:
-            raise ValueError(f"--resume: {path} has no {name!r}")
-        load_strict(net, from_release(state[name]), f"{path} {name}")
-    opt.load_state_dict(state["opt"])
-    torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
-    random.setstate(state["rng"]["python"])
-    return state["step"], path
-
-
-def start_fresh(log_path, rank=0):
-    """A fresh run starts a fresh log -> step 0."""
-    if rank == 0 and os.path.exists(log_path):
-        os.remove(log_path)
-    return 0
-
-
-def resume(ckpt_path, log_path, nets, opt, cfg, arch_keys, rank=0):
-    """Load OUT_DIR/ckpt.pt (or the one before it, when it cannot be read), cut the log back to
-    its step -> that step."""
-    start, used = load_checkpoint(ckpt_path, nets, opt, cfg, arch_keys)
-    if rank == 0:
-        trim_log(log_path, start)
-        if used != ckpt_path and os.path.exists(ckpt_path):  # else the next save rotates it
-            os.replace(ckpt_path, ckpt_path + ".unreadable")  # over the good previous one
-    return start
-
-
-@contextlib.contextmanager
-def stop_on_signals():
-    """While open, SIGTERM (a cluster's pre-emption) and Ctrl-C only set stop["asked"]: the
-    loop finishes its step, checkpoints and stops. The previous handlers come back on exit."""
-    stop = {"asked": False}
-    previous = {sig: signal.signal(sig, lambda *_: stop.update(asked=True))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def save_snapshot(out_dir, nets, cfg, step):
-    """OUT_DIR/snapshots/stepNNNNNN.pt: the encoders (release format) and the config."""
-    folder = os.path.join(out_dir, "snapshots")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"step{step:06d}.pt")
-    state = {name: to_release(nets[name].state_dict())
-             for name in ("encoder", "target_encoder")}
-    torch.save({**state, "config": dataclasses.asdict(cfg), "step": step}, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def trim_log(path, step):
-    """Drop the log lines written after the checkpoint we resume from, and a cut-short line."""
-    if os.path.exists(path):
-        keep = []
-        with open(path) as f:
-            for line in f:
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    if json.loads(line)["step"] <= step:
-                        keep.append(line)
-        with open(path, "w") as f:
-            f.writelines(keep)
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints in the release format (its key prefix: DDP's `module.` + `backbone.`), read
-# strictly, the architecture from the tensors' shapes
-RELEASE_PREFIX = "module.backbone."
-
-
-def to_release(state_dict):
-    return {RELEASE_PREFIX + k: v for k, v in state_dict.items()}
-
-
-def from_release(state_dict):
-    return {k[len(RELEASE_PREFIX):] if k.startswith(RELEASE_PREFIX) else k: v
-            for k, v in state_dict.items()}
-
-
-def load_strict(module, state_dict, what):
-    """load_state_dict(strict=True) with a one-line error that lists what does not match."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = [f"{k} {tuple(state_dict[k].shape)} (expected {tuple(own[k].shape)})"
-             for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
-    problems = [f"{label} {items[:5]}" for label, items in
-                (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
-    if problems:
-        raise ValueError(f"{what} does not match this architecture: " + "; ".join(problems))
-    module.load_state_dict(state_dict, strict=True)
-
-
-STANDARD_HEADS = {dim: heads for dim, _, heads in model.VIT_SIZES.values()}  # no shape tells heads
-
-
-def _count(state, prefix):
-    """1 + the largest i of `{prefix}{i}.*` (a gap shows up as missing keys)."""
-    ids = [int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)]
-    return max(ids) + 1 if ids else 0
-
-
-def _shape(state, key, what):
-    if key not in state:
-        raise ValueError(f"{what} has no {key!r}: not a V-JEPA ViT (its first keys: "
-                         f"{sorted(state)[:5]})")
-    return tuple(state[key].shape)
-
-
-def _mlp_ratio(state, first_block, dim):
-    key = f"{first_block}.mlp.fc1.weight"  # [hidden, dim]
-    return state[key].shape[0] / dim if key in state else 4.0
-
-
-def infer_architecture(encoder_state, predictor_state=None, config=None, heads=None,
-                       trained_frames=None, trained_img_size=None):
-    """The hyper-parameters of a release-format encoder (and predictor) from tensor shapes.
-    Heads: `heads`, else config["enc_heads"], else STANDARD_HEADS. Frames: `trained_frames`,
-    else config["num_frames"], else N / (trained_img_size/p)^2 time steps, else 16 (every
-    released model); the side follows from N = (T/t) (H/p)^2.
-    -> {"encoder": model.VisionTransformer kwargs, "num_tokens": N, "predictor": kwargs or None}."""
-    enc, config = from_release(encoder_state), config or {}
-    dim, in_chans, t, p, _ = _shape(enc, "patch_embed.proj.weight", "the encoder")  # [D,C,t,p,p]
-    n = _shape(enc, "pos_embed", "the encoder")[1]  # [1, N, D]
-    heads = heads or config.get("enc_heads") or STANDARD_HEADS.get(dim)
-    if heads is None:
-        raise ValueError(f"cannot tell the heads of a width-{dim} encoder (the file has no config "
-                         f"and {dim} is not a standard width {sorted(STANDARD_HEADS)}): "
-                         f"pass heads=")
-    if trained_frames and config.get("num_frames", trained_frames) != trained_frames:
-        raise ValueError(f"trained_frames={trained_frames}, but the file's config says "
-                         f"num_frames={config['num_frames']}")
-    if trained_frames:
-        frames, origin = trained_frames, "given as trained_frames"
-    elif "num_frames" in config:
-        frames, origin = config["num_frames"], "from the file's config"
-    elif trained_img_size:
-        frames = n // max(1, (trained_img_size // p) ** 2) * t
-        origin = f"from trained_img_size={trained_img_size}"
-    else:
-        frames, origin = 16, "assumed: no config"
-    steps = frames // t
-    side = math.isqrt(n // steps) if steps else 0
-    if (frames % t or side == 0 or steps * side ** 2 != n
-            or trained_img_size and trained_img_size != side * p):
-        size = f" of trained_img_size={trained_img_size} / patch {p}" if trained_img_size else ""
-        hint = "; pass trained_frames= (the frames the file was trained with)" if (
-            origin.startswith("assumed")) else ""
-        raise ValueError(f"pos_embed has N={n} tokens, which is not num_frames={frames} ({origin})"
-                         f" / tubelet {t} time steps times a square grid of patches{size}{hint}")
-    arch = {"num_tokens": n, "predictor": None,
-            "encoder": dict(num_frames=frames, img_size=side * p, patch_size=p, tubelet_size=t,
-                            in_chans=in_chans, dim=dim, depth=_count(enc, "blocks."),
-                            heads=heads, mlp_ratio=_mlp_ratio(enc, "blocks.0", dim),
-                            # not in the weights: how a re-initialisation scales the embedding
-                            embed_gain=config.get("embed_gain", 1.0))}
-    if predictor_state is not None:
-        pred = from_release(predictor_state)
-        pred_dim = _shape(pred, "predictor_embed.weight", "the predictor")[0]  # [Dp, D]
-        arch["predictor"] = dict(
-            enc_dim=dim, dim=pred_dim, depth=_count(pred, "predictor_blocks."), heads=heads,
-            num_mask_tokens=_count(pred, "mask_tokens."),
-            mlp_ratio=_mlp_ratio(pred, "predictor_blocks.0", pred_dim),
-            out_dim=_shape(pred, "predictor_proj.weight", "the predictor")[0])  # [out, Dp]
-    return arch
-
-
-def _uniform_power(table, grid):
-    """Which of our sin-cos variants a stored [1, N, D] table is (True / False), or None."""
-    for uniform in (True, False):
-        if not uniform and table.shape[-1] % 8:  # the split variant needs D divisible by 8
-            continue
-        ours = model.sincos_3d(table.shape[-1], grid, uniform)[None]
-        if ours.shape == table.shape and torch.allclose(table.float(), ours, atol=1e-4):
-            return uniform
-    return None
-
-
-CHECKPOINT_LAYOUT = ("a torch.save file of a dict with 'encoder' and 'target_encoder' state "
-                     "dicts (the V-JEPA release format, also what train.py writes)")
+def save_checkpoint(path, nets, opt, config, step, loss, world, lr):
+    """The release format (networks, opt, epoch, loss, batch_size, world_size, lr) plus config,
+    step and RNG states; the checkpoint it replaces is kept at previous_path(path)."""
+    atomic_save({**release_state(nets), "opt": opt.state_dict(), "scaler": None,
+                 "epoch": 0,  # the release format has it; batches here are indexed by step
+                 "loss": loss, "batch_size": config["batch_size"], "world_size": world,
+                 "lr": lr, "config": config, "step": step,
+                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                         "python": random.getstate()}}, path, keep_previous=True)
 
 
 def _what_file(path, error):
@@ -794,8 +529,7 @@ def _what_file(path, error):
         head = f.read(8)
     detail = " ".join(str(error).split())
     refused = re.search(r"WeightsUnpickler error: (.*?) Check the documentation", detail)
-    detail = re.sub(r"^\[enforce fail at [^]]*\] \.? *", "", detail).split(". ")[0]
-    detail = refused.group(1) if refused else detail or type(error).__name__
+    detail = refused.group(1) if refused else detail.split(". ")[0] or type(error).__name__
     if size == 0:
         return "an empty file"
     if head.startswith(b"PK\x03\x04") and refused:  # torch.save writes a zip archive
@@ -809,28 +543,20 @@ def _what_file(path, error):
     return f"a {size}-byte file that is not a torch checkpoint (it starts with {head!r})"
 
 
-def _read_checkpoint(path):
-    """torch.load that runs no pickled code; numpy's RNG state (ours) is allowed explicitly."""
+def read_checkpoint(path, which="target_encoder"):
+    """A checkpoint (ours or the release's) -> its dict, every state dict's keys without the
+    release's prefix; loaded without running pickled code (numpy's RNG state, ours, allowed
+    explicitly). ValueError in one line saying what the file is when it has no `which` state
+    dict (model.from_checkpoint builds the networks of one)."""
     array = np.zeros(1, np.uint32)
     rebuild = array.__reduce__()[0]  # numpy's array rebuilder, wherever this numpy keeps it
     try:
         with torch.serialization.safe_globals([rebuild, np.ndarray, np.dtype, type(array.dtype)]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except OSError:  # no such file, a directory, no permission: these name the path already
         raise
     except Exception as e:  # KeyError, EOFError, RuntimeError, UnpicklingError, ...
         raise ValueError(f"{path} is {_what_file(path, e)}; expected {CHECKPOINT_LAYOUT}") from None
-
-
-def load_vjepa_checkpoint(path, num_frames=None, img_size=None, heads=None,
-                          which="target_encoder", trained_frames=None, trained_img_size=None):
-    """Encoder and predictor (None if absent) of a release-format checkpoint, in eval mode.
-    which: "target_encoder" (frozen evaluation) or "encoder". The architecture comes from the
-    shapes (infer_architecture). num_frames / img_size: build at another clip size, the sin-cos
-    tables recomputed for the new grid. Loading is strict; errors name the tensor."""
-    if which not in ("target_encoder", "encoder"):
-        raise ValueError(f"which={which!r}: expected 'target_encoder' or 'encoder'")
-    ckpt = _read_checkpoint(path)
     if not isinstance(ckpt, dict):
         shape = f" of shape {tuple(ckpt.shape)}" if isinstance(ckpt, torch.Tensor) else ""
         raise ValueError(f"{path} is a torch file of a {type(ckpt).__name__}{shape}; expected "
@@ -840,165 +566,46 @@ def load_vjepa_checkpoint(path, num_frames=None, img_size=None, heads=None,
         kind = f"a bare state dict of {len(ckpt)} tensors" if bare else "a dict"
         raise ValueError(f"{path} is {kind} with no {which!r} entry (its keys: "
                          f"{sorted(map(str, ckpt))[:8]}); expected {CHECKPOINT_LAYOUT}")
-    for name in (which, "predictor"):
-        entry = ckpt.get(name, {})
-        if not isinstance(entry, dict) or not all(isinstance(v, torch.Tensor)
-                                                  for v in entry.values()):
-            raise ValueError(f"{path}: its {name!r} entry is a {type(entry).__name__} that is "
-                             f"not a state dict of tensors; expected {CHECKPOINT_LAYOUT}")
-    enc_state = from_release(ckpt[which])
-    pred_state = from_release(ckpt["predictor"]) if "predictor" in ckpt else None
-    arch = infer_architecture(enc_state, pred_state, ckpt.get("config"), heads, trained_frames,
-                              trained_img_size)
-    enc = arch["encoder"]
-    old_grid = model.token_grid(enc["num_frames"], enc["img_size"], enc["patch_size"],
-                          enc["tubelet_size"])
-    enc = dict(enc, num_frames=num_frames or enc["num_frames"],
-               img_size=img_size or enc["img_size"])
-    new_grid = model.token_grid(enc["num_frames"], enc["img_size"], enc["patch_size"],
-                          enc["tubelet_size"])
-
-    def build_and_load(build, state, table_key, what):
-        table = state.get(table_key)  # a missing one is reported by load_strict
-        uniform = None if table is None else _uniform_power(table, old_grid)
-        net = build(True if uniform is None else uniform)
-        if new_grid != old_grid:
-            if uniform is None:
-                raise ValueError(f"{path} {what}: {table_key} is not one of our sin-cos tables "
-                                 f"for the grid {old_grid}, so it cannot be recomputed for "
-                                 f"{new_grid}")
-            state = {**state, table_key: getattr(net, table_key)}  # exact, unlike interpolation
-        load_strict(net, state, f"{path} {what}")
-        return net.eval()
-
-    encoder = build_and_load(lambda u: model.VisionTransformer(**enc, uniform_power=u),
-                             enc_state, "pos_embed", which)
-    predictor = None
-    if pred_state is not None:
-        predictor = build_and_load(
-            lambda u: model.Predictor(encoder.grid, **arch["predictor"], uniform_power=u),
-            pred_state, "predictor_pos_embed", "predictor")
-    return encoder, predictor
+    entry = ckpt[which]
+    if not isinstance(entry, dict) or not all(isinstance(v, torch.Tensor) for v in entry.values()):
+        raise ValueError(f"{path}: its {which!r} entry is a {type(entry).__name__} that is not a "
+                         f"state dict of tensors; expected {CHECKPOINT_LAYOUT}")
+    return {name: {k.removeprefix(RELEASE_PREFIX): t for k, t in v.items()}
+            if isinstance(v, dict) and v and all(torch.is_tensor(t) for t in v.values()) else v
+            for name, v in ckpt.items()}
 
 
-# ----------------------------------------------------------------------------------------------
-# The run's log and summary
-
-class NonFiniteLoss(RuntimeError):
-    """A loss became NaN or infinite: the run stops rather than train on garbage."""
-
-
-@torch.no_grad()
-def drift(module, start):
-    """|w - w0| / |w0| over all parameters; start: the initial parameters in order."""
-    moved = sum(float((p.float() - p0).pow(2).sum()) for p, p0 in zip(module.parameters(), start))
-    return math.sqrt(moved / sum(float(p0.pow(2).sum()) for p0 in start))
-
-
-def peak_rss_mb():
-    """Peak resident memory of this process so far, in MB (None where unknown)."""
-    try:
-        import resource
-    except ImportError:  # not on Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10  # bytes / KB
-
-
-class Log:
-    """The loss summed on the device between log lines, the one host sync per log/checkpoint
-    step (any rank's non-finite loss or stop request, all-reduced so that all ranks stop at the
-    same step), and OUT_DIR/log.jsonl."""
-
-    def __init__(self, run, path, start_weights, skipped):
-        self.run, self.path, self.start_weights, self.skipped = run, path, start_weights, skipped
-        self.loss_sum = torch.zeros((), device=run.device)
-        self.bad = torch.zeros((), dtype=torch.bool, device=run.device)
-        self.n, self.t, self.last = 0, time.perf_counter(), None
-
-    def add(self, loss):
-        self.loss_sum += loss
-        self.bad |= ~torch.isfinite(loss)
-        self.n += 1
-
-    def must_stop(self, step, asked, ckpt_path):
-        flags = torch.stack([self.bad, torch.tensor(asked, device=self.run.device)])
-        if self.run.world > 1:
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        any_bad, stopping = flags.tolist()
-        if any_bad:
-            raise NonFiniteLoss(f"non-finite loss by step {step}; stopped. The last good "
-                                f"checkpoint (if any) is {ckpt_path}")
-        return bool(stopping)
-
-    def write(self, step, terms, h, steps_per_clip, grad_norm, schedule, bar):
-        """One line: the mean loss since the last, its terms, the schedule (lr, wd, momentum),
-        speed, and the collapse monitors of the target embeddings h [B, N, D]."""
-        run, cfg, world = self.run, self.run.cfg, self.run.world
-        if world > 1:
-            dist.all_reduce(self.loss_sum)
-        self.last = float(self.loss_sum) / (self.n * world)
-        dt = (time.perf_counter() - self.t) / self.n
-        emb_std, rank_me = losses.collapse_monitors(h, steps_per_clip)
-        lr, wd, momentum = schedule
-        record = {"step": step, "loss": self.last,
-                  **{k: float(v.detach()) for k, v in terms.items()},
-                  "lr": lr, "wd": wd, "momentum": momentum, "grad_norm": float(grad_norm),
-                  "step_time_s": dt, "clips_per_s": cfg.batch_size * cfg.accum_steps * world / dt,
-                  "emb_std": emb_std, "rankme": rank_me,
-                  "drift_encoder": drift(run.nets["encoder"], self.start_weights)}
-        if run.target is not None:
-            record["drift_target"] = drift(run.target, self.start_weights)
-        if self.skipped.draws:  # a video folder: the draws replaced since the last line
-            n_skipped = torch.tensor(self.skipped.since_log, device=run.device)
-            if world > 1:
-                dist.all_reduce(n_skipped)
-            record["skipped"], self.skipped.since_log = int(n_skipped), 0
-        if cfg.latent != "none":  # how z* is used: share of zeros, most chosen option
-            z = run.module.last_z
-            record["z_zero"] = float((z == 0).float().mean())
-            record["z_top"] = float(torch.bincount(z.abs().argmax(1)).max()) / len(z)
-        if run.rank == 0:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{self.last:.4f}", std=f"{emb_std:.3f}", rankme=f"{rank_me:.1f}")
-        self.loss_sum.zero_()
-        self.n, self.t = 0, time.perf_counter()
-
-
-def val_monitors(cfg, encoder, device, dtype, digits=None):
-    """The target encoder's collapse monitors on cfg.val_clips fixed validation clips (the same
-    in every run): per-channel std of its features and RankMe of the mean token ({} for none)."""
-    if not cfg.val_clips:
-        return {}
-    clips, _ = fixed_set(make_source(cfg, "val", digits), cfg.val_clips, seed=12345)
-    encoder.eval()
-    with torch.no_grad(), model.autocast(device, dtype):
-        h = torch.cat([encoder(c.to(device)) for c in clips.split(32)]).float()
-    return {"val_emb_std": round(float(h.reshape(-1, h.shape[-1]).std(0).mean()), 4),
-            "val_rankme": round(losses.rankme(h.mean(1)), 2),  # one vector per clip
-            "val_rankme_max": min(h.shape[0], h.shape[-1])}
-
-
-def write_summary(cfg, step, wall, last, clips, val, skipped):
-    """OUT_DIR/summary.json (time, speed, final loss, `val` monitors, peak memory, unusable
-    files) and the run's closing lines."""
-    summary = {"steps": step, "wall_s": round(wall, 1), "final_loss": last,
-               "clips_per_s": round(clips / wall, 2), **val}
-    rss = peak_rss_mb()
-    if rss is not None:
-        summary["peak_rss_mb"] = round(rss)
-    if skipped.named:
-        summary["skipped_files"] = list(skipped.named)  # drawn on rank 0 and unusable
-    path = os.path.join(cfg.out_dir, "summary.json")
-    with open(path, "w") as f:
-        json.dump(summary, f)
-    stopped = " (stopped early)" if step < cfg.max_steps else ""
-    print(f"done{stopped}: {step} steps in {wall / 60:.1f} min, {summary['clips_per_s']} clips/s, "
-          f"final loss {last:.4f}" + (f", peak memory {rss:.0f} MB" if rss is not None else ""))
-    if val:
-        print(f"target encoder on {cfg.val_clips} validation clips: per-channel std "
-              f"{val['val_emb_std']}, RankMe {val['val_rankme']} of at most "
-              f"{val['val_rankme_max']}")
-    print(f"checkpoint {os.path.join(cfg.out_dir, 'ckpt.pt')}, log "
-          f"{os.path.join(cfg.out_dir, 'log.jsonl')}, summary {path}")
+def resume(path, nets, opt, config, arch_keys):
+    """Load OUT_DIR/ckpt.pt, or the one before it (with a warning) when it cannot be read, into
+    `nets` and `opt`, strictly: the same values of `arch_keys` as `config`, every tensor of the
+    same shape; the RNG states too. -> (its step, the path read)"""
+    prev = previous_path(path)
+    if not os.path.exists(path) and not os.path.exists(prev):
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    for used in (path, prev):
+        try:
+            state = read_checkpoint(used)
+            missing = [k for k in ("config", "step", "opt", "rng") if k not in state]
+            if missing:
+                raise ValueError(f"{used} is not a checkpoint of train.py: no {missing}")
+            break
+        except (ValueError, OSError) as e:
+            why = f"cannot read {used} ({' '.join(str(e).split()).removeprefix(used + ' ')})"
+            if used == prev or not os.path.exists(prev):
+                raise ValueError(f"--resume: {why}") from None
+            print(f"warning: --resume: {why}; resuming from the previous checkpoint {prev}",
+                  file=sys.stderr)
+    diff = [f"{k}={state['config'].get(k)!r} (this run: {config[k]!r})" for k in arch_keys
+            if state["config"].get(k) != config[k]]
+    if diff:
+        raise ValueError(f"--resume: {used} is from another architecture: {', '.join(diff)}")
+    for name, net in nets.items():
+        try:
+            net.load_state_dict(state[name], strict=True)
+        except (KeyError, RuntimeError) as e:
+            raise ValueError(f"--resume: {used} {name}: {' '.join(str(e).split())}") from None
+    opt.load_state_dict(state["opt"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    return state["step"], used

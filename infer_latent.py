@@ -1,275 +1,18 @@
-"""VJ-VCR's networks for MovingMNIST and the inference of their latent z* with the networks
-frozen: the option of lowest energy (discrete) or FISTA on E(z) + lam |z|_1 (sparse).
+"""VJ-VCR (Drozdov, Shwartz-Ziv and LeCun 2024) on MovingMNIST: its conv encoder, MLP predictor
+with an optional latent and decoder, and the inference of the latent z* with the networks frozen:
+the option of lowest energy (discrete) or FISTA on E(z) + lam |z|_1 (sparse).
 
-`infer_z` infers z* for a VJ-VCR predictor under the run's own prediction loss; train.py calls
-it at every step of a latent model, tools/probe_vcr.py to evaluate one. `VJVCR` wires the
-encoder, predictor and decoder of the objectives vjvcr and generative (their energy: losses.py).
+`VJVCR` is what train.py trains for the objectives vjvcr and generative (their energy:
+losses.vjvcr_energy); it calls `infer_z` at every step of a latent model, under the run's own
+prediction loss, and tools/probe_vcr.py calls it to evaluate one.
 """
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-import losses
-import masks
-import model
-
-MAX_BACKTRACKS = 30  # halvings of a sample's step per iteration before we accept the step anyway
-SHRINK = 0.5         # factor applied to a step that fails the sufficient-decrease test
-
-
-def soft_threshold(v, tau):
-    """Proximal operator of tau ||.||_1, elementwise: S_tau(v) = sign(v) max(|v| - tau, 0).
-    tau: a scalar or a tensor broadcastable to v (e.g. [B, 1], one threshold per sample)."""
-    return torch.sign(v) * torch.clamp(v.abs() - tau, min=0)
-
-
-def _value(smooth_energy, z):
-    """E(z) [B] without building a graph (used for objective values and backtracking tests)."""
-    with torch.no_grad():
-        return smooth_energy(z).detach()
-
-
-def _value_and_grad(smooth_energy, z):
-    """E(z) [B] and grad_z E(z) [B, k]. The samples are independent, so the gradient of the
-    sum is the stack of per-sample gradients: one backward pass for the whole batch. Gradients
-    are taken w.r.t. z only, so the networks' parameters never receive a .grad."""
-    with torch.enable_grad():  # the caller may be inside torch.no_grad()
-        z = z.detach().requires_grad_(True)
-        energy = smooth_energy(z)
-        (grad,) = torch.autograd.grad(energy.sum(), z)
-    return energy.detach(), grad
-
-
-def _proximal_step(smooth_energy, y, energy_y, grad_y, lam, eta, active):
-    """x = S_{lam eta}(y - eta grad E(y)) with per-sample backtracking on eta [B, 1].
-
-    A step is valid when E lies below its quadratic model at y (sufficient decrease):
-        E(x) <= E(y) + <grad E(y), x - y> + ||x - y||^2 / (2 eta).
-    This always holds for eta <= 1/L (L the Lipschitz constant of grad E), and it is all the
-    convergence proofs need, so we only shrink eta until it holds, sample by sample.
-    Returns x, E(x) and the accepted eta."""
-    # Tiny slack for round-off: near convergence both sides are equal up to the last bits, and
-    # a test failing on round-off alone would shrink eta for nothing.
-    slack = 10 * torch.finfo(y.dtype).eps * energy_y.abs()
-    testing = active  # converged samples are frozen and need no test
-    for rounds in range(MAX_BACKTRACKS + 1):
-        x = soft_threshold(y - eta * grad_y, lam * eta)
-        energy_x = _value(smooth_energy, x)  # the energy takes the whole batch, always
-        d = x - y
-        model = energy_y + (grad_y * d).sum(1) + d.pow(2).sum(1) / (2 * eta.squeeze(1))
-        failed = testing & (energy_x > model + slack)
-        if rounds == MAX_BACKTRACKS or not failed.any():
-            break
-        eta = torch.where(failed[:, None], eta * SHRINK, eta)
-        testing = failed
-    return x, energy_x, eta
-
-
-def minimise_l1(smooth_energy, z0, lam, steps=200, tol=1e-6, method="fista", eta=1.0,
-                trace=False):
-    """Minimise F(z) = E(z) + lam ||z||_1 for a batch of independent samples.
-
-    smooth_energy: z [B, k] -> E(z) [B], differentiable, sample b's energy a function of z[b]
-    only (it may close over frozen networks). z0: the start [B, k]; lam >= 0.
-    method "fista": proximal gradient steps x_k = S_{lam eta}(y_k - eta grad E(y_k)) with
-    Nesterov momentum (Beck & Teboulle 2009) and function-value adaptive restart (O'Donoghue &
-    Candes 2015: where F(x_k) > F(x_{k-1}) that sample's momentum is reset); "ista": the same
-    without momentum; "gd": subgradient descent with the fixed step eta (a baseline: it never
-    lands on exact zeros).
-    Each sample has its own step eta_b, halved until the sufficient-decrease test holds and let
-    to double back up to its first accepted value at each later iteration, so one kink of a
-    ReLU energy cannot shrink it for good. A sample stops, and is frozen, when
-    s ||x_k - x_{k-1}||_inf <= tol max(1, ||x_k||_inf), s = max(1, eta_1 / eta_b).
-    Guarantees (convex E with a Lipschitz gradient): ISTA never increases F and converges at
-    O(1/k); FISTA may increase F only at a restart, followed by an ISTA step. For a non-convex
-    E one gets at best a stationary point near z0.
-    -> z [B, k] (detached), info: "iterations", "iterations_per_sample" [B], "objective" F(z)
-    [B], "converged" [B], "eta" [B], "restarts" [B], and with trace=True "trace"
-    [iterations + 1, B] (F at every iterate, from z0)."""
-    if method not in ("fista", "ista", "gd"):
-        raise ValueError(f"method must be 'fista', 'ista' or 'gd', not {method!r}")
-    x_prev = z0.detach().clone()  # the latest iterate: x_{k-1} while computing x_k
-    B = x_prev.shape[0]
-    eta_b = torch.full((B, 1), float(eta), dtype=x_prev.dtype, device=x_prev.device)
-    active = torch.ones(B, dtype=torch.bool, device=x_prev.device)
-    iters_b = torch.zeros(B, dtype=torch.long, device=x_prev.device)
-    restarts = torch.zeros(B, dtype=torch.long, device=x_prev.device)
-
-    if method == "gd":
-        history = []
-        it = 0
-        for it in range(1, steps + 1):
-            energy, grad = _value_and_grad(smooth_energy, x_prev)
-            history.append(energy + lam * x_prev.abs().sum(1))
-            x = x_prev - eta_b * (grad + lam * torch.sign(x_prev))
-            done_now = active & _small_step(x, x_prev, tol)
-            iters_b[done_now] = it
-            x_prev = torch.where(active[:, None], x, x_prev)
-            active = active & ~done_now
-            if not active.any():
-                break
-        objective = _value(smooth_energy, x_prev) + lam * x_prev.abs().sum(1)
-        history.append(objective)
-    else:
-        y = x_prev.clone()
-        t = torch.ones(B, 1, dtype=x_prev.dtype, device=x_prev.device)
-        objective = _value(smooth_energy, x_prev) + lam * x_prev.abs().sum(1)  # F(x_{k-1})
-        history = [objective]
-        it = 0
-        for it in range(1, steps + 1):
-            if it > 1:  # let a step cut short at a kink grow back, up to the first estimate
-                eta_b = torch.minimum(eta_b / SHRINK, eta_first)
-            energy_y, grad_y = _value_and_grad(smooth_energy, y)
-            x, energy_x, eta_b = _proximal_step(smooth_energy, y, energy_y, grad_y, lam, eta_b,
-                                                active)
-            objective_x = energy_x + lam * x.abs().sum(1)
-            if method == "fista":
-                # Restart: momentum carried us uphill, so forget it (t = 1 gives y_{k+1} = x_k).
-                restart = active & (objective_x > objective)
-                restarts += restart
-                t = torch.where(restart[:, None], torch.ones_like(t), t)
-                t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-                y_next = x + (t - 1) / t_next * (x - x_prev)
-            else:
-                t_next, y_next = t, x
-            if it == 1:
-                eta_first = eta_b.clone()
-            done_now = active & _small_step(x, x_prev, tol, (eta_first / eta_b).clamp(min=1))
-            iters_b[done_now] = it
-            # The active samples (including those converging now) take the step; the rest stay.
-            x_prev = torch.where(active[:, None], x, x_prev)
-            y = torch.where(active[:, None], y_next, y)
-            t = torch.where(active[:, None], t_next, t)
-            objective = torch.where(active, objective_x, objective)
-            history.append(objective)
-            active = active & ~done_now
-            if not active.any():
-                break
-
-    converged = ~active
-    iters_b = torch.where(converged, iters_b, torch.full_like(iters_b, it))
-    info = {"iterations": it, "iterations_per_sample": iters_b, "objective": objective,
-            "converged": converged, "eta": eta_b.squeeze(1), "restarts": restarts}
-    if trace:
-        info["trace"] = torch.stack(history)
-    return x_prev, info
-
-
-def _small_step(x, x_prev, tol, scale=1.0):
-    """Per-sample stopping test [B]: scale ||x - x_prev||_inf <= tol max(1, ||x||_inf)."""
-    step = (x - x_prev).abs().amax(1) * (scale.squeeze(1) if torch.is_tensor(scale) else scale)
-    return step <= tol * x.abs().amax(1).clamp(min=1)
-
-
-def fista(smooth_energy, z0, lam, steps=200, tol=1e-6):
-    """Sparse latent z* = argmin_z E(z) + lam ||z||_1 by FISTA with backtracking and adaptive
-    restart; z0 [B, k] -> z* [B, k]. See `minimise_l1` for the details and guarantees."""
-    z, _ = minimise_l1(smooth_energy, z0, lam, steps=steps, tol=tol, method="fista")
-    return z
-
-
-def discrete_argmin(energies):
-    """Discrete latent: energies [B, K] of every option -> (one-hot z* [B, K], index [B]) of the
-    minimum, z*_b = e_{argmin_j energies[b, j]}; a tie goes to the lowest index."""
-    index = energies.argmin(1)  # torch returns the first minimal index
-    dtype = energies.dtype if energies.is_floating_point() else torch.float32
-    return F.one_hot(index, energies.shape[1]).to(dtype), index
-
-
 # ----------------------------------------------------------------------------------------------
-# z* for a VJ-VCR predictor
-
-def per_clip(loss):
-    """A prediction loss (lists of [B, ...] -> scalar) as the energy of each clip -> [B]."""
-    return torch.func.vmap(lambda p, t: loss([p[None]], [t[None]]))
-
-
-def infer_z(predictor, h_x, h_y, kind, lam=0.0, steps=20, tol=1e-4, method="fista", *, loss):
-    """z* = argmin_z E(z) (+ lam |z|_1 when sparse) with the networks frozen (VJ-VCR eq. 6),
-    E(z) = loss(Pred(h_x, z), h_y) of each clip, `loss` the run's prediction loss.
-    h_x [B, n, d], h_y [B, T, d] -> z* [B, K] (one-hot) or [B, k]. No gradient reaches the
-    networks; the caller then trains them with z* held fixed."""
-    dtype = torch.promote_types(h_x.dtype, torch.float32)  # at least float32, for tolerances
-    h_x, h_y = h_x.detach().to(dtype), h_y.detach().to(dtype)
-    energy_of = per_clip(loss)
-    with torch.autocast(h_x.device.type, enabled=False):
-        if kind == "discrete":
-            with torch.no_grad():
-                options = predictor.options(h_x)  # (B, K, T, d)
-                energies = torch.func.vmap(energy_of, in_dims=(1, None), out_dims=1)(
-                    options, h_y)  # (B, K)
-            return discrete_argmin(energies)[0]
-
-        # Pred(h_x, z) = Pred(h_x, 0) + z M: the MLP runs once, each iteration is one product
-        z0 = h_x.new_zeros(len(h_x), predictor.z_in.shape[1])
-        with torch.no_grad():
-            pred0 = predictor(h_x, z0).flatten(1)  # (B, T * d)
-            M = predictor.latent_map().to(dtype)  # (k, T * d)
-        target = h_y.flatten(1)
-
-        def energy(z):
-            return energy_of(pred0 + z @ M, target)
-
-        return minimise_l1(energy, z0, lam, steps, tol, method)[0]
-
-
-def check_config(cfg):
-    """VJ-VCR's and the latents' settings of a train.Config: ValueError naming the first bad one."""
-    if cfg.objective in ("vjvcr", "generative"):
-        if not 0 < cfg.mask_ctx_frames < cfg.num_frames:
-            raise ValueError(f"mask_ctx_frames={cfg.mask_ctx_frames} leaves no context or no "
-                             f"target among num_frames={cfg.num_frames}")
-        if cfg.vcr_arch == "conv" and cfg.img_size % 8:
-            raise ValueError(f"img_size={cfg.img_size}: the conv encoder needs a multiple of 8")
-        side = cfg.img_size // (8 if cfg.vcr_arch == "conv" else cfg.patch_size)
-        if cfg.pool_grid < 1 or side % cfg.pool_grid:
-            raise ValueError(f"pool_grid={cfg.pool_grid} does not divide the {side}x{side} map "
-                             f"of each frame (img_size={cfg.img_size})")
-    if cfg.latent != "none":
-        if cfg.objective != "vjvcr" or cfg.vcr_arch != "conv" or cfg.vcr_gamma:
-            raise ValueError(f"--latent {cfg.latent} needs --objective vjvcr, --vcr_arch conv "
-                             "and --vcr_gamma 0 (E(z) is the feature prediction error)")
-        if cfg.latent_dim < (2 if cfg.latent == "discrete" else 1) or cfg.latent_lam < 0:
-            raise ValueError(f"--latent {cfg.latent}: latent_dim={cfg.latent_dim}, latent_lam="
-                             f"{cfg.latent_lam}; expected latent_dim >= 2 (discrete) or >= 1 "
-                             "(sparse) and latent_lam >= 0")
-
-
-def restart_unused_option(predictor, opt, counts, generator, noise=0.01):
-    """Discrete latent: only the chosen option's copy of the last layer learns, so the copy that
-    wins the first batches wins all later ones. As k-means does with an empty cluster, the least
-    chosen option, if it took fewer than 1/(4K) of the batch's clips (counts [K]), becomes a copy
-    of the most chosen one (its rows of the last layer and their Adam moments) plus Gaussian
-    noise of `noise` x the copied weights' std. -> the option restarted, or None."""
-    K = len(counts)
-    low, high = int(counts.argmin()), int(counts.argmax())
-    if counts[low] >= counts.sum() / (4 * K):
-        return None
-    last = predictor.net[-1]
-    rows = last.weight.shape[0] // K  # the K copies are stacked along the output rows
-    dst, src = slice(low * rows, (low + 1) * rows), slice(high * rows, (high + 1) * rows)
-    with torch.no_grad():
-        for p in (last.weight, last.bias):
-            p[dst] = p[src] + noise * p[src].std() * torch.randn(
-                p[src].shape, generator=generator).to(p)
-            for moment in opt.state.get(p, {}).values():
-                if torch.is_tensor(moment) and moment.shape == p.shape:
-                    moment[dst] = moment[src]
-    return low
-
-
-def restart_unused_options(net, opt, generator, world=1):
-    """A discrete-latent VJVCR's last batch -> restart_unused_option on the clips per option,
-    summed over processes so that every process restarts the same option with the same noise."""
-    counts = net.last_z.detach().sum(0)
-    if world > 1:
-        dist.all_reduce(counts)
-    return restart_unused_option(net.predictor, opt, counts, generator)
-
-
-# ----------------------------------------------------------------------------------------------
-# VJ-VCR's MovingMNIST networks (Drozdov et al. 2024, sec. 4.4): one vector per frame
+# The networks (Drozdov et al. 2024, sec. 4.4): one vector per frame
 
 def _conv_bn_relu(cin, cout, kernel, stride, padding, transpose=False):
     conv = (nn.ConvTranspose3d if transpose else nn.Conv3d)(cin, cout, kernel, stride, padding,
@@ -387,84 +130,25 @@ class ConvDecoder(nn.Module):
         return torch.sigmoid(self.layers(_channels_last(self.unpool_map(h))))  # (B, C, T, H, W)
 
 
-class PixelDecoder(nn.Module):
-    """VJ-VCR's ViT route: each predicted token -> its tubelet's pixels, linearly (as in MAE)."""
-
-    def __init__(self, dim, in_chans, patch_size, tubelet_size):
-        super().__init__()
-        self.proj = nn.Linear(dim, in_chans * tubelet_size * patch_size ** 2)
-
-    def forward(self, tokens):
-        return self.proj(tokens)
-
-
 class VJVCR(nn.Module):
-    """The networks of VJ-VCR (objective vjvcr) and of its generative baseline as one module,
-    forward(clips) -> (energy, {term: value}, per-step embeddings [B, T, d]); x = the first
-    mask_ctx_frames frames, y = the rest. The energy is losses.vjvcr_energy; with a latent,
-    h~_y = Pred(h_x, z*), z* inferred with the networks frozen, then held fixed.
-    vcr_arch conv: the paper's networks, one vector per frame. vit: V-JEPA's encoder and
-    predictor with mask tokens at the target frames, VCR on each time step's pooled tokens,
-    a per-token linear pixel decoder."""
+    """The networks of VJ-VCR (objective vjvcr) and of its generative baseline as one module
+    (data parallelism wraps one forward); x = the first mask_ctx_frames frames, y = the rest.
+    forward(clips) -> (h~_y [B, T_y, d], h_y [B, T_y, d] or None (generative: y is not
+    encoded), h = [h_x; h_y or h~_y] [B, T, d], decoded frames [B, C, T_y, H, W] or None);
+    train.vjvcr_loss turns them into losses.vjvcr_energy. With a latent, h~_y = Pred(h_x, z*),
+    z* inferred under the run's loss with the networks frozen, then held fixed."""
 
     def __init__(self, cfg, loss_fn):
         super().__init__()
         n = cfg.mask_ctx_frames
         self.cfg, self.loss_fn = cfg, loss_fn
-        has_decoder = cfg.objective == "generative" or cfg.vcr_gamma > 0
+        self.encoder = ConvEncoder(cfg.in_chans, cfg.enc_dim, grid=cfg.pool_grid)
+        self.predictor = MLPPredictor(n, cfg.num_frames - n, self.encoder.out_dim,
+                                      latent=cfg.latent, latent_dim=cfg.latent_dim)
         self.decoder = None
-        if cfg.vcr_arch == "conv":
-            self.encoder = ConvEncoder(cfg.in_chans, cfg.enc_dim, grid=cfg.pool_grid)
-            self.predictor = MLPPredictor(n, cfg.num_frames - n, self.encoder.out_dim,
-                                          latent=cfg.latent, latent_dim=cfg.latent_dim)
-            if has_decoder:
-                self.decoder = ConvDecoder(cfg.in_chans, cfg.enc_dim, img_size=cfg.img_size,
-                                           grid=cfg.pool_grid)
-            return
-        self.encoder, self.predictor = model.build_models(
-            cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size, cfg.in_chans,
-            cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.pred_dim, cfg.pred_depth,
-            num_masks=1, uniform_power=cfg.uniform_power)
-        if has_decoder:
-            self.decoder = PixelDecoder(cfg.enc_dim, cfg.in_chans, cfg.patch_size,
-                                        cfg.tubelet_size)
-        ctx, tgt = masks.future(1, self.encoder.grid, n // cfg.tubelet_size)
-        self.register_buffer("ctx_idx", ctx, persistent=False)
-        self.register_buffer("tgt_idx", tgt, persistent=False)
-
-    def per_step(self, tokens):
-        """[B, K, D] tokens of whole time steps -> [B, K / S, D * g^2], each step's grid pooled
-        to pool_grid x pool_grid as the conv encoder pools its map."""
-        B, K, D = tokens.shape
-        _, Hp, Wp = self.encoder.grid
-        steps = tokens.view(B, K // (Hp * Wp), Hp, Wp, D).permute(0, 4, 1, 2, 3)
-        return grid_pool(steps, self.cfg.pool_grid)
-
-    def predict(self, clips, h_y=None):
-        """-> (h_x, h~_y, per-step h~_y), per step (conv) or per token (vit); with a latent,
-        z* is inferred against the encoded targets h_y."""
-        n = self.cfg.mask_ctx_frames
-        if self.cfg.vcr_arch == "conv":
-            h_x = self.encoder(clips[:, :, :n])  # (B, n, d)
-            z = None
-            if self.cfg.latent != "none":
-                z = infer_z(self.predictor, h_x, h_y, self.cfg.latent, self.cfg.latent_lam,
-                            self.cfg.latent_steps, loss=self.loss_fn)
-                self.last_z = z  # for the log
-            pred = self.predictor(h_x, z)  # (B, T - n, d)
-            return h_x, pred, pred
-        ctx, tgt = self.ctx_idx.expand(len(clips), -1), self.tgt_idx.expand(len(clips), -1)
-        h_x = self.encoder(clips, keep=ctx)  # (B, K_ctx, D)
-        pred = self.predictor([h_x], [(ctx, tgt)])[0]  # (B, K_tgt, D)
-        return h_x, pred, self.per_step(pred)
-
-    def decode(self, pred):
-        """Predicted representation -> frames [B, C, T - n, H, W]."""
-        if self.cfg.vcr_arch == "conv":
-            return self.decoder(pred)
-        cfg, (_, Hp, Wp) = self.cfg, self.encoder.grid
-        return model.unpatchify(self.decoder(pred), (pred.shape[1] // (Hp * Wp), Hp, Wp),
-                                cfg.in_chans, cfg.patch_size, cfg.tubelet_size)
+        if cfg.objective == "generative" or cfg.vcr_gamma > 0:
+            self.decoder = ConvDecoder(cfg.in_chans, cfg.enc_dim, img_size=cfg.img_size,
+                                       grid=cfg.pool_grid)
 
     def checkpoint_nets(self):
         """{checkpoint name: module}; one encoder for x and y, under the key probes read too."""
@@ -474,16 +158,241 @@ class VJVCR(nn.Module):
 
     def forward(self, clips):
         cfg, n = self.cfg, self.cfg.mask_ctx_frames
-        vit, h_y = cfg.vcr_arch == "vit", None
-        if cfg.objective == "vjvcr":  # y encoded on its own, by the same encoder
-            h_y = (self.encoder(clips, keep=self.tgt_idx.expand(len(clips), -1)) if vit
-                   else self.encoder(clips[:, :, n:]))
-        h_x, pred, pred_steps = self.predict(clips, h_y)
-        x_steps = self.per_step(h_x) if vit else h_x  # VCR acts on one vector per time step
-        y_steps = pred_steps if h_y is None else self.per_step(h_y) if vit else h_y
-        h = torch.cat([x_steps, y_steps], dim=1)
-        recon = None if self.decoder is None else self.decode(pred)
-        energy, terms = losses.vjvcr_energy(
-            self.loss_fn, pred, h_y, h, recon, clips[:, :, n:], cfg.vcr_alpha, cfg.vcr_beta,
-            cfg.vcr_gamma if cfg.objective == "vjvcr" else 1.0)
-        return energy, terms, h
+        h_x = self.encoder(clips[:, :, :n])  # (B, n, d)
+        h_y = self.encoder(clips[:, :, n:]) if cfg.objective == "vjvcr" else None  # (B, T_y, d)
+        z = None
+        if cfg.latent != "none":
+            z = infer_z(self.predictor, h_x, h_y, cfg.latent, cfg.latent_lam, cfg.latent_steps,
+                        loss=self.loss_fn)
+            self.last_z = z  # for the log
+        pred = self.predictor(h_x, z)  # (B, T_y, d)
+        h = torch.cat([h_x, pred if h_y is None else h_y], dim=1)  # VCR: one vector per step
+        return pred, h_y, h, None if self.decoder is None else self.decoder(pred)
+
+
+# ----------------------------------------------------------------------------------------------
+# z* with the networks frozen
+
+MAX_BACKTRACKS = 30  # halvings of a sample's step per iteration before we accept the step anyway
+SHRINK = 0.5         # factor applied to a step that fails the sufficient-decrease test
+
+
+def soft_threshold(v, tau):
+    """Proximal operator of tau ||.||_1, elementwise: S_tau(v) = sign(v) max(|v| - tau, 0).
+    tau: a scalar or a tensor broadcastable to v (e.g. [B, 1], one threshold per sample)."""
+    return torch.sign(v) * torch.clamp(v.abs() - tau, min=0)
+
+
+def _value(smooth_energy, z):
+    """E(z) [B] without building a graph (used for objective values and backtracking tests)."""
+    with torch.no_grad():
+        return smooth_energy(z).detach()
+
+
+def _value_and_grad(smooth_energy, z):
+    """E(z) [B] and grad_z E(z) [B, k]. The samples are independent, so the gradient of the
+    sum is the stack of per-sample gradients: one backward pass for the whole batch. Gradients
+    are taken w.r.t. z only, so the networks' parameters never receive a .grad."""
+    with torch.enable_grad():  # the caller may be inside torch.no_grad()
+        z = z.detach().requires_grad_(True)
+        energy = smooth_energy(z)
+        (grad,) = torch.autograd.grad(energy.sum(), z)
+    return energy.detach(), grad
+
+
+def _proximal_step(smooth_energy, y, energy_y, grad_y, lam, eta, active):
+    """x = S_{lam eta}(y - eta grad E(y)) with per-sample backtracking on eta [B, 1].
+
+    A step is valid when E lies below its quadratic model at y (sufficient decrease):
+        E(x) <= E(y) + <grad E(y), x - y> + ||x - y||^2 / (2 eta).
+    This always holds for eta <= 1/L (L the Lipschitz constant of grad E), and it is all the
+    convergence proofs need, so we only shrink eta until it holds, sample by sample.
+    Returns x, E(x) and the accepted eta."""
+    # Tiny slack for round-off: near convergence both sides are equal up to the last bits, and
+    # a test failing on round-off alone would shrink eta for nothing.
+    slack = 10 * torch.finfo(y.dtype).eps * energy_y.abs()
+    testing = active  # converged samples are frozen and need no test
+    for rounds in range(MAX_BACKTRACKS + 1):
+        x = soft_threshold(y - eta * grad_y, lam * eta)
+        energy_x = _value(smooth_energy, x)  # the energy takes the whole batch, always
+        d = x - y
+        model = energy_y + (grad_y * d).sum(1) + d.pow(2).sum(1) / (2 * eta.squeeze(1))
+        failed = testing & (energy_x > model + slack)
+        if rounds == MAX_BACKTRACKS or not failed.any():
+            break
+        eta = torch.where(failed[:, None], eta * SHRINK, eta)
+        testing = failed
+    return x, energy_x, eta
+
+
+def minimise_l1(smooth_energy, z0, lam, steps=200, tol=1e-6, method="fista", eta=1.0):
+    """Minimise F(z) = E(z) + lam ||z||_1 for a batch of independent samples.
+
+    smooth_energy: z [B, k] -> E(z) [B], differentiable, sample b's energy a function of z[b]
+    only (it may close over frozen networks). z0: the start [B, k]; lam >= 0.
+    method "fista": proximal gradient steps x_k = S_{lam eta}(y_k - eta grad E(y_k)) with
+    Nesterov momentum (Beck & Teboulle 2009) and function-value adaptive restart (O'Donoghue &
+    Candes 2015: where F(x_k) > F(x_{k-1}) that sample's momentum is reset); "ista": the same
+    without momentum.
+    Each sample has its own step eta_b, halved until the sufficient-decrease test holds and let
+    to double back up to its first accepted value at each later iteration, so one kink of a
+    ReLU energy cannot shrink it for good. A sample stops, and is frozen, when
+    s ||x_k - x_{k-1}||_inf <= tol max(1, ||x_k||_inf), s = max(1, eta_1 / eta_b).
+    Guarantees (convex E with a Lipschitz gradient): ISTA never increases F and converges at
+    O(1/k); FISTA may increase F only at a restart, followed by an ISTA step. For a non-convex
+    E one gets at best a stationary point near z0.
+    -> z [B, k] (detached), info: "iterations", "iterations_per_sample" [B], "objective" F(z)
+    [B], "converged" [B], "eta" [B], "restarts" [B]."""
+    if method not in ("fista", "ista"):
+        raise ValueError(f"method must be 'fista' or 'ista', not {method!r}")
+    x_prev = z0.detach().clone()  # the latest iterate: x_{k-1} while computing x_k
+    B = x_prev.shape[0]
+    eta_b = torch.full((B, 1), float(eta), dtype=x_prev.dtype, device=x_prev.device)
+    active = torch.ones(B, dtype=torch.bool, device=x_prev.device)
+    iters_b = torch.zeros(B, dtype=torch.long, device=x_prev.device)
+    restarts = torch.zeros(B, dtype=torch.long, device=x_prev.device)
+
+    y = x_prev.clone()
+    t = torch.ones(B, 1, dtype=x_prev.dtype, device=x_prev.device)
+    objective = _value(smooth_energy, x_prev) + lam * x_prev.abs().sum(1)  # F(x_{k-1})
+    it = 0
+    for it in range(1, steps + 1):
+        if it > 1:  # let a step cut short at a kink grow back, up to the first estimate
+            eta_b = torch.minimum(eta_b / SHRINK, eta_first)
+        energy_y, grad_y = _value_and_grad(smooth_energy, y)
+        x, energy_x, eta_b = _proximal_step(smooth_energy, y, energy_y, grad_y, lam, eta_b,
+                                            active)
+        objective_x = energy_x + lam * x.abs().sum(1)
+        if method == "fista":
+            # Restart: momentum carried us uphill, so forget it (t = 1 gives y_{k+1} = x_k).
+            restart = active & (objective_x > objective)
+            restarts += restart
+            t = torch.where(restart[:, None], torch.ones_like(t), t)
+            t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+            y_next = x + (t - 1) / t_next * (x - x_prev)
+        else:
+            t_next, y_next = t, x
+        if it == 1:
+            eta_first = eta_b.clone()
+        done_now = active & _small_step(x, x_prev, tol, (eta_first / eta_b).clamp(min=1))
+        iters_b[done_now] = it
+        # The active samples (including those converging now) take the step; the rest stay.
+        x_prev = torch.where(active[:, None], x, x_prev)
+        y = torch.where(active[:, None], y_next, y)
+        t = torch.where(active[:, None], t_next, t)
+        objective = torch.where(active, objective_x, objective)
+        active = active & ~done_now
+        if not active.any():
+            break
+
+    converged = ~active
+    iters_b = torch.where(converged, iters_b, torch.full_like(iters_b, it))
+    info = {"iterations": it, "iterations_per_sample": iters_b, "objective": objective,
+            "converged": converged, "eta": eta_b.squeeze(1), "restarts": restarts}
+    return x_prev, info
+
+
+def _small_step(x, x_prev, tol, scale=1.0):
+    """Per-sample stopping test [B]: scale ||x - x_prev||_inf <= tol max(1, ||x||_inf)."""
+    step = (x - x_prev).abs().amax(1) * (scale.squeeze(1) if torch.is_tensor(scale) else scale)
+    return step <= tol * x.abs().amax(1).clamp(min=1)
+
+
+def discrete_argmin(energies):
+    """Discrete latent: energies [B, K] of every option -> (one-hot z* [B, K], index [B]) of the
+    minimum, z*_b = e_{argmin_j energies[b, j]}; a tie goes to the lowest index."""
+    index = energies.argmin(1)  # torch returns the first minimal index
+    dtype = energies.dtype if energies.is_floating_point() else torch.float32
+    return F.one_hot(index, energies.shape[1]).to(dtype), index
+
+
+# ----------------------------------------------------------------------------------------------
+# z* for a VJ-VCR predictor
+
+def per_clip(loss):
+    """A prediction loss (lists of [B, ...] -> scalar) as the energy of each clip -> [B]."""
+    return torch.func.vmap(lambda p, t: loss([p[None]], [t[None]]))
+
+
+def infer_z(predictor, h_x, h_y, kind, lam=0.0, steps=20, tol=1e-4, *, loss):
+    """z* = argmin_z E(z) (+ lam |z|_1 when sparse) with the networks frozen (VJ-VCR eq. 6),
+    E(z) = loss(Pred(h_x, z), h_y) of each clip, `loss` the run's prediction loss.
+    h_x [B, n, d], h_y [B, T, d] -> z* [B, K] (one-hot) or [B, k]. No gradient reaches the
+    networks; the caller then trains them with z* held fixed."""
+    dtype = torch.promote_types(h_x.dtype, torch.float32)  # at least float32, for tolerances
+    h_x, h_y = h_x.detach().to(dtype), h_y.detach().to(dtype)
+    energy_of = per_clip(loss)
+    with torch.autocast(h_x.device.type, enabled=False):
+        if kind == "discrete":
+            with torch.no_grad():
+                options = predictor.options(h_x)  # (B, K, T, d)
+                energies = torch.func.vmap(energy_of, in_dims=(1, None), out_dims=1)(
+                    options, h_y)  # (B, K)
+            return discrete_argmin(energies)[0]
+
+        # Pred(h_x, z) = Pred(h_x, 0) + z M: the MLP runs once, each iteration is one product
+        z0 = h_x.new_zeros(len(h_x), predictor.z_in.shape[1])
+        with torch.no_grad():
+            pred0 = predictor(h_x, z0)  # (B, T, d)
+            M = predictor.latent_map().to(dtype).view(len(z0[0]), *pred0.shape[1:])  # (k, T, d)
+
+        def energy(z):  # the loss sees [T, d] per clip, as in training
+            return energy_of(pred0 + torch.einsum("bk,ktd->btd", z, M), h_y)
+
+        return minimise_l1(energy, z0, lam, steps, tol)[0]
+
+
+def check_config(cfg):
+    """VJ-VCR's and the latents' settings of a train.Config: ValueError naming the first bad one."""
+    if cfg.objective in ("vjvcr", "generative"):
+        if not 0 < cfg.mask_ctx_frames < cfg.num_frames:
+            raise ValueError(f"mask_ctx_frames={cfg.mask_ctx_frames} leaves no context or no "
+                             f"target among num_frames={cfg.num_frames}")
+        if cfg.img_size % 8:
+            raise ValueError(f"img_size={cfg.img_size}: the conv encoder needs a multiple of 8")
+        side = cfg.img_size // 8
+        if cfg.pool_grid < 1 or side % cfg.pool_grid:
+            raise ValueError(f"pool_grid={cfg.pool_grid} does not divide the {side}x{side} map "
+                             f"of each frame (img_size={cfg.img_size})")
+    if cfg.latent != "none":
+        if cfg.objective != "vjvcr" or cfg.vcr_gamma:
+            raise ValueError(f"--latent {cfg.latent} needs --objective vjvcr and --vcr_gamma 0 "
+                             "(E(z) is the feature prediction error)")
+        if cfg.latent_dim < (2 if cfg.latent == "discrete" else 1) or cfg.latent_lam < 0:
+            raise ValueError(f"--latent {cfg.latent}: latent_dim={cfg.latent_dim}, latent_lam="
+                             f"{cfg.latent_lam}; expected latent_dim >= 2 (discrete) or >= 1 "
+                             "(sparse) and latent_lam >= 0")
+
+
+def restart_unused_option(predictor, opt, counts, generator, noise=0.01):
+    """Discrete latent: only the chosen option's copy of the last layer learns, so the copy that
+    wins the first batches wins all later ones. As k-means does with an empty cluster, the least
+    chosen option, if it took fewer than 1/(4K) of the batch's clips (counts [K]), becomes a copy
+    of the most chosen one (its rows of the last layer and their Adam moments) plus Gaussian
+    noise of `noise` x the copied weights' std. -> the option restarted, or None."""
+    K = len(counts)
+    low, high = int(counts.argmin()), int(counts.argmax())
+    if counts[low] >= counts.sum() / (4 * K):
+        return None
+    last = predictor.net[-1]
+    rows = last.weight.shape[0] // K  # the K copies are stacked along the output rows
+    dst, src = slice(low * rows, (low + 1) * rows), slice(high * rows, (high + 1) * rows)
+    with torch.no_grad():
+        for p in (last.weight, last.bias):
+            p[dst] = p[src] + noise * p[src].std() * torch.randn(
+                p[src].shape, generator=generator).to(p)
+            for moment in opt.state.get(p, {}).values():
+                if torch.is_tensor(moment) and moment.shape == p.shape:
+                    moment[dst] = moment[src]
+    return low
+
+
+def restart_unused_options(net, opt, generator, world=1):
+    """A discrete-latent VJVCR's last batch -> restart_unused_option on the clips per option,
+    summed over processes so that every process restarts the same option with the same noise."""
+    counts = net.last_z.detach().sum(0)
+    if world > 1:
+        dist.all_reduce(counts)
+    return restart_unused_option(net.predictor, opt, counts, generator)
+
+

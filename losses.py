@@ -1,10 +1,13 @@
-"""The objectives, as functions of tensors: prediction losses, VJ-VCR's variance-covariance
-regulariser, and the two energies train.py minimises (`vjepa_energy`, `vjvcr_energy`).
+"""The objectives as functions of tensors: prediction losses, VJ-VCR's variance-covariance
+regulariser, the two energies train.py's objectives return (`vjepa_energy`, `vjvcr_energy`), and
+the collapse monitors its log records.
 
-A prediction loss takes the predictions and the targets as two lists (one entry per mask
-configuration; VJ-VCR has one) and returns a scalar. To try another, write one here with the
-same signature, decorate it with @prediction_loss and run `python train.py --loss my_loss`: it
-is then the energy of training and of the latent inference (z*) alike (README, "Adding a loss").
+A prediction loss takes the predictions and the targets as two lists of [B, K, D] tensors (one
+entry per mask configuration; VJ-VCR has one, [B, T, d]) and returns a scalar. To try another,
+write one here with that signature, decorate it with @prediction_loss and run `python train.py
+--loss my_loss`: it is then the energy of training and of the latent inference (z*) alike, where
+it is applied to one clip at a time under torch.func.vmap, so it must not call .item() or branch
+on values (README, "Adding a loss").
 """
 import torch
 import torch.distributed as dist
@@ -139,7 +142,7 @@ def vjvcr_energy(loss, pred, h_y, h, recon=None, frames=None, alpha=0.5, beta=0.
 
 
 # ----------------------------------------------------------------------------------------------
-# Collapse monitors (logged, not minimised)
+# Monitors (logged, not minimised)
 
 def rankme(emb, eps=1e-7):
     """RankMe (Garrido et al. 2023) of [N, D]: exp of the entropy of the normalised singular
@@ -149,9 +152,15 @@ def rankme(emb, eps=1e-7):
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-def collapse_monitors(h, steps):
-    """h: [B, N, D], N = steps x tokens per step -> (mean per-channel std over all tokens,
-    RankMe of the embeddings pooled over space per clip and time step)."""
-    B, N, D = h.shape
-    pooled = h.float().view(B, steps, -1, D).mean(2).reshape(-1, D)
-    return float(h.float().reshape(-1, D).std(0).mean()), rankme(pooled)
+@torch.no_grad()
+def drift(module, start):
+    """|w - w0| / |w0| over all parameters; start: the initial parameters in order."""
+    moved = sum(float((p.float() - p0).pow(2).sum()) for p, p0 in zip(module.parameters(), start))
+    return (moved / sum(float(p0.pow(2).sum()) for p0 in start)) ** 0.5
+
+
+def collapse_monitors(h):
+    """h: [B, T, S, D], S vectors per clip and time step -> (mean per-channel std over all
+    vectors, RankMe of the vectors averaged per clip and time step)."""
+    h = h.float()
+    return float(h.flatten(0, 2).std(0).mean()), rankme(h.mean(2).flatten(0, 1))

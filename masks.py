@@ -224,11 +224,6 @@ def causal_multiblock_configs(batch, grid, ctx_steps, configs, generator):
                         generator)
 
 
-def causal_multiblock(batch, grid, ctx_steps, num_blocks, scale, generator):
-    """causal_multiblock_configs for one configuration -> (ctx, tgt)."""
-    return causal_multiblock_configs(batch, grid, ctx_steps, [(num_blocks, scale)], generator)[0]
-
-
 def future(batch, grid, ctx_steps):
     """Context = the first `ctx_steps` time steps, target = all later ones."""
     T, H, W = grid

@@ -1,5 +1,6 @@
 """V-JEPA's networks: tubelet embedding, 3D sin-cos positions, ViT encoder, narrow ViT
-predictor; and the device and precision they compute in.
+predictor, built from and read back in the original release's checkpoint format; and the device
+and precision they compute in. (VJ-VCR's conv networks are in infer_latent.py, with its latent.)
 
 A clip is `[B, C, T, H, W]`. A Conv3d with kernel = stride = (t, p, p) cuts it into tubelets:
 a grid of T/t x H/p x W/p tokens, flattened time-major, index = (i_t * Hp + i_h) * Wp + i_w.
@@ -13,9 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-# Named sizes: (width, depth, heads); cpu_small trains on a laptop CPU in minutes.
+# The released sizes: (width, depth, heads); a checkpoint's shapes tell all but the heads.
 VIT_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12),
-             "large": (1024, 24, 16), "huge": (1280, 32, 16), "cpu_small": (192, 6, 3)}
+             "large": (1024, 24, 16), "huge": (1280, 32, 16)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,15 +68,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)  # rows [all q | all k | all v], heads contiguous
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, segments=None):
-        """x: [B, N, D]. segments: token counts splitting N into parts attending only within."""
+    def forward(self, x):
+        """x: [B, N, D] -> [B, N, D]."""
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, Dh)
-        parts = [(q, k, v)] if segments is None else zip(
-            q.split(segments, 2), k.split(segments, 2), v.split(segments, 2))
-        x = torch.cat([attention(*part).transpose(1, 2) for part in parts], dim=1)  # (B,N,h,Dh)
-        return self.proj(x.reshape(B, N, D))
+        x = attention(*qkv.unbind(0))  # q, k, v: each (B, heads, N, Dh)
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
 class MLP(nn.Module):
@@ -99,8 +97,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x, segments=None):
-        x = x + self.attn(self.norm1(x), segments)
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
 
@@ -133,13 +131,13 @@ def token_grid(num_frames, img_size, patch_size, tubelet_size):
     return num_frames // tubelet_size, img_size // patch_size, img_size // patch_size
 
 
-def run_blocks(blocks, x, grad_checkpoint=False, segments=None):
+def run_blocks(blocks, x, grad_checkpoint=False):
     """x through the blocks; grad_checkpoint: recompute activations in the backward pass."""
     for block in blocks:
         if grad_checkpoint and torch.is_grad_enabled():
-            x = torch.utils.checkpoint.checkpoint(block, x, segments, use_reentrant=False)
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
         else:
-            x = block(x, segments)
+            x = block(x)
     return x
 
 
@@ -160,14 +158,6 @@ def patchify(x, patch_size, tubelet_size):
     return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B, (T // t) * (H // p) * (W // p), -1)
 
 
-def unpatchify(tokens, grid, channels, patch_size, tubelet_size):
-    """The inverse of patchify: [B, T'*H'*W', C*t*p*p] -> [B, C, T, H, W]."""
-    B = tokens.shape[0]
-    (Tg, Hg, Wg), t, p = grid, tubelet_size, patch_size
-    x = tokens.reshape(B, Tg, Hg, Wg, channels, t, p, p)
-    return x.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(B, channels, Tg * t, Hg * p, Wg * p)
-
-
 def pixel_targets(clips, patch_size, tubelet_size, eps=1e-6):
     """V-JEPA's pixel baseline (Table 1): each tubelet's pixels normalised by its own mean and
     variance (as MAE's). [B, C, T, H, W] -> [B, N, C*t*p*p]."""
@@ -180,7 +170,9 @@ class PatchEmbed3D(nn.Module):
     """Tubelets of t x p x p pixels -> tokens: [B, C, T, H, W] -> [B, T/t * H/p * W/p, D].
     `gain` scales the initial weights: an embedding starts at ~0.02 gain sqrt(C t p p) x the
     pixels' std against the positional code's 0.71 (0.78 in the paper's geometry, 0.45 for one
-    channel at patch 16). Conv3d weights as in the release, applied as one matrix product."""
+    channel at patch 16). A Conv3d with kernel = stride is a linear map of each tubelet's
+    pixels: its weights (in the release's shape) are applied so, as one matrix product, which
+    bf16 autocast runs faster on a CPU than the convolution, with the same result."""
 
     def __init__(self, in_chans, dim, patch_size, tubelet_size, gain=1.0):
         super().__init__()
@@ -215,9 +207,8 @@ class VisionTransformer(nn.Module):
     def num_tokens(self):
         return self.pos_embed.shape[1]
 
-    def forward(self, x, keep=None, segments=None):
-        """x: [B, C, T, H, W]; keep: optional [B, K] indices of the tokens to encode; segments:
-        optional token counts splitting the K kept tokens into separate sequences -> [B, N|K, D]"""
+    def forward(self, x, keep=None):
+        """x: [B, C, T, H, W]; keep: optional [B, K] indices of the tokens to encode -> [B, N|K, D]"""
         if x.shape[1] != self.in_chans or tuple(x.shape[2:]) != self.input_size:
             raise ValueError(f"clip of shape {tuple(x.shape[1:])} does not fit an encoder built "
                              f"for {(self.in_chans, *self.input_size)} (C, T, H, W)")
@@ -225,7 +216,7 @@ class VisionTransformer(nn.Module):
         x = x + self.pos_embed.to(x.dtype)  # positions are added before tokens are dropped
         if keep is not None:
             x = gather_tokens(x, keep)
-        return self.norm(run_blocks(self.blocks, x, self.grad_checkpoint, segments))
+        return self.norm(run_blocks(self.blocks, x, self.grad_checkpoint))
 
 
 class Predictor(nn.Module):
@@ -247,40 +238,31 @@ class Predictor(nn.Module):
         self.grad_checkpoint = False
         init_weights(self, self.predictor_blocks)
 
-    def forward(self, contexts, masks, mask_ids=None):
-        """contexts: one encoded context [B, Kc, D] per mask of masks = [(ctx_idx [B, Kc],
-        tgt_idx [B, Kt]), ...]; mask m uses mask token mask_ids[m] (default m).
-        -> one prediction [B, Kt, out_dim] per mask. All masks' sequences run packed in one
-        pass, [ctx_1; tgt_1; ctx_2; tgt_2; ...], each attending only within itself."""
-        mask_ids = range(len(masks)) if mask_ids is None else mask_ids
-        ctx = self.predictor_embed(torch.cat(contexts, dim=1))  # (B, sum Kc, Dp)
-        pos = self.predictor_pos_embed.to(ctx.dtype).expand(len(ctx), -1, -1)
-        parts = []  # [ctx_1, tgt_1, ctx_2, tgt_2, ...], each (B, K, Dp)
-        for c, (ctx_idx, tgt_idx), m in zip(ctx.split([z.shape[1] for z in contexts], dim=1),
-                                            masks, mask_ids):
-            parts += [c + gather_tokens(pos, ctx_idx),
-                      self.mask_tokens[m].to(c.dtype) + gather_tokens(pos, tgt_idx)]
-        lengths = [p.shape[1] for p in parts]
-        segments = [kc + kt for kc, kt in zip(lengths[::2], lengths[1::2])]  # one per mask
-        x = run_blocks(self.predictor_blocks, torch.cat(parts, dim=1), self.grad_checkpoint,
-                       segments)
-        x = torch.cat(x.split(lengths, dim=1)[1::2], dim=1)  # the mask tokens' outputs
-        return list(self.predictor_proj(self.predictor_norm(x)).split(lengths[1::2], dim=1))
+    def forward(self, context, ctx_idx, tgt_idx, mask_id=0):
+        """context [B, Kc, D] encoded at ctx_idx [B, Kc]; tgt_idx [B, Kt] -> predictions
+        [B, Kt, out_dim], mask token `mask_id` (its mask configuration) at every target."""
+        ctx = self.predictor_embed(context)  # (B, Kc, Dp)
+        pos = self.predictor_pos_embed.to(ctx.dtype).expand(len(ctx), -1, -1)  # (B, N, Dp)
+        ctx = ctx + gather_tokens(pos, ctx_idx)
+        tgt = self.mask_tokens[mask_id].to(ctx.dtype) + gather_tokens(pos, tgt_idx)  # (B, Kt, Dp)
+        x = run_blocks(self.predictor_blocks, torch.cat([ctx, tgt], dim=1), self.grad_checkpoint)
+        return self.predictor_proj(self.predictor_norm(x[:, ctx.shape[1]:]))  # the targets'
 
 
 class JEPA(nn.Module):
     """Context encoder + predictor as one module (data parallelism wraps one forward).
-    (clip, masks [(ctx_idx, tgt_idx), ...]) -> (predictions [B, Kt, D], contexts [B, Kc, D])."""
+    clip [B, C, T, H, W], masks [(ctx_idx [B, Kc], tgt_idx [B, Kt]), ...] (one per mask
+    configuration) -> (predictions [B, Kt, D], contexts [B, Kc, D]), one of each per mask."""
 
     def __init__(self, encoder, predictor):
         super().__init__()
         self.encoder, self.predictor = encoder, predictor
 
     def forward(self, clip, masks):
-        sizes = [ctx_idx.shape[1] for ctx_idx, _ in masks]
-        keep = torch.cat([ctx_idx for ctx_idx, _ in masks], dim=1)
-        contexts = list(self.encoder(clip, keep=keep, segments=sizes).split(sizes, dim=1))
-        return self.predictor(contexts, masks), contexts
+        contexts = [self.encoder(clip, keep=ctx_idx) for ctx_idx, _ in masks]
+        preds = [self.predictor(z, ctx_idx, tgt_idx, m)
+                 for m, (z, (ctx_idx, tgt_idx)) in enumerate(zip(contexts, masks))]
+        return preds, contexts
 
 
 def build_models(num_frames, img_size, patch_size, tubelet_size, in_chans, enc_dim, enc_depth,
@@ -293,6 +275,72 @@ def build_models(num_frames, img_size, patch_size, tubelet_size, in_chans, enc_d
     predictor = Predictor(encoder.grid, enc_dim, pred_dim, pred_depth, enc_heads, num_masks,
                           uniform_power=uniform_power, out_dim=out_dim)
     return encoder, predictor
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks from a checkpoint of the release's format (files: data.py)
+
+def load_strict(module, state_dict, what):
+    """load_state_dict(strict=True) with a one-line error that lists what does not match."""
+    own = module.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})"
+             for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    problems = [f"{label} {sorted(items)[:5]}" for label, items in (
+        ("missing", set(own) - set(state_dict)), ("unexpected", set(state_dict) - set(own)),
+        ("wrong shape", wrong)) if items]
+    if problems:
+        raise ValueError(f"{what} does not match this architecture: " + "; ".join(problems))
+    module.load_state_dict(state_dict, strict=True)
+
+
+def from_checkpoint(ckpt, which="target_encoder", what="the checkpoint"):
+    """(encoder, predictor or None) of a checkpoint dict as data.read_checkpoint returns it, in
+    eval mode, the architecture read from the tensors' shapes; the heads, which no shape shows,
+    from its config or the released sizes; the frames from its config, else 16 (every released
+    model). which: "target_encoder" (frozen evaluation) or "encoder"."""
+    if not isinstance(ckpt.get(which), dict):
+        raise ValueError(f"{what} has no {which!r} state dict (its keys: {sorted(ckpt)[:8]})")
+    enc, config = ckpt[which], ckpt.get("config") or {}
+    if "patch_embed.proj.weight" not in enc or "pos_embed" not in enc:
+        raise ValueError(f"{what}: its {which!r} is not a V-JEPA ViT (keys {sorted(enc)[:5]})")
+    dim, in_chans, t, p, _ = enc["patch_embed.proj.weight"].shape  # [D, C, t, p, p]
+    heads = config.get("enc_heads") or {d: h for d, _, h in VIT_SIZES.values()}.get(dim)
+    if heads is None:
+        raise ValueError(f"{what}: a width-{dim} encoder with no config: its heads are unknown")
+    frames = config.get("num_frames", 16)
+    n, steps = enc["pos_embed"].shape[1], frames // t  # pos_embed [1, N, D]
+    side = math.isqrt(n // max(steps, 1))
+    if steps * side * side != n:
+        raise ValueError(f"{what}: pos_embed has {n} tokens, not {frames} frames / tubelet {t} "
+                         "x a square grid")
+    depth = 1 + max(int(k.split(".")[1]) for k in enc if k.startswith("blocks."))
+    uniform = config.get("uniform_power", True)
+    encoder = VisionTransformer(frames, side * p, p, t, in_chans, dim, depth, heads,
+                                enc["blocks.0.mlp.fc1.weight"].shape[0] / dim, uniform,
+                                config.get("embed_gain", 1.0))  # how a re-init scales it
+    load_strict(encoder, enc, f"{what} {which}")
+    predictor = None
+    if isinstance(ckpt.get("predictor"), dict):
+        pred = ckpt["predictor"]
+        pred_dim = pred["predictor_embed.weight"].shape[0]  # [Dp, D]
+        predictor = Predictor(
+            encoder.grid, dim, pred_dim, 1 + max(int(k.split(".")[1]) for k in pred
+                                                 if k.startswith("predictor_blocks.")),
+            heads, sum(k.startswith("mask_tokens.") for k in pred),
+            pred["predictor_blocks.0.mlp.fc1.weight"].shape[0] / pred_dim, uniform,
+            pred["predictor_proj.weight"].shape[0])
+        load_strict(predictor, pred, f"{what} predictor")
+        predictor.eval()
+    return encoder.eval(), predictor
+
+
+@torch.no_grad()
+def encode(encoder, clips, batch=32, dtype=torch.float32):
+    """A frozen encoder's features of clips [N, C, T, H, W], `batch` clips at a time under
+    autocast in `dtype` -> [N, L, D] float32."""
+    device = next(encoder.parameters()).device
+    with autocast(device, dtype):
+        return torch.cat([encoder(c.to(device)).float() for c in clips.split(batch)])
 
 
 # ----------------------------------------------------------------------------------------------

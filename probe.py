@@ -208,15 +208,13 @@ def pool_tokens(tokens, grid, cells=2):
             "cells": cell.view(B, T, D, cells * cells).transpose(2, 3).flatten(1)}
 
 
-@torch.no_grad()
 def video_features(encoder, source, n, seed, batch=64, dtype=torch.float32, desc="encode"):
     """Pooled features of n fixed clips of `source` -> ({pooling: [n, F] float32}, labels)."""
     feats, labels = [], []
     for clips, lab in tqdm(data.fixed_chunks(source, n, seed, chunk=batch), desc=desc,
                            total=-(-n // batch), unit="batch", leave=False):
         clips = clips.expand(-1, encoder.in_chans, -1, -1, -1)  # grey -> RGB for an RGB encoder
-        with model.autocast(torch.device("cpu"), dtype):
-            feats.append(pool_tokens(encoder(clips), encoder.grid))
+        feats.append(pool_tokens(model.encode(encoder, clips, batch, dtype), encoder.grid))
         labels.append(lab)
     return ({k: torch.cat([f[k] for f in feats]) for k in feats[0]},
             {k: torch.cat([lab[k] for lab in labels]) for k in labels[0]})
@@ -245,8 +243,7 @@ def cached_features(encoder, spec, sources, cache_dir, desc="encode", dtype=torc
     out = {part: video_features(encoder, sources[part], *spec[part], dtype=dtype,
                                 desc=f"{desc} {part}") for part in ("fit", "test")}
     os.makedirs(cache_dir, exist_ok=True)
-    torch.save(out, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    data.atomic_save(out, path)
     return out
 
 
@@ -333,8 +330,7 @@ def probe_sets(config, encoder, a):
     the encoder's clip size, looking as in training; spec: what the features depend on)."""
     digits = data.load_digits(a.mnist_dir or config.get("mnist_dir", ""))
     T, H, _ = encoder.input_size
-    look = {"normalise": config.get("normalise", False),
-            "background": config.get("background", 0.0)}
+    look = {"normalise": config.get("normalise", False)}
     sources = {part: data.MovingMNIST(*data.split_digits(*digits, split), T, H, num_digits=1,
                                       **look)
                for part, split in (("fit", "train"), ("test", "val"))}
@@ -343,9 +339,10 @@ def probe_sets(config, encoder, a):
     return sources, spec
 
 
-def read_config(path):
-    """The training config saved in a checkpoint ({} for a release file)."""
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("config", {})
+def load_encoder(path, which="target_encoder"):
+    """A checkpoint's encoder, frozen -> (encoder, its training config; {} for a release file)."""
+    ckpt = data.read_checkpoint(path, which)
+    return model.from_checkpoint(ckpt, which, path)[0], ckpt.get("config") or {}
 
 
 class AttentiveProbe(nn.Module):
@@ -413,16 +410,6 @@ def probabilities(probe, tokens, batch=256, dtype=torch.float32):
     return logits.float().softmax(-1)
 
 
-@torch.no_grad()
-def encode_tokens(encoder, clips, batch=32, dtype=torch.float32):
-    """Frozen tokens of clips [N, C, T, H, W] -> [N, L, D] in `dtype`, the probes' precision."""
-    out = []
-    for c in tqdm(clips.split(batch), desc="encode", unit="batch", leave=False):
-        with model.autocast(torch.device("cpu"), dtype):
-            out.append(encoder(c).to(dtype))
-    return torch.cat(out)
-
-
 def attentive_probes(encoders, randoms, sources, a):
     """The attentive probe (digit, direction, speed in 4 bins) of each trained and random-init
     encoder, a.attentive_seeds probe seeds each, fitted on a.attentive_fit_clips clips
@@ -439,7 +426,7 @@ def attentive_probes(encoders, randoms, sources, a):
     for name, nets in (("trained", encoders), ("random_init", randoms)):
         for net in nets:
             rgb = (-1, net.in_chans, -1, -1, -1)  # grey digits in every channel
-            fit_tokens, test_tokens = (encode_tokens(net, c.expand(*rgb), dtype=a.dtype)
+            fit_tokens, test_tokens = (model.encode(net, c.expand(*rgb), dtype=a.dtype).to(a.dtype)
                                        for c in (fit, test))
             for seed in range(a.attentive_seeds):
                 torch.manual_seed(seed)  # the same probe weights for every encoder
@@ -463,8 +450,8 @@ def probe_vjepa(a):
     """V-JEPA checkpoints, the seeds of one run: the linear probes of each and of
     a.random_inits random-init encoders, compared; with a.attentive_seeds the attentive probe."""
     start = time.time()
-    encoders = [data.load_vjepa_checkpoint(c)[0] for c in a.ckpt]
-    config = read_config(a.ckpt[0])
+    encoders, configs = zip(*[load_encoder(c) for c in a.ckpt])
+    config = configs[0]
     shapes = {tuple(e.input_size) + (e.dim, len(e.blocks)) for e in encoders}
     if len(shapes) > 1:
         raise ValueError(f"--ckpt: the checkpoints are of different architectures {shapes}; "
@@ -537,7 +524,7 @@ def main(argv):
     for path in a.ckpt:
         if not os.path.exists(path):
             raise FileNotFoundError(f"--ckpt {path} does not exist")
-    objective = read_config(a.ckpt[0]).get("objective", "vjepa")  # a release file: none
+    objective = (data.read_checkpoint(a.ckpt[0]).get("config") or {}).get("objective", "vjepa")
     if objective not in ("vjepa", "pixel"):
         raise ValueError(f"{a.ckpt[0]} is a {objective} checkpoint; probe it with "
                          "python tools/probe_vcr.py --ckpt ...")

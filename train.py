@@ -1,6 +1,7 @@
-"""Train V-JEPA (predict the EMA target encoder's features of masked tubes from the visible
+"""Train V-JEPA (predict the EMA target encoder's features of hidden tokens from the visible
 ones), VJ-VCR (predict the features of future frames, with variance-covariance regularisation
-against collapse) or its generative baseline.
+against collapse) or its generative baseline: the config, the objectives, the step, the loop and
+its log.
 
     python train.py                                    # the laptop recipe, Config's defaults
     python train.py --max_steps 200 --out_dir out/short   # any Config key can be overridden
@@ -8,14 +9,16 @@ against collapse) or its generative baseline.
     torchrun --standalone --nproc_per_node=8 train.py --preset vitl16 --data_path /data/videos
     python train.py --out_dir out/laptop --resume true  # from OUT_DIR/ckpt.pt
 
-The V-JEPA step is `train_step`; the energies are in losses.py.
+V-JEPA's loss is `vjepa_loss`, VJ-VCR's `vjvcr_loss`; `train_step` is the optimizer's plumbing.
 """
 import contextlib
 import copy
 import dataclasses
 import datetime
+import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -45,12 +48,11 @@ class Config:
     preset: str = "laptop"
     out_dir: str = "out/laptop"
     # data
-    dataset: str = "movingmnist"  # movingmnist | switching_mnist | mmnist_file | video_folder
-    data_path: str = ""  # the .npy file (mnist_test_seq.npy) or the video folder
+    dataset: str = "movingmnist"  # movingmnist | switching_mnist | video_folder
+    data_path: str = ""  # video_folder: the folder
     mnist_dir: str = ""  # MNIST IDX files; empty: $MNIST_DIR, else download, else procedural
     num_digits: int = 2  # digits per MovingMNIST clip
     normalise: bool = True  # MovingMNIST pixels -> (x - 0.05) / 0.2, as video is normalised
-    background: float = 0.0  # MovingMNIST: brightness of a smooth random static background
     num_workers: int = 0  # DataLoader worker processes
     # clip geometry and tokens
     num_frames: int = 16
@@ -77,7 +79,6 @@ class Config:
     vcr_alpha: float = 0.5  # weight of the variance term (VJ-VCR eq. 1)
     vcr_beta: float = 0.1  # weight of the covariance term (eq. 3)
     vcr_gamma: float = 0.0  # vjvcr: weight of the pixel reconstruction term (0: no decoder)
-    vcr_arch: str = "conv"  # vjvcr / generative networks: conv (the paper's) | vit
     pool_grid: int = 4  # vjvcr / generative: each frame's map averaged to a g x g grid
     latent: str = "none"  # vjvcr (conv): none | discrete (one-hot, K options) | sparse (L1)
     latent_dim: int = 0  # K options (discrete) or the size of z (sparse)
@@ -154,9 +155,6 @@ PRESETS = {
     "switch_discrete": dict(SWITCH, latent="discrete", latent_dim=5, latent_restart=300),
     "switch_sparse80": dict(SWITCH, latent="sparse", latent_dim=20, latent_lam=1e-3),
     "switch_sparse20": dict(SWITCH, latent="sparse", latent_dim=20, latent_lam=2e-4),
-    # VJ-VCR with V-JEPA's networks: 4 frames -> 12, a 4x4 token grid per time step
-    "vjvcr_vit": dict(VCR, vcr_arch="vit", num_frames=16, mask_ctx_frames=4, pool_grid=4,
-                      enc_dim=192, batch_size=32),
     "vitl16": dict(PAPER, enc_dim=1024, enc_depth=24, enc_heads=16),
     "vith16": dict(PAPER, enc_dim=1280, enc_depth=32, enc_heads=16),
     "vith16_384": dict(PAPER, enc_dim=1280, enc_depth=32, enc_heads=16, img_size=384,
@@ -164,15 +162,15 @@ PRESETS = {
 }
 ARCH_KEYS = ("objective", "num_frames", "img_size", "in_chans", "patch_size", "tubelet_size",
              "uniform_power", "enc_dim", "enc_depth", "enc_heads", "pred_dim", "pred_depth",
-             "mask", "mask_ctx_frames", "vcr_arch", "pool_grid", "latent", "latent_dim")
-CHOICES = {"dataset": ("movingmnist", "switching_mnist", "mmnist_file", "video_folder"),
+             "mask", "mask_ctx_frames", "pool_grid", "latent", "latent_dim")
+CHOICES = {"dataset": ("movingmnist", "switching_mnist", "video_folder"),
            "dtype": ("auto", "bfloat16", "float32"), "device": ("auto", "cpu", "cuda"),
            "objective": ("vjepa", "pixel", "vjvcr", "generative"), "optimizer": ("adamw", "adam"),
-           "vcr_arch": ("conv", "vit"), "latent": ("none", "discrete", "sparse")}
+           "latent": ("none", "discrete", "sparse")}
 
 
 # ----------------------------------------------------------------------------------------------
-# The training step
+# The objectives: clips -> (loss, {term: value}, embeddings [B, T, S, D] for the monitors)
 
 def feature_targets(run, clips):
     """V-JEPA's targets for every token -> (the EMA target encoder's features h [B, N, D], their
@@ -184,34 +182,56 @@ def feature_targets(run, clips):
     return h, F.layer_norm(h.float(), h.shape[-1:])
 
 
-def train_step(run, clips, step):
-    """One optimizer step of V-JEPA (or VJ-VCR) on `clips`, then the EMA. No host sync.
-    -> (mean loss, terms, target embeddings [B, N, D] or None, time steps per clip, grad norm)"""
+def vjepa_loss(run, clips, generator):
+    """V-JEPA (Bardes et al. 2024, eq. 1) on clips [B, C, T, H, W]: from the tokens each mask
+    keeps, predict the target encoder's features at the tokens it hides."""
+    cfg, device = run.cfg, run.device
+    masks = [(ctx.to(device), tgt.to(device))  # token indices ctx [B, Kc], tgt [B, Kt],
+             for ctx, tgt in run.sampler(len(clips), generator)]  # one pair per mask config
+    with torch.no_grad():  # the targets get no gradient
+        h, full = feature_targets(run, clips)  # EMA encoder [B, N, D], its layer norm
+        targets = [model.gather_tokens(full, tgt) for _, tgt in masks]  # [B, Kt, D]
+    preds, contexts = run.net(clips, masks)  # encoder(kept) [B, Kc, D] -> predictor [B, Kt, D]
+    loss, terms = losses.vjepa_energy(  # prediction loss + token_vcr x VCR of the contexts
+        losses.PREDICTION_LOSSES[cfg.loss], preds, targets, contexts,
+        cfg.token_vcr, cfg.vcr_alpha, cfg.vcr_beta)
+    return loss, terms, None if h is None else h.unflatten(1, (run.grid[0], -1))
+
+
+def vjvcr_loss(run, clips, generator=None):
+    """VJ-VCR (Drozdov et al. 2024, eq. 5) or its generative baseline (eq. 7) on clips
+    [B, C, T, H, W]: x = the first mask_ctx_frames frames, y = the rest."""
     cfg = run.cfg
-    lr, wd, momentum = set_schedules(run, step)
+    # h~_y = Pred(h_x, z*) [B, T_y, d]; h_y = Enc(y) (None: generative); h = [h_x; h_y or h~_y]
+    pred, h_y, h, frames = run.net(clips)  # frames: Dec(h~_y) [B, C, T_y, H, W] or None
+    loss, terms = losses.vjvcr_energy(
+        losses.PREDICTION_LOSSES[cfg.loss], pred, h_y, h, frames, clips[:, :, cfg.mask_ctx_frames:],
+        cfg.vcr_alpha, cfg.vcr_beta, cfg.vcr_gamma if cfg.objective == "vjvcr" else 1.0)
+    return loss, terms, h[:, :, None]  # one vector per clip and time step
+
+
+OBJECTIVES = {"vjepa": vjepa_loss, "pixel": vjepa_loss, "vjvcr": vjvcr_loss,
+              "generative": vjvcr_loss}
+
+
+# ----------------------------------------------------------------------------------------------
+# The step
+
+def train_step(run, clips, step):
+    """One optimizer step of the run's objective on clips: accum_steps micro-batches, gradient
+    clipping, AdamW, the EMA of the target encoder. No host sync, except a latent's z*.
+    -> (mean loss, terms, embeddings [B, T, S, D] for the monitors or None, gradient norm)"""
+    cfg = run.cfg
+    lr, wd, momentum = schedules(cfg, step)
+    for group in run.opt.param_groups:
+        group["lr"], group["weight_decay"] = lr, 0.0 if group.get("no_decay") else wd
     g = torch.Generator().manual_seed(data.step_seed(cfg.seed, run.rank, step, stream=1))
     run.opt.zero_grad(set_to_none=True)
     total, chunks = 0.0, clips.to(run.device, non_blocking=True).chunk(cfg.accum_steps)
-    for i, x in enumerate(chunks):  # accum_steps micro-batches; DDP syncs on the last
+    for i, x in enumerate(chunks):  # DDP averages gradients across processes on the last only
         with no_sync_unless(run, i == len(chunks) - 1):  # also around the backward pass
             with model.autocast(run.device, run.dtype):
-                if run.sampler is None:  # VJ-VCR or generative: losses.vjvcr_energy
-                    loss, terms, h = run.net(x)
-                    steps = h.shape[1]
-                else:
-                    step_masks = [(c.to(run.device, non_blocking=True),  # [B, Kc], [B, Kt]
-                                   t.to(run.device, non_blocking=True))  # per configuration
-                                  for c, t in run.sampler(len(x), g)]
-                    with torch.no_grad():  # targets: the EMA encoder's features, layer-normed
-                        h, full = feature_targets(run, x)  # [B, N, D]
-                        targets = [model.gather_tokens(full, t)  # [B, Kt, D]
-                                   for _, t in step_masks]
-                    # the context encoder on the kept tokens, the predictor with mask tokens
-                    preds, contexts = run.net(x, step_masks)  # [B, Kt, D], [B, Kc, D] per mask
-                    loss, terms = losses.vjepa_energy(  # prediction + token regulariser
-                        losses.PREDICTION_LOSSES[cfg.loss], preds, targets, contexts,
-                        cfg.token_vcr, cfg.vcr_alpha, cfg.vcr_beta)
-                    steps = run.grid[0]
+                loss, terms, h = OBJECTIVES[cfg.objective](run, x, g)
             (loss / len(chunks)).backward()
         total += loss.detach() / len(chunks)
     grad_norm = (torch.nn.utils.clip_grad_norm_(run.module.parameters(), cfg.grad_clip)
@@ -222,39 +242,52 @@ def train_step(run, clips, step):
     if cfg.latent == "discrete" and step < cfg.latent_restart:  # VJ-VCR: unused options restart
         g = torch.Generator().manual_seed(data.step_seed(cfg.seed, 0, step, stream=2))
         infer_latent.restart_unused_options(run.module, run.opt, g, run.world)
-    return total, terms, None if h is None else h.detach(), steps, grad_norm
-
-
-def set_schedules(run, step):
-    """This step's learning rate and weight decay into the optimizer -> (lr, wd, momentum)."""
-    lr, wd, momentum = schedules(run.cfg, step)
-    for group in run.opt.param_groups:
-        group["lr"] = lr
-        if not group.get("no_decay"):
-            group["weight_decay"] = wd
-    return lr, wd, momentum
+    return total, terms, None if h is None else h.detach(), grad_norm
 
 
 def no_sync_unless(run, last):
-    """DDP averages gradients across processes only at the last micro-batch."""
     return contextlib.nullcontext() if last or run.world == 1 else run.net.no_sync()
 
 
+@torch.no_grad()
+def ema_update(target, online, momentum):
+    """target <- m * target + (1 - m) * online, for every parameter."""
+    torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), 1.0 - momentum)
+
+
+def warmup_cosine(step, total, warmup, start_lr, lr, final_lr):
+    """Linear start_lr -> lr over `warmup` steps, then a cosine to final_lr at `total`."""
+    if step < warmup:
+        return start_lr + (lr - start_lr) * step / warmup
+    progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
+    return final_lr + (lr - final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def schedules(cfg, step):
+    """(lr, weight decay, EMA momentum) at `step`, over ipe_scale x max_steps steps: the lr
+    warms up then follows a cosine; weight decay and momentum are linear (the paper, app. B)."""
+    total = cfg.ipe_scale * cfg.max_steps
+    lr = warmup_cosine(step, total, cfg.warmup_steps, cfg.start_lr, cfg.lr, cfg.final_lr)
+    frac = min(1.0, step / total)
+    wd = cfg.weight_decay + (cfg.final_weight_decay - cfg.weight_decay) * frac
+    return lr, wd, cfg.ema_start + (cfg.ema_end - cfg.ema_start) * frac
+
+
 # ----------------------------------------------------------------------------------------------
-# The run
+# The loop
 
 def main(argv):
     cfg = parse_config(argv)
-    check_config(cfg)
+    check_config(cfg)  # before torchrun's process group starts
     rank, world, device = setup_distributed(cfg)
     run = setup(cfg, rank, world, device)
     master = rank == 0
     os.makedirs(cfg.out_dir, exist_ok=True)
     ckpt_path, log_path = (os.path.join(cfg.out_dir, f) for f in ("ckpt.pt", "log.jsonl"))
-    # the initial weights (a function of cfg.seed, also when resuming): the log's drift
-    start_weights = [p.detach().float().clone() for p in run.nets["encoder"].parameters()]
-    start = (data.resume(ckpt_path, log_path, run.nets, run.opt, cfg, ARCH_KEYS, rank) if cfg.resume
-             else data.start_fresh(log_path, rank))
+    log = Log(run, log_path)  # before a resume: the drift is from the initial weights
+    start = resume(run, ckpt_path, log_path) if cfg.resume else 0
+    if master and not cfg.resume and os.path.exists(log_path):
+        os.remove(log_path)  # a fresh run starts a fresh log
     end = min(cfg.max_steps, cfg.stop_at or cfg.max_steps)
     digits = (data.load_digits(cfg.mnist_dir)
               if cfg.dataset in ("movingmnist", "switching_mnist") else None)
@@ -265,16 +298,15 @@ def main(argv):
         pin_memory=device.type == "cuda")
     if master:
         announce(run, start, end)
-        if cfg.snapshot_every and start == 0:
-            data.save_snapshot(cfg.out_dir, run.nets, cfg, 0)
+    if master and cfg.snapshot_every and start == 0:
+        save_snapshot(run, 0)
     bar = tqdm(total=end, initial=start, disable=not master, dynamic_ncols=True, unit="step")
-    skipped = data.SkippedFiles(source)
-    log = data.Log(run, log_path, start_weights, skipped)
     t_start, step = time.perf_counter(), start
-    with data.stop_on_signals() as stop:  # SIGTERM (pre-emption) or Ctrl-C: checkpoint, stop
+    with stop_on_signals() as stop:  # SIGTERM (pre-emption) or Ctrl-C: checkpoint, stop
         for clips, labels in loader:
-            skipped.add(labels, len(clips))
-            loss, terms, h, steps_per_clip, grad_norm = train_step(run, clips, step)
+            if "failed" in labels:  # a video folder's unusable files, replaced: name them
+                source.warn(labels["failed"])
+            loss, terms, h, grad_norm = train_step(run, clips, step)
             step += 1
             bar.update(1)
             log.add(loss)
@@ -284,33 +316,175 @@ def main(argv):
                 stopping = log.must_stop(step, asked, ckpt_path)
             if log_now:
                 if h is None:  # pixel targets: encode this batch for the monitors
-                    with torch.no_grad(), model.autocast(device, run.dtype):
-                        h = run.nets["target_encoder"](clips.to(device))
-                log.write(step, terms, h, steps_per_clip, grad_norm, schedules(cfg, step - 1), bar)
+                    h = model.encode(run.nets["target_encoder"], clips, len(clips), run.dtype)
+                    h = h.unflatten(1, (run.grid[0], -1))
+                log.write(step, terms, h, grad_norm, bar)
             if master and (step % cfg.ckpt_every == 0 or step == end or stopping):
-                data.save_checkpoint(ckpt_path, run.nets, run.opt, cfg, step, log.last, world,
-                                     schedules(cfg, step)[0])
+                data.save_checkpoint(ckpt_path, run.nets, run.opt, dataclasses.asdict(cfg),
+                                     step, log.last, world, schedules(cfg, step)[0])
             if master and cfg.snapshot_every and (step % cfg.snapshot_every == 0 or step == end):
-                data.save_snapshot(cfg.out_dir, run.nets, cfg, step)
+                save_snapshot(run, step)
             if stopping:
                 break
     bar.close()
     if master:  # OUT_DIR/summary.json, with the collapse monitors on fixed validation clips
-        val = data.val_monitors(cfg, run.nets["target_encoder"], device, run.dtype, digits)
-        data.write_summary(cfg, step, time.perf_counter() - t_start, log.last,
-                           (step - start) * cfg.batch_size * cfg.accum_steps * world, val, skipped)
+        val = val_monitors(run, data.make_source(cfg, "val", digits))
+        write_summary(cfg, step, time.perf_counter() - t_start, log.last,
+                      (step - start) * cfg.batch_size * cfg.accum_steps * world, val)
     if world > 1:
         dist.destroy_process_group()
 
 
+def save_snapshot(run, step):
+    """OUT_DIR/snapshots/stepNNNNNN.pt: the encoders and the config (python tools/curve.py)."""
+    os.makedirs(folder := os.path.join(run.cfg.out_dir, "snapshots"), exist_ok=True)
+    data.atomic_save({**data.release_state({k: run.nets[k] for k in ("encoder", "target_encoder")}),
+                      "config": dataclasses.asdict(run.cfg), "step": step},
+                     os.path.join(folder, f"step{step:06d}.pt"))
+
+
 def announce(run, start, end):
-    cfg, device = run.cfg, run.device
-    n_params = sum(p.numel() for p in run.module.parameters())
+    cfg, device, n = run.cfg, run.device, sum(p.numel() for p in run.module.parameters())
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else model.cpu_class()
-    print(f"{cfg.objective} ({cfg.preset}): {n_params / 1e6:.2f}M parameters, grid {run.grid}, "
-          f"{run.world} process(es) on {device} ({where}), "
-          f"{str(run.dtype).replace('torch.', '')} (--dtype {cfg.dtype}), global batch "
-          f"{cfg.batch_size * run.world * cfg.accum_steps}, steps {start}->{end}")
+    print(f"{cfg.objective} ({cfg.preset}): {n / 1e6:.2f}M parameters, grid {run.grid}, "
+          f"{run.world} process(es) on {device} ({where}), {str(run.dtype)[6:]} (--dtype "
+          f"{cfg.dtype}), global batch {cfg.batch_size * run.world * cfg.accum_steps}, "
+          f"steps {start}->{end}")
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """While open, SIGTERM (a cluster's pre-emption) and Ctrl-C only set stop["asked"]: the
+    loop finishes its step, checkpoints and stops. The previous handlers come back on exit."""
+    stop = {"asked": False}
+    previous = {sig: signal.signal(sig, lambda *_: stop.update(asked=True))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or infinite: the run stops rather than train on garbage."""
+
+
+class Log:
+    """The loss summed on the device between log lines, the one host sync per log/checkpoint
+    step (any rank's non-finite loss or stop request, all-reduced so that all ranks stop at the
+    same step), and OUT_DIR/log.jsonl."""
+
+    def __init__(self, run, path):
+        self.run, self.path = run, path
+        self.start_weights = [p.detach().float().clone() for p in run.nets["encoder"].parameters()]
+        self.loss_sum = torch.zeros((), device=run.device)
+        self.bad = torch.zeros((), dtype=torch.bool, device=run.device)
+        self.n, self.t, self.last = 0, time.perf_counter(), None
+
+    def add(self, loss):
+        self.loss_sum += loss
+        self.bad |= ~torch.isfinite(loss)
+        self.n += 1
+
+    def must_stop(self, step, asked, ckpt_path):
+        flags = torch.stack([self.bad, torch.tensor(asked, device=self.run.device)])
+        if self.run.world > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        any_bad, stopping = flags.tolist()
+        if any_bad:
+            raise NonFiniteLoss(f"non-finite loss by step {step}; stopped. The last good "
+                                f"checkpoint (if any) is {ckpt_path}")
+        return bool(stopping)
+
+    def write(self, step, terms, h, grad_norm, bar):
+        """One line: the mean loss since the last, its terms, the schedule, speed, and the
+        collapse monitors of the embeddings h [B, T, S, D]."""
+        run, cfg, world = self.run, self.run.cfg, self.run.world
+        if world > 1:
+            dist.all_reduce(self.loss_sum)
+        self.last = float(self.loss_sum) / (self.n * world)
+        dt = (time.perf_counter() - self.t) / self.n
+        emb_std, rank_me = losses.collapse_monitors(h)
+        record = {"step": step, "loss": self.last,
+                  **{k: float(v.detach()) for k, v in terms.items()},
+                  **dict(zip(("lr", "wd", "momentum"), schedules(cfg, step - 1))),
+                  "grad_norm": float(grad_norm), "step_time_s": dt,
+                  "clips_per_s": cfg.batch_size * cfg.accum_steps * world / dt,
+                  "emb_std": emb_std, "rankme": rank_me,
+                  "drift_encoder": losses.drift(run.nets["encoder"], self.start_weights)}
+        if run.target is not None:
+            record["drift_target"] = losses.drift(run.target, self.start_weights)
+        if cfg.latent != "none":  # how z* is used: share of zeros, most chosen option
+            z = run.module.last_z
+            record["z_zero"] = float((z == 0).float().mean())
+            record["z_top"] = float(torch.bincount(z.abs().argmax(1)).max()) / len(z)
+        if run.rank == 0:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{self.last:.4f}", std=f"{emb_std:.3f}", rankme=f"{rank_me:.1f}")
+        self.loss_sum.zero_()
+        self.n, self.t = 0, time.perf_counter()
+
+
+def val_monitors(run, source):
+    """The target encoder's collapse monitors on cfg.val_clips fixed validation clips (the same
+    in every run): per-channel std of its features and RankMe of the mean token ({} for none)."""
+    cfg, encoder = run.cfg, run.nets["target_encoder"].eval()
+    if not cfg.val_clips:
+        return {}
+    clips, _ = data.fixed_set(source, cfg.val_clips, seed=12345)
+    h = model.encode(encoder, clips, 32, run.dtype)  # [n, N, D] (VJ-VCR: [n, T, d])
+    emb_std, rank_me = losses.collapse_monitors(h[:, None])
+    return {"val_emb_std": round(emb_std, 4), "val_rankme": round(rank_me, 2),
+            "val_rankme_max": min(h.shape[0], h.shape[-1])}
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process so far, in MB (None on Windows)."""
+    if sys.platform == "win32":
+        return None
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10  # bytes / KB
+
+
+def write_summary(cfg, step, wall, last, clips, val):
+    """OUT_DIR/summary.json (time, speed, final loss, `val` monitors, peak memory) and the
+    run's closing lines."""
+    rss = peak_rss_mb()
+    summary = {"steps": step, "wall_s": round(wall, 1), "final_loss": last,
+               "clips_per_s": round(clips / wall, 2), **val,
+               **({} if rss is None else {"peak_rss_mb": round(rss)})}
+    with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f)
+    print(f"done{' (stopped early)' if step < cfg.max_steps else ''}: {step} steps in "
+          f"{wall / 60:.1f} min, {summary['clips_per_s']} clips/s, final loss {last:.4f}"
+          + (f", peak memory {rss:.0f} MB" if rss is not None else ""))
+    if val:
+        print(f"target encoder on {cfg.val_clips} validation clips: per-channel std "
+              f"{val['val_emb_std']}, RankMe {val['val_rankme']} of at most "
+              f"{val['val_rankme_max']}")
+    print(f"checkpoint, log, summary: {cfg.out_dir}/{{ckpt.pt, log.jsonl, summary.json}}")
+
+
+def resume(run, ckpt_path, log_path):
+    """data.resume into the run's networks and optimizer; the log cut back to its step."""
+    step, used = data.resume(ckpt_path, run.nets, run.opt, dataclasses.asdict(run.cfg), ARCH_KEYS)
+    if run.rank == 0 and os.path.exists(log_path):  # keep the lines up to that step
+        with open(log_path) as f:
+            lines = f.readlines()
+        with open(log_path, "w") as f:
+            f.writelines(line for line in lines if _logged_step(line) <= step)
+    if run.rank == 0 and used != ckpt_path and os.path.exists(ckpt_path):  # else the next
+        os.replace(ckpt_path, ckpt_path + ".unreadable")  # save rotates it over the good one
+    return step
+
+
+def _logged_step(line):
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        return json.loads(line)["step"]
+    return math.inf  # a line cut short by a crash
 
 
 # ----------------------------------------------------------------------------------------------
@@ -356,10 +530,9 @@ def check_config(cfg):
     for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"--{key} {getattr(cfg, key)!r}: expected one of {allowed}")
-    grid, masked = None, cfg.objective in ("vjepa", "pixel")
-    if masked or cfg.vcr_arch == "vit":
-        grid = model.token_grid(cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size)
-        mask_sampler(cfg, grid)
+    grid = None
+    if cfg.objective in ("vjepa", "pixel"):
+        grid = mask_sampler(cfg).grid
         for dim, what in ((cfg.enc_dim, "enc_dim"), (cfg.pred_dim, "pred_dim")):
             if dim % cfg.enc_heads:
                 raise ValueError(f"{what}={dim} is not divisible by enc_heads={cfg.enc_heads}")
@@ -371,7 +544,7 @@ def check_config(cfg):
         raise ValueError("--device cuda, but this machine has no CUDA device")
     if cfg.dataset != "video_folder" and cfg.in_chans != 1:
         raise ValueError(f"in_chans={cfg.in_chans}: MovingMNIST clips have 1 channel")
-    if cfg.dataset in ("mmnist_file", "video_folder") and not cfg.data_path:
+    if cfg.dataset == "video_folder" and not cfg.data_path:
         raise ValueError(f"dataset={cfg.dataset} needs --data_path")
     for key in ("batch_size", "max_steps", "log_every", "ckpt_every", "accum_steps",
                 "dist_timeout_s"):
@@ -380,35 +553,9 @@ def check_config(cfg):
     return grid
 
 
-def mask_sampler(cfg, grid):
+def mask_sampler(cfg):
+    grid = model.token_grid(cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size)
     return masks.MaskSampler(cfg.mask, grid, cfg.tubelet_size, cfg.mask_ratio, cfg.mask_ctx_frames)
-
-
-# ----------------------------------------------------------------------------------------------
-# Schedules, EMA, monitors
-
-def warmup_cosine(step, total, warmup, start_lr, lr, final_lr):
-    """Linear start_lr -> lr over `warmup` steps, then a cosine to final_lr at `total`."""
-    if step < warmup:
-        return start_lr + (lr - start_lr) * step / warmup
-    progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
-    return final_lr + (lr - final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def schedules(cfg, step):
-    """(lr, weight decay, EMA momentum) at `step`, over ipe_scale x max_steps steps: the lr
-    warms up then follows a cosine; weight decay and momentum are linear (the paper, app. B)."""
-    total = cfg.ipe_scale * cfg.max_steps
-    lr = warmup_cosine(step, total, cfg.warmup_steps, cfg.start_lr, cfg.lr, cfg.final_lr)
-    frac = min(1.0, step / total)
-    wd = cfg.weight_decay + (cfg.final_weight_decay - cfg.weight_decay) * frac
-    return lr, wd, cfg.ema_start + (cfg.ema_end - cfg.ema_start) * frac
-
-
-@torch.no_grad()
-def ema_update(target, online, momentum):
-    """target <- m * target + (1 - m) * online, for every parameter."""
-    torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), 1.0 - momentum)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,18 +576,16 @@ def setup_distributed(cfg):
     return rank, world, torch.device("cpu")
 
 
-def build(cfg, grid, device):
+def build(cfg, device):
     """-> (trainable module, {checkpoint name: module}, EMA target encoder or None)."""
     if cfg.objective in ("vjvcr", "generative"):
         net = infer_latent.VJVCR(cfg, losses.PREDICTION_LOSSES[cfg.loss]).to(device)
         return net, net.checkpoint_nets(), None
     # one mask token per mask configuration (an unused one would get no gradient: DDP refuses)
-    grid = grid or model.token_grid(cfg.num_frames, cfg.img_size, cfg.patch_size,
-                                    cfg.tubelet_size)
     encoder, predictor = model.build_models(
         cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size, cfg.in_chans,
         cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.pred_dim, cfg.pred_depth,
-        num_masks=len(mask_sampler(cfg, grid).names), uniform_power=cfg.uniform_power,
+        num_masks=len(mask_sampler(cfg).names), uniform_power=cfg.uniform_power,
         out_dim=cfg.in_chans * cfg.tubelet_size * cfg.patch_size ** 2
         if cfg.objective == "pixel" else None, embed_gain=cfg.embed_gain)
     net = model.JEPA(encoder, predictor).to(device)
@@ -472,7 +617,7 @@ def setup(cfg, rank=0, world=1, device=torch.device("cpu")):
     grid = check_config(cfg)
     model.keep_freed_memory()  # before the first step allocates
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    module, nets, target = build(cfg, grid, device)
+    module, nets, target = build(cfg, device)
     for m in module.modules():
         if hasattr(m, "grad_checkpoint"):
             m.grad_checkpoint = cfg.grad_checkpoint
@@ -480,7 +625,7 @@ def setup(cfg, rank=0, world=1, device=torch.device("cpu")):
     # fused: one kernel for all parameters instead of ~10 operations per tensor
     opt = optimizer(model.param_groups(module), lr=cfg.lr, weight_decay=cfg.weight_decay,
                     fused=device.type in ("cpu", "cuda"))
-    sampler = mask_sampler(cfg, grid) if cfg.objective in ("vjepa", "pixel") else None
+    sampler = mask_sampler(cfg) if grid else None
     net = module
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -494,6 +639,6 @@ def setup(cfg, rank=0, world=1, device=torch.device("cpu")):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except (ValueError, FileNotFoundError, data.NonFiniteLoss) as e:
+    except (ValueError, FileNotFoundError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,5 +1,5 @@
-"""data.load_vjepa_checkpoint: release-format files, ours and hand-made, against the models
-that wrote them; architecture inference; positional recomputation; errors."""
+"""model.from_checkpoint(data.read_checkpoint(path)): release-format files, ours and hand-made,
+against the models that wrote them; architecture inference; errors."""
 import copy
 import os
 import re
@@ -10,7 +10,6 @@ import torch
 import data
 import model
 import train
-from test_model import slow_sincos_3d
 
 # 16 frames (what a file without config is assumed to have), width 192 (standard: 3 heads)
 GEOMETRY = dict(num_frames=16, img_size=32, patch_size=8, tubelet_size=2, in_chans=3)
@@ -27,11 +26,14 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+def load(path, which="target_encoder"):
+    return model.from_checkpoint(data.read_checkpoint(path, which), which, str(path))
+
+
 def write_release(path, encoder, predictor, target=None, drop=(), **extra):
     """A checkpoint as the release writes it: no config, every key under module.backbone."""
-    state = {"encoder": data.to_release(encoder.state_dict()),
-             "predictor": data.to_release(predictor.state_dict()),
-             "target_encoder": data.to_release((target or encoder).state_dict()),
+    state = {**data.release_state({"encoder": encoder, "predictor": predictor,
+                                   "target_encoder": target or encoder}),
              "opt": {}, "scaler": None, "epoch": 0, "loss": 0.5, "batch_size": 2,
              "world_size": 1, "lr": 1e-4, **extra}
     torch.save({k: v for k, v in state.items() if k not in drop}, path)
@@ -56,8 +58,7 @@ def same_outputs(enc_a, pred_a, enc_b, pred_b):
         z = enc_a(clip, keep=ctx)
         assert len(pred_a.mask_tokens) == len(pred_b.mask_tokens)
         for mask_id in range(len(pred_a.mask_tokens)):
-            assert torch.equal(pred_a([z], [(ctx, tgt)], [mask_id])[0],
-                               pred_b([z], [(ctx, tgt)], [mask_id])[0])
+            assert torch.equal(pred_a(z, ctx, tgt, mask_id), pred_b(z, ctx, tgt, mask_id))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,12 +74,12 @@ def test_release_file_gives_the_same_outputs(tmp_path):
         m.eval()
     path = write_release(tmp_path / "release.pt", encoder, predictor, target)
 
-    enc, pred = data.load_vjepa_checkpoint(path)
+    enc, pred = load(path)
     assert not enc.training and not pred.training
     assert (enc.grid, len(enc.blocks), enc.blocks[0].attn.heads) == ((8, 4, 4), 2, 3)
     same_outputs(target, predictor, enc, pred)  # the default reads target_encoder
 
-    enc, _ = data.load_vjepa_checkpoint(path, which="encoder")
+    enc, _ = load(path, which="encoder")
     same_outputs(encoder, predictor, enc, pred)
     clip = torch.randn(1, 3, 16, 32, 32)
     with torch.no_grad():
@@ -89,12 +90,12 @@ def test_missing_entries(tmp_path):
     encoder, predictor = tiny_models()
     path = write_release(tmp_path / "c.pt", encoder, predictor, drop=("target_encoder",))
     with pytest.raises(ValueError, match=r"no 'target_encoder'.*'encoder', 'epoch'"):
-        data.load_vjepa_checkpoint(path)
+        load(path)
     path = write_release(tmp_path / "d.pt", encoder, predictor, drop=("predictor",))
-    enc, pred = data.load_vjepa_checkpoint(path, which="encoder")
+    enc, pred = load(path, which="encoder")
     assert pred is None and len(enc.blocks) == 2
-    with pytest.raises(ValueError, match="which='ema'"):
-        data.load_vjepa_checkpoint(path, which="ema")
+    with pytest.raises(ValueError, match="no 'ema' entry"):
+        load(path, which="ema")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,17 +110,17 @@ def test_trainer_checkpoint(tmp_path, mnist_args):
         "--num_frames", "4", "--img_size", "32", "--patch_size", "8", "--enc_dim", "32",
         "--enc_heads", "2", "--pred_dim", "16", "--dtype", "float32"])
     path = os.path.join(out, "ckpt.pt")
-    enc, pred = data.load_vjepa_checkpoint(path)
+    enc, pred = load(path)
 
     # the same models built by hand from the saved config
-    state = torch.load(path, weights_only=False)
+    state = data.read_checkpoint(path)
     cfg = train.Config(**state["config"])
     ref_enc, ref_pred = model.build_models(
         cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size, cfg.in_chans,
         cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.pred_dim, cfg.pred_depth,
         num_masks=1, uniform_power=cfg.uniform_power)  # future masks: one configuration
-    data.load_strict(ref_enc, data.from_release(state["target_encoder"]), "target")
-    data.load_strict(ref_pred, data.from_release(state["predictor"]), "predictor")
+    model.load_strict(ref_enc, state["target_encoder"], "target")
+    model.load_strict(ref_pred, state["predictor"], "predictor")
     assert enc.blocks[0].attn.heads == 2 and enc.input_size == (4, 32, 32)
     same_outputs(ref_enc.eval(), ref_pred.eval(), enc, pred)
 
@@ -132,10 +133,10 @@ def test_renamed_key_and_wrong_shape_are_named(tmp_path):
     state = encoder.state_dict()
     state["blocks.1.attn.out.weight"] = state.pop("blocks.1.attn.proj.weight")
     path = tmp_path / "renamed.pt"
-    torch.save({"target_encoder": data.to_release(state)}, path)
+    torch.save({"target_encoder": {data.RELEASE_PREFIX + k: v for k, v in state.items()}}, path)
     with pytest.raises(ValueError, match=r"missing \['blocks\.1\.attn\.proj\.weight'\]; "
                                          r"unexpected \['blocks\.1\.attn\.out\.weight'\]"):
-        data.load_vjepa_checkpoint(path)
+        load(path)
 
     # a bias one element short: no other tensor's shape explains it away
     for entry, key, width in (("target_encoder", "blocks.0.mlp.fc2.bias", 192),
@@ -146,57 +147,20 @@ def test_renamed_key_and_wrong_shape_are_named(tmp_path):
         torch.save(ckpt, path)
         with pytest.raises(ValueError, match=rf"{entry} .*wrong shape \['{key} \({width - 1},\) "
                                              rf"\(expected \({width},\)\)"):
-            data.load_vjepa_checkpoint(path)
+            load(path)
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. loading at another clip size recomputes the positional tables
-
-@pytest.mark.parametrize("uniform_power", [True, False])
-def test_positions_recomputed_for_a_new_grid(tmp_path, uniform_power):
-    encoder, predictor = tiny_models(uniform_power)
-    path = write_release(tmp_path / "c.pt", encoder, predictor)
-    enc, pred = data.load_vjepa_checkpoint(path, num_frames=8, img_size=48)
-    new_grid = (4, 6, 6)
-    assert enc.grid == new_grid and enc.input_size == (8, 48, 48)
-
-    # the tables: a fresh model at the new grid, and the per-element reference
-    fresh_enc, fresh_pred = tiny_models(uniform_power, num_frames=8, img_size=48)
-    assert torch.equal(enc.pos_embed, fresh_enc.pos_embed)
-    assert torch.equal(pred.predictor_pos_embed, fresh_pred.predictor_pos_embed)
-    assert torch.allclose(enc.pos_embed[0], slow_sincos_3d(192, new_grid, uniform_power),
-                          atol=1e-5)
-    assert torch.allclose(pred.predictor_pos_embed[0],
-                          slow_sincos_3d(48, new_grid, uniform_power), atol=1e-5)
-
-    # every other tensor as saved
-    for saved, loaded, table in ((encoder, enc, "pos_embed"),
-                                 (predictor, pred, "predictor_pos_embed")):
-        new = loaded.state_dict()
-        for key, value in saved.state_dict().items():
-            assert key == table or torch.equal(new[key], value), key
-
-    # outputs: the fresh models with the saved weights (and their own tables) loaded
-    for saved, fresh, table in ((encoder, fresh_enc, "pos_embed"),
-                                (predictor, fresh_pred, "predictor_pos_embed")):
-        state = saved.state_dict()
-        state[table] = getattr(fresh, table)
-        data.load_strict(fresh, state, "fresh")
-    same_outputs(fresh_enc.eval(), fresh_pred.eval(), enc, pred)
-
+# 4. a positional table is read as it is
 
 def test_foreign_positional_table(tmp_path):
-    """A table that is not one of our sin-cos codes loads as it is, but cannot be recomputed."""
+    """A table that is not one of our sin-cos codes loads as it is."""
     encoder, predictor = tiny_models()
     with torch.no_grad():
         encoder.pos_embed.add_(0.01 * torch.randn_like(encoder.pos_embed))
     path = write_release(tmp_path / "c.pt", encoder, predictor)
-    enc, _ = data.load_vjepa_checkpoint(path)
+    enc, _ = load(path)
     assert torch.equal(enc.pos_embed, encoder.pos_embed)
-    with pytest.raises(ValueError, match=r"pos_embed is not one of our sin-cos tables for the "
-                                         r"grid \(8, 4, 4\), so it cannot be recomputed for "
-                                         r"\(8, 6, 6\)"):
-        data.load_vjepa_checkpoint(path, img_size=48)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,14 +171,14 @@ def test_foreign_positional_table(tmp_path):
 def test_infer_released_architectures(dim, depth, heads, img, tokens):
     with torch.device("meta"):  # shapes without memory or compute
         encoder, predictor = model.build_models(16, img, 16, 2, 3, dim, depth, heads, 384, 12)
-    arch = data.infer_architecture(data.to_release(encoder.state_dict()),
-                                    data.to_release(predictor.state_dict()))
-    assert arch["num_tokens"] == tokens
-    assert arch["encoder"] == dict(num_frames=16, img_size=img, patch_size=16, tubelet_size=2,
-                                   in_chans=3, dim=dim, depth=depth, heads=heads, mlp_ratio=4.0,
-                                   embed_gain=1.0)
-    assert arch["predictor"] == dict(enc_dim=dim, dim=384, depth=12, heads=heads,
-                                     num_mask_tokens=2, mlp_ratio=4.0, out_dim=dim)
+        enc, pred = model.from_checkpoint({"target_encoder": encoder.state_dict(),
+                                           "predictor": predictor.state_dict()})
+    assert enc.num_tokens == tokens and enc.input_size == (16, img, img) and enc.in_chans == 3
+    assert (enc.dim, len(enc.blocks), enc.blocks[0].attn.heads) == (dim, depth, heads)
+    assert enc.blocks[0].mlp.fc1.out_features == 4 * dim
+    assert (pred.predictor_embed.out_features, len(pred.predictor_blocks)) == (384, 12)
+    assert (pred.predictor_blocks[0].attn.heads, len(pred.mask_tokens)) == (heads, 2)
+    assert pred.predictor_proj.out_features == dim
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,9 +187,10 @@ def test_infer_released_architectures(dim, depth, heads, img, tokens):
 def test_heads_of_a_non_standard_width(tmp_path):
     encoder, predictor = tiny_models(enc_dim=40, enc_heads=2, pred_dim=16)
     path = write_release(tmp_path / "c.pt", encoder, predictor)
-    with pytest.raises(ValueError, match=r"width-40 encoder.*pass heads="):
-        data.load_vjepa_checkpoint(path)
-    enc, pred = data.load_vjepa_checkpoint(path, heads=2)
+    with pytest.raises(ValueError, match=r"width-40 encoder with no config: its heads are unknown"):
+        load(path)
+    write_release(path, encoder, predictor, config={"enc_heads": 2})
+    enc, pred = load(path)
     assert enc.blocks[0].attn.heads == pred.predictor_blocks[0].attn.heads == 2
     same_outputs(encoder.eval(), predictor.eval(), enc, pred)
 
@@ -233,11 +198,11 @@ def test_heads_of_a_non_standard_width(tmp_path):
 def test_a_grid_that_16_frames_cannot_explain(tmp_path):
     encoder, predictor = tiny_models(num_frames=6)  # N = 3 x 4 x 4 = 48, not 8 x a square
     path = write_release(tmp_path / "c.pt", encoder, predictor)
-    with pytest.raises(ValueError, match=r"N=48 tokens.*num_frames=16 \(assumed: no config\)"):
-        data.load_vjepa_checkpoint(path)
+    with pytest.raises(ValueError, match=r"pos_embed has 48 tokens, not 16 frames / tubelet 2"):
+        load(path)
     # with the frame count in a config, the same tensors load
     write_release(path, encoder, predictor, config={"num_frames": 6})
-    enc, pred = data.load_vjepa_checkpoint(path)
+    enc, pred = load(path)
     same_outputs(encoder.eval(), predictor.eval(), enc, pred)
 
 
@@ -273,7 +238,7 @@ def test_a_file_that_is_not_a_checkpoint(tmp_path, make, expected):
     path = tmp_path / "c.pt"
     make(path)
     with pytest.raises(ValueError) as info:
-        data.load_vjepa_checkpoint(path)
+        load(path)
     message = str(info.value)
     assert "\n" not in message and message.startswith(str(path))
     assert re.search(expected, message), message
@@ -282,49 +247,3 @@ def test_a_file_that_is_not_a_checkpoint(tmp_path, make, expected):
                             "train.py writes)")
     sizes = re.findall(r"a (\d+)-byte", message)
     assert sizes in ([], [str(os.path.getsize(path))])
-
-
-# ----------------------------------------------------------------------------------------------
-# 8. the clip size a file without config was trained at
-
-EIGHT = dict(num_frames=8, img_size=64, patch_size=16)  # pos_embed [1, 64, 192]: 4 x 4 x 4
-
-
-def test_trained_frames_of_a_file_without_config(tmp_path):
-    encoder, predictor = tiny_models(**EIGHT)
-    assert encoder.pos_embed.shape == (1, 64, 192)
-    path = write_release(tmp_path / "eight.pt", encoder, predictor)
-    # 64 tokens are not 8 time steps (16 frames) times a square; num_frames= only rebuilds
-    for kwargs in ({}, {"num_frames": 8}):
-        with pytest.raises(ValueError, match=r"N=64 tokens, which is not num_frames=16 "
-                                             r"\(assumed: no config\).*pass trained_frames="):
-            data.load_vjepa_checkpoint(path, **kwargs)
-
-    for kwargs in ({"trained_frames": 8}, {"trained_img_size": 64}):
-        enc, pred = data.load_vjepa_checkpoint(path, **kwargs)
-        assert enc.grid == (4, 4, 4) and enc.input_size == (8, 64, 64)
-        same_outputs(encoder.eval(), predictor.eval(), enc, pred)
-
-    # trained at 8 frames, rebuilt at 16: the tables of a fresh 16-frame model, the rest as saved
-    enc, pred = data.load_vjepa_checkpoint(path, trained_frames=8, num_frames=16)
-    fresh_enc, fresh_pred = tiny_models(**dict(EIGHT, num_frames=16))
-    assert enc.grid == (8, 4, 4)
-    assert torch.equal(enc.pos_embed, fresh_enc.pos_embed)
-    assert torch.equal(pred.predictor_pos_embed, fresh_pred.predictor_pos_embed)
-    assert torch.equal(enc.patch_embed.proj.weight, encoder.patch_embed.proj.weight)
-
-
-@pytest.mark.parametrize("kwargs,config,expected", [
-    ({"trained_frames": 6}, None,
-     r"N=64 tokens, which is not num_frames=6 \(given as trained_frames\) / tubelet 2"),
-    ({"trained_img_size": 48}, None, r"N=64 tokens.*of trained_img_size=48 / patch 16$"),
-    ({"trained_frames": 8, "trained_img_size": 32}, None,
-     r"N=64 tokens, which is not num_frames=8 \(given as trained_frames\).*trained_img_size=32"),
-    ({"trained_frames": 16}, {"num_frames": 8},
-     r"trained_frames=16, but the file's config says num_frames=8"),
-])
-def test_trained_size_that_does_not_fit(tmp_path, kwargs, config, expected):
-    path = tmp_path / "eight.pt"
-    write_release(path, *tiny_models(**EIGHT), **({"config": config} if config else {}))
-    with pytest.raises(ValueError, match=expected):
-        data.load_vjepa_checkpoint(path, **kwargs)

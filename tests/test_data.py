@@ -477,34 +477,6 @@ def test_moving_mnist_canvas_equal_to_digit(small_digits):
 
 
 # ----------------------------------------------------------------------------------------------
-# 8. MovingMNISTFile
-
-def test_moving_mnist_file(tmp_path):
-    """Clips are the file's first num_frames frames of the sequences named in labels['index'],
-    as float in [0,1]; too many frames -> ValueError; a missing file -> FileNotFoundError."""
-    rng = np.random.default_rng(0)
-    seqs = rng.integers(0, 256, (20, 5, 64, 64), dtype=np.uint8)
-    path = tmp_path / "mnist_test_seq.npy"
-    np.save(path, seqs)
-    for T in (20, 7):
-        src = data.MovingMNISTFile(str(path), num_frames=T)
-        clips, lab = src.sample(6, gen(0))
-        assert clips.shape == (6, 1, T, 64, 64) and clips.dtype == torch.float32
-        assert clips.min() >= 0 and clips.max() <= 1
-        idx = lab["index"].tolist()
-        assert len(idx) == 6 and all(0 <= i < 5 for i in idx)
-        for b, i in enumerate(idx):
-            expected = torch.from_numpy(seqs[:T, i].astype(np.float32) / 255)
-            assert torch.allclose(clips[b, 0], expected, atol=1e-6)
-        clips2, lab2 = src.sample(6, gen(0))
-        assert torch.equal(clips, clips2) and torch.equal(lab["index"], lab2["index"])
-    with pytest.raises(ValueError):
-        data.MovingMNISTFile(str(path), num_frames=21)
-    with pytest.raises(FileNotFoundError):
-        data.MovingMNISTFile(str(tmp_path / "nope.npy"))
-
-
-# ----------------------------------------------------------------------------------------------
 # 9. VideoFolder
 
 LEVEL = 8  # frame k of the test videos has constant brightness LEVEL * k
@@ -742,22 +714,3 @@ def test_switching_mnist_too_fast_for_canvas(small_digits):
     images, labels = small_digits
     with pytest.raises(ValueError, match="does not fit"):
         data.SwitchingMovingMNIST(images, labels, num_frames=6, img_size=64, speed=4.0)
-
-
-def test_moving_mnist_background(small_digits):
-    """background=b: the same labels as without (same generator seed), over a pattern that is
-    the same in every frame, lies in [0, b], differs between clips, and is smooth: bilinear
-    between 4x4 random levels, so neighbouring pixels differ by at most b over the width of
-    one bilinear cell, (size - 1) / 3 pixels."""
-    images, labels = small_digits
-    images = torch.zeros_like(images)  # black digits: only the background shows
-    kwargs = dict(num_frames=4, img_size=37, num_digits=1)
-    plain, lab = data.MovingMNIST(images, labels, **kwargs).sample(3, gen(5))
-    bg, lab2 = data.MovingMNIST(images, labels, background=0.5, **kwargs).sample(3, gen(5))
-    assert plain.abs().max() == 0 and all(torch.equal(lab[k], lab2[k]) for k in lab)
-    frames = bg[:, 0]  # (B, T, H, W)
-    assert torch.equal(frames, frames[:, :1].expand_as(frames))  # static
-    assert frames.min() >= 0 and frames.max() <= 0.5 and frames.max() > 0.1
-    assert not torch.allclose(frames[0], frames[1])  # another pattern per clip
-    step = 0.5 / ((37 - 1) / 3)  # the largest slope of a bilinear cell, per pixel
-    assert (frames[..., 1:] - frames[..., :-1]).abs().max() <= step + 1e-6

@@ -210,9 +210,9 @@ def folder_args(path, out, *extra):
 
 
 def test_run_over_a_folder_with_a_corrupt_file(tmp_path, capsys):
-    """40 good files and one corrupt GIF: the run finishes, names the GIF once, counts the
-    replaced draws in the log, and a run resumed half-way (in a new process that has not met
-    the GIF, with a DataLoader worker) gives the same losses."""
+    """40 good files and one corrupt GIF: the run finishes, names the GIF once, and a run
+    resumed half-way (in a new process that has not met the GIF, with a DataLoader worker)
+    gives the same losses."""
     import json
     import data
     [bad] = write_folder(tmp_path / "videos", 40, ["truncated.gif"])
@@ -221,14 +221,12 @@ def test_run_over_a_folder_with_a_corrupt_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("warning: skipping") == 1
     assert f"warning: skipping cannot read {bad}: image file is truncated" in err
-    log = read_log(straight)
-    # the counts: one per replaced draw, as the data source reports them step by step
+    # the replaced draws, as the data source reports them step by step
     batches = data.StepBatches(data.VideoFolder(str(tmp_path / "videos"), 4, 32, 1), 8, seed=0)
     per_step = [len(batches[s][1]["failed"]) for s in range(30)]
-    assert [r["skipped"] for r in log] == [sum(per_step[i:i + 5]) for i in range(0, 30, 5)]
     assert sum(per_step[:15]) > 0 and sum(per_step[15:]) > 0  # before and after the split
     summary = json.loads((straight / "summary.json").read_text())
-    assert summary["steps"] == 30 and summary["skipped_files"] == [bad]
+    assert summary["steps"] == 30
 
     train.main(folder_args(tmp_path / "videos", split, "--max_steps", "30", "--stop_at", "15"))
     train.main(folder_args(tmp_path / "videos", split, "--max_steps", "30", "--resume", "true",
@@ -237,20 +235,6 @@ def test_run_over_a_folder_with_a_corrupt_file(tmp_path, capsys):
     assert f"warning: skipping cannot read {bad}: image file is truncated" in (
         capsys.readouterr().err)
     assert untimed(split) == untimed(straight)
-
-
-def test_too_many_unusable_files_stop_the_run(tmp_path):
-    bad = write_folder(tmp_path / "videos", 3, ["garbage.gif", "short.npy", "truncated.gif"])
-    with pytest.raises(ValueError) as info:
-        train.main(folder_args(tmp_path / "videos", tmp_path / "run", "--max_steps", "100"))
-    message = str(info.value)
-    assert re.match(rf"(\d+) of (\d+) draws from {tmp_path / 'videos'} met a file that cannot "
-                    r"be used, more than 5%; the first: ", message), message
-    failed, draws = map(int, re.findall(r"\d+", message)[:2])
-    assert draws >= data.SkippedFiles.MIN_DRAWS and failed > 0.05 * draws
-    named = [p for p in bad if p in message]
-    assert named and message.endswith("List them all: python tools/check_videos.py --data_path DIR")
-    assert read_log(tmp_path / "run")[-1]["step"] < 100  # stopped early
 
 
 def test_check_videos_lists_the_unusable_files(tmp_path, capsys):

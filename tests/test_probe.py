@@ -70,11 +70,11 @@ def test_attentive_probe_against_a_per_sample_loop():
         assert torch.allclose(out[b], p.head(x), atol=1e-5)
 
 
-def test_encode_tokens_in_batches_equal_the_encoder():
+def test_encode_in_batches_equals_the_encoder():
     torch.manual_seed(0)
     enc = model.VisionTransformer(4, 16, 8, 2, 1, 16, 1, 2).eval()  # 2 x 2 x 2 = 8 tokens
     clips = torch.rand(3, 1, 4, 16, 16)
-    tokens = probe.encode_tokens(enc, clips, batch=2, dtype=torch.float32)
+    tokens = model.encode(enc, clips, batch=2, dtype=torch.float32)
     assert tokens.shape == (3, 8, 16) and tokens.dtype == torch.float32  # the probe's
     assert torch.allclose(tokens.float(), enc(clips), atol=1e-2)
 
@@ -658,7 +658,7 @@ def test_random_init_of_a_loaded_checkpoint_keeps_its_embed_gain(tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save({"encoder": state, "target_encoder": state,
                 "config": {"embed_gain": 3.0, "enc_heads": 2, "num_frames": 4}}, path)
-    loaded, _ = data.load_vjepa_checkpoint(str(path))
+    loaded, _ = probe.load_encoder(str(path))
     fresh = probe.random_init_like(loaded, 7)
     reference = model.VisionTransformer(num_frames=4, img_size=32, patch_size=8, tubelet_size=2,
                                         in_chans=1, dim=24, depth=1, heads=2, embed_gain=1.0)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import data
+import model
 import probe
 import train
 from test_probe import MNIST_ARGS, tiny_vjepa, two_seeds  # noqa: F401 (a fixture)
@@ -159,24 +160,24 @@ def test_snapshots_and_the_learning_curve(tmp_path):
     ckpt = tiny_vjepa(out, "--snapshot_every", "2", "--log_every", "2")
     names = sorted(os.listdir(os.path.join(out, "snapshots")))
     assert names == ["step000000.pt", "step000002.pt", "step000004.pt"]
-    snaps = [torch.load(os.path.join(out, "snapshots", n), weights_only=False) for n in names]
+    snaps = [data.read_checkpoint(os.path.join(out, "snapshots", n)) for n in names]
     assert [s["step"] for s in snaps] == [0, 2, 4]
     # step 0 is the initialisation: a model built afresh from the run's seed
     cfg = train.Config(**snaps[0]["config"])
     torch.manual_seed(cfg.seed)
-    _, nets, _ = train.build(cfg, None, torch.device("cpu"))
+    _, nets, _ = train.build(cfg, torch.device("cpu"))
     for name in ("encoder", "target_encoder"):
-        state = data.from_release(snaps[0][name])
+        state = snaps[0][name]
         fresh = nets[name].state_dict()
         assert state.keys() == fresh.keys()
         assert all(torch.equal(state[k], fresh[k]) for k in fresh), name
     # the last snapshot holds the final weights
-    final = torch.load(ckpt, weights_only=False)
+    final = data.read_checkpoint(ckpt)
     for name in ("encoder", "target_encoder"):
         assert all(torch.equal(snaps[2][name][k], v) for k, v in final[name].items())
     # the log's drift of the target encoder at step 4, from the snapshots
     params = [k for k, _ in nets["encoder"].named_parameters()]
-    w0, w4 = (data.from_release(s["target_encoder"]) for s in (snaps[0], snaps[2]))
+    w0, w4 = (s["target_encoder"] for s in (snaps[0], snaps[2]))
     moved = sum(float((w4[k].double() - w0[k].double()).pow(2).sum()) for k in params)
     norm = sum(float(w0[k].double().pow(2).sum()) for k in params)
     with open(os.path.join(out, "log.jsonl")) as f:

@@ -58,8 +58,7 @@ def main(argv):
     a.dtype = model.pick_dtype(a.dtype, torch.device("cpu"))
     settings = [(int(n), float(lr), int(e), int(b)) for n, lr, e, b in
                 (s.split(":") for s in a.settings)]
-    encoder = data.load_vjepa_checkpoint(a.ckpt)[0]
-    config = probe.read_config(a.ckpt)
+    encoder, config = probe.load_encoder(a.ckpt)
     a.fit_clips = max(s[0] for s in settings)
     sources, _ = probe.probe_sets(config, encoder, a)
     rows, results = [], []
@@ -67,8 +66,8 @@ def main(argv):
         sets = []
         for part, n, seed in (("fit", a.fit_clips, 1), ("test", a.test_clips, 2)):
             clips, labels = data.fixed_set(sources[part], n, seed=seed)
-            tokens = probe.encode_tokens(net, clips.expand(-1, net.in_chans, -1, -1, -1),
-                                         dtype=a.dtype)
+            tokens = model.encode(net, clips.expand(-1, net.in_chans, -1, -1, -1),
+                                  dtype=a.dtype).to(a.dtype)
             sets.append((tokens, probe.probe_tasks(labels, sources[part].speed)))
         for setting in settings:
             start = time.time()

@@ -189,7 +189,7 @@ def step_worker(job):
             gflop = count_flops(lambda: train.train_step(run, pool[0], step)) / 1e9
         except RuntimeError:  # the counter's module hooks break autograd.grad (FISTA inside)
             gflop = None
-        peak_rss_mb = getattr(data, "peak_rss_mb", None) or train.peak_rss_mb  # either, by commit
+        peak_rss_mb = getattr(train, "peak_rss_mb", None) or data.peak_rss_mb  # either, by commit
         _reply({"gflop_per_step": gflop, "peak_rss_mb": peak_rss_mb(),
                 "dtype": str(run.dtype).replace("torch.", ""),
                 "clips_per_step": cfg.batch_size * cfg.accum_steps})

@@ -38,7 +38,7 @@ def content_share(targets):
 
 def context_dependence(path, clips=64, seed=0):
     """The measurements of the module docstring for checkpoint `path` -> dict (also printed)."""
-    state = data.read_state(path)
+    state = data.read_checkpoint(path)
     cfg = train.Config(**state["config"])
     if cfg.objective != "vjepa":
         raise ValueError(f"{path} is a {cfg.objective} checkpoint; expected vjepa")
@@ -48,7 +48,7 @@ def context_dependence(path, clips=64, seed=0):
     for when in ("init", "trained"):
         if when == "trained":
             for name, net in run.nets.items():
-                data.load_strict(net, data.from_release(state[name]), f"{path} {name}")
+                model.load_strict(net, state[name], f"{path} {name}")
         g = torch.Generator().manual_seed(seed)
         losses_ = {"own": [], "other_clip": [], "zeros": []}
         change, grads = [], {"encoder": 0.0, "predictor": 0.0}
@@ -61,9 +61,9 @@ def context_dependence(path, clips=64, seed=0):
             preds = {}
             for kind, edit in zip(losses_, (lambda z: z, lambda z: z.roll(1, 0),
                                             torch.zeros_like)):
-                preds[kind] = run.module.predictor(
-                    [edit(run.module.encoder(batch, keep=ctx)) for ctx, _ in step_masks],
-                    step_masks)
+                preds[kind] = [run.module.predictor(
+                    edit(run.module.encoder(batch, keep=ctx)), ctx, tgt, m)
+                    for m, (ctx, tgt) in enumerate(step_masks)]
                 loss = losses.PREDICTION_LOSSES[cfg.loss](
                     preds[kind], [model.gather_tokens(targets, tgt) for _, tgt in step_masks])
                 if kind == "own":

@@ -65,16 +65,16 @@ def load_run(path, mnist_dir=""):
     """A VJ-VCR or generative checkpoint -> (its Config, its infer_latent.VJVCR in eval mode)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"--ckpt {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = data.read_checkpoint(path)
     config = {"pool_grid": 1, **state["config"]}  # files without pool_grid pooled globally
     cfg = train.Config(**{**config, "mnist_dir": mnist_dir or config["mnist_dir"]})
     if cfg.objective in ("vjepa", "pixel"):
         raise ValueError(f"{path} is a V-JEPA checkpoint; this evaluates VJ-VCR and "
                          "generative ones (objective vjvcr or generative)")
-    net, _, _ = train.build(cfg, None, torch.device("cpu"))
+    net, _, _ = train.build(cfg, torch.device("cpu"))
     for name in ("encoder", "predictor", "decoder"):
         if getattr(net, name) is not None:
-            data.load_strict(getattr(net, name), data.from_release(state[name]),
+            model.load_strict(getattr(net, name), state[name],
                               f"{path} {name}")
     return cfg, net.eval()
 
@@ -85,10 +85,10 @@ def predict(net, clips, batch=128, decode=True):
     decoder makes of them, or None without one or with decode=False: decoding is slow)."""
     steps, recon = [], []
     for c in clips.split(batch):
-        _, pred, pred_steps = net.predict(c)
-        steps.append(pred_steps)
+        pred = net.predictor(net.encoder(c[:, :, :net.cfg.mask_ctx_frames]))  # no latent
+        steps.append(pred)
         if decode and net.decoder is not None:
-            recon.append(net.decode(pred))
+            recon.append(net.decoder(pred))
     return torch.cat(steps), (torch.cat(recon) if recon else None)
 
 
@@ -283,7 +283,7 @@ def probe_vcr(a):
     random = []
     for i in range(a.random_inits):
         torch.manual_seed(1000 + i)
-        net, _, _ = train.build(cfg, None, torch.device("cpu"))
+        net, _, _ = train.build(cfg, torch.device("cpu"))
         random.append(vcr_scores(cfg, net.eval(), sets))
     speed_fit, speed_test = sets["fit"][1]["speed"][:, 0], sets["test"][1]["speed"][:, 0]
     y_fit, y_test = (sets[p][0][:, :, cfg.mask_ctx_frames:] for p in ("fit", "test"))
