@@ -8,10 +8,8 @@ run sees exactly the batches it would have seen, and DataLoader workers need no 
 
 Digits come from MNIST IDX files in a directory (`mnist_dir` or $MNIST_DIR), else from a
 one-time download into ~/.cache/vjepa-mnist checked against the published MD5s, else (offline)
-from digits drawn procedurally here, with a one-line warning.
-
-Checkpoints are written atomically, the one replaced kept as *_prev.pt, and read without running
-pickled code (`read_checkpoint`); model.from_checkpoint builds the networks of one.
+from digits drawn procedurally here, with a one-line warning. Checkpoints are written
+atomically and read without running pickled code; model.from_checkpoint builds their networks.
 """
 import contextlib
 import gzip
@@ -244,8 +242,7 @@ class MovingMNIST:
         self.normalise = normalise  # (x - MMNIST_MEAN) / MMNIST_STD, as video gets ImageNet's
 
     def sample(self, batch, generator):
-        B, n, T = batch, self.num_digits, self.num_frames
-        g = generator
+        B, n, T, g = batch, self.num_digits, self.num_frames, generator
         which = torch.randint(len(self.images), (B, n), generator=g)
         room = self.img_size - self.images.shape[-1]  # top-left corner range [0, room]
         start = torch.rand(B, n, 2, generator=g) * room
@@ -302,6 +299,17 @@ class SwitchingMovingMNIST:
         return clips[:, None], labels
 
 
+def check_video_shape(path, shape, num_frames, counted=True):
+    """ValueError naming the file unless `shape` is a video [T, H, W(, C)] of >= num_frames
+    frames (counted=False, T = 0: a header that does not store the count; not checked)."""
+    if len(shape) not in (3, 4) or 0 in shape[1:3]:
+        raise ValueError(f"{path} holds an array of shape {tuple(shape)}; expected a video "
+                         "[T, H, W] or [T, H, W, C]")
+    if (counted or shape[0]) and shape[0] < num_frames:
+        raise ValueError(f"{path} has {shape[0]} frames; expected at least "
+                         f"num_frames={num_frames}")
+
+
 class VideoFolder:
     """Real video: every .gif, .mp4, .avi, .webm or .npy ([T, H, W] or [T, H, W, C]) under
     `root`. A clip is `num_frames` frames `stride` apart from a random start (the last frame
@@ -324,47 +332,34 @@ class VideoFolder:
         if not self.files:
             raise FileNotFoundError(f"data_path={root!r} holds no video "
                                     f"({', '.join(self.EXTENSIONS)})")
-        self.root, self.num_frames, self.img_size, self.in_chans, self.stride = (
-            root, num_frames, img_size, in_chans, stride)
-        self.scale, self.ratio = scale, ratio
+        self.root, self.num_frames, self.img_size, self.in_chans = (root, num_frames, img_size,
+                                                                    in_chans)
+        self.stride, self.scale, self.ratio = stride, scale, ratio
         self.bad = {}  # path -> why it cannot be used, so that this process reads it only once
         self.named = set()  # the files warned about
 
-    def read(self, path, header_only=False):
-        """-> uint8 array [T, H, W, C]; with header_only, its shape, from the file's header
-        rather than its frames. ValueError naming the file if it cannot be read, holds no
-        video, or has fewer than num_frames frames."""
+    def read(self, path):
+        """-> uint8 array [T, H, W, C]. ValueError naming the file if it cannot be read, holds
+        no video, or has fewer than num_frames frames."""
         try:
             if path.endswith(".npy"):
-                video = np.load(path, mmap_mode="r" if header_only else None)
+                video = np.load(path)
             else:
                 import imageio.v3 as iio
-                video = (iio.improps if header_only else iio.imread)(path, index=None)
-            shape = tuple(video.shape)
+                video = iio.imread(path, index=None)
         except Exception as e:  # numpy and imageio raise many kinds; name the file either way
             raise ValueError(f"cannot read {path}: {' '.join(str(e).split())}") from None
-        if len(shape) not in (3, 4) or 0 in shape[1:3]:
-            raise ValueError(f"{path} holds an array of shape {shape}; expected a video "
-                             "[T, H, W] or [T, H, W, C]")
-        # a video container may not store its frame count (0 in its header): not checked then
-        counted = not header_only or shape[0] or path.endswith((".npy", ".gif"))
-        if counted and shape[0] < self.num_frames:
-            raise ValueError(f"{path} has {shape[0]} frames; expected at least "
-                             f"num_frames={self.num_frames}")
-        if header_only:
-            return shape
+        check_video_shape(path, video.shape, self.num_frames)
         return video[..., None] if video.ndim == 3 else video
 
     def warn(self, failed):
-        """Name each replaced file (labels["failed"]) once, in the training process: a
-        DataLoader worker's bad-file notes die with it, so the file is read again here."""
+        """Name each replaced file (labels["failed"]) once, in the training process (a
+        DataLoader worker's notes die with it: the file is read again here for its reason)."""
         for path in sorted({self.files[i] for i in failed.tolist()} - self.named):
             self.named.add(path)
-            why = (self.bad[path] if self.video(path) is None
-                   else f"{path}, which a DataLoader worker could not read (it reads now)")
+            why = self.bad[path] if self.video(path) is None else f"{path} (it reads now)"
             print(f"warning: skipping {why}; another file is drawn in its place (each file is "
-                  "named once; list them all: python tools/check_videos.py --data_path DIR)",
-                  file=sys.stderr)
+                  "named once; all: python tools/check_videos.py --data_path DIR)", file=sys.stderr)
 
     def video(self, path):
         """read(path), or None if it cannot be used; a bad file is not read again."""
@@ -453,10 +448,8 @@ def fixed_chunks(source, n, seed, chunk=256):
 
 def fixed_set(source, n, seed, chunk=256):
     """A fixed seeded set of n clips (for validation), made in chunks. -> (clips, labels)."""
-    parts = list(fixed_chunks(source, n, seed, chunk))
-    clips = torch.cat([p[0] for p in parts])
-    labels = {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
-    return clips, labels
+    clips, labels = zip(*fixed_chunks(source, n, seed, chunk))
+    return torch.cat(clips), {k: torch.cat([lab[k] for lab in labels]) for k in labels[0]}
 
 
 def make_source(cfg, part="train", digits=None):
@@ -482,8 +475,7 @@ CHECKPOINT_LAYOUT = ("a torch.save file of a dict with 'encoder' and 'target_enc
 
 def previous_path(path):
     """Where the checkpoint before the latest is kept: out/ckpt.pt -> out/ckpt_prev.pt."""
-    root, ext = os.path.splitext(path)
-    return f"{root}_prev{ext}"
+    return "{}_prev{}".format(*os.path.splitext(path))
 
 
 def atomic_save(obj, path, keep_previous=False):
@@ -499,10 +491,8 @@ def atomic_save(obj, path, keep_previous=False):
     os.replace(tmp, path)
     with contextlib.suppress(OSError):  # the renames too (POSIX; Windows cannot open a folder)
         fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        os.fsync(fd)
+        os.close(fd)
 
 
 def release_state(nets):
@@ -530,12 +520,13 @@ def _what_file(path, error):
     detail = " ".join(str(error).split())
     refused = re.search(r"WeightsUnpickler error: (.*?) Check the documentation", detail)
     detail = refused.group(1) if refused else detail.split(". ")[0] or type(error).__name__
+    zipped = head.startswith(b"PK\x03\x04")  # torch.save writes a zip archive
     if size == 0:
         return "an empty file"
-    if head.startswith(b"PK\x03\x04") and refused:  # torch.save writes a zip archive
+    if zipped and refused:
         return (f"a torch file of objects other than tensors and plain containers, which "
                 f"loading without running its code refuses ({detail})")
-    if head.startswith(b"PK\x03\x04"):
+    if zipped:
         return (f"a {size}-byte zip archive that is not a whole torch checkpoint (truncated, "
                 f"or another kind of zip: {detail})")
     if head.startswith(b"\x80"):  # pickle protocol 2+, also the old torch.save format
@@ -599,11 +590,11 @@ def resume(path, nets, opt, config, arch_keys):
             if state["config"].get(k) != config[k]]
     if diff:
         raise ValueError(f"--resume: {used} is from another architecture: {', '.join(diff)}")
-    for name, net in nets.items():
-        try:
+    try:
+        for name, net in nets.items():
             net.load_state_dict(state[name], strict=True)
-        except (KeyError, RuntimeError) as e:
-            raise ValueError(f"--resume: {used} {name}: {' '.join(str(e).split())}") from None
+    except (KeyError, RuntimeError) as e:  # a file edited by hand: the architecture matches
+        raise ValueError(f"--resume: {used}: {' '.join(str(e).split())}") from None
     opt.load_state_dict(state["opt"])
     torch.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])

@@ -7,9 +7,13 @@ a grid of T/t x H/p x W/p tokens, flattened time-major, index = (i_t * Hp + i_h)
 Parameter names follow the original V-JEPA release (without its `module.backbone.` prefix).
 """
 import contextlib
+import datetime
 import math
+import os
+import sys
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
@@ -208,7 +212,7 @@ class VisionTransformer(nn.Module):
         return self.pos_embed.shape[1]
 
     def forward(self, x, keep=None):
-        """x: [B, C, T, H, W]; keep: optional [B, K] indices of the tokens to encode -> [B, N|K, D]"""
+        """x: [B, C, T, H, W]; keep: [B, K] indices of the tokens to encode -> [B, N or K, D]"""
         if x.shape[1] != self.in_chans or tuple(x.shape[2:]) != self.input_size:
             raise ValueError(f"clip of shape {tuple(x.shape[1:])} does not fit an encoder built "
                              f"for {(self.in_chans, *self.input_size)} (C, T, H, W)")
@@ -344,7 +348,23 @@ def encode(encoder, clips, batch=32, dtype=torch.float32):
 
 
 # ----------------------------------------------------------------------------------------------
-# Device and precision
+# Devices, processes and precision
+
+def setup_distributed(choice="auto", timeout_s=600):
+    """(rank, world size, device); torchrun's variables set: its process group (nccl on GPUs,
+    gloo on CPUs), whose collectives raise after waiting timeout_s (a rank hung)."""
+    cuda = choice == "cuda" or (choice == "auto" and torch.cuda.is_available())
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        dist.init_process_group("nccl" if cuda else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    rank = dist.get_rank() if world > 1 else 0
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
 
 def cpu_class():
     """"AMX", "AVX-512 bf16", "AVX-512" or what ATen reports ("AVX2", ...); lowered by
@@ -390,3 +410,12 @@ def keep_freed_memory(largest=32 << 20):
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
     return bool(mallopt(M_MMAP_THRESHOLD, largest) and mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process so far, in MB (None on Windows)."""
+    if sys.platform == "win32":
+        return None
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10  # bytes / KB

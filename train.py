@@ -14,7 +14,6 @@ V-JEPA's loss is `vjepa_loss`, VJ-VCR's `vjvcr_loss`; `train_step` is the optimi
 import contextlib
 import copy
 import dataclasses
-import datetime
 import json
 import math
 import os
@@ -42,9 +41,8 @@ import model  # noqa: E402
 class Config:
     """The defaults are the laptop recipe (`python train.py`, docs/results.md): V-JEPA on
     16x64x64 MovingMNIST with a ViT 192/6/3, future masks (the first 8 frames predict the last
-    8), patch 16, normalised pixels and embedding gain 3 (a tubelet's content as loud against
-    its position as in the paper's geometry), EMA from 0.9998, plus VJ-VCR's variance-covariance
-    term on the context tokens (token_vcr) that keeps their rank from collapsing."""
+    8), patch 16, normalised pixels, embedding gain 3, EMA from 0.9998, plus VJ-VCR's
+    variance-covariance term on the context tokens (token_vcr) against rank collapse."""
     preset: str = "laptop"
     out_dir: str = "out/laptop"
     # data
@@ -174,8 +172,7 @@ CHOICES = {"dataset": ("movingmnist", "switching_mnist", "video_folder"),
 
 def feature_targets(run, clips):
     """V-JEPA's targets for every token -> (the EMA target encoder's features h [B, N, D], their
-    layer norm without affine parameters [B, N, D] float32); for pixel targets (no target
-    encoder) (None, each tubelet's normalised pixels)."""
+    layer norm without affine parameters [B, N, D] float32); pixel targets: (None, pixels)."""
     if run.target is None:
         return None, model.pixel_targets(clips, run.cfg.patch_size, run.cfg.tubelet_size)
     h = run.target(clips)
@@ -229,7 +226,8 @@ def train_step(run, clips, step):
     run.opt.zero_grad(set_to_none=True)
     total, chunks = 0.0, clips.to(run.device, non_blocking=True).chunk(cfg.accum_steps)
     for i, x in enumerate(chunks):  # DDP averages gradients across processes on the last only
-        with no_sync_unless(run, i == len(chunks) - 1):  # also around the backward pass
+        last = i == len(chunks) - 1 or run.world == 1
+        with contextlib.nullcontext() if last else run.net.no_sync():  # also around backward
             with model.autocast(run.device, run.dtype):
                 loss, terms, h = OBJECTIVES[cfg.objective](run, x, g)
             (loss / len(chunks)).backward()
@@ -243,10 +241,6 @@ def train_step(run, clips, step):
         g = torch.Generator().manual_seed(data.step_seed(cfg.seed, 0, step, stream=2))
         infer_latent.restart_unused_options(run.module, run.opt, g, run.world)
     return total, terms, None if h is None else h.detach(), grad_norm
-
-
-def no_sync_unless(run, last):
-    return contextlib.nullcontext() if last or run.world == 1 else run.net.no_sync()
 
 
 @torch.no_grad()
@@ -279,15 +273,15 @@ def schedules(cfg, step):
 def main(argv):
     cfg = parse_config(argv)
     check_config(cfg)  # before torchrun's process group starts
-    rank, world, device = setup_distributed(cfg)
+    rank, world, device = model.setup_distributed(cfg.device, cfg.dist_timeout_s)
     run = setup(cfg, rank, world, device)
     master = rank == 0
     os.makedirs(cfg.out_dir, exist_ok=True)
     ckpt_path, log_path = (os.path.join(cfg.out_dir, f) for f in ("ckpt.pt", "log.jsonl"))
     log = Log(run, log_path)  # before a resume: the drift is from the initial weights
     start = resume(run, ckpt_path, log_path) if cfg.resume else 0
-    if master and not cfg.resume and os.path.exists(log_path):
-        os.remove(log_path)  # a fresh run starts a fresh log
+    if master and not cfg.resume and os.path.exists(log_path):  # a fresh run, a fresh log
+        os.remove(log_path)
     end = min(cfg.max_steps, cfg.stop_at or cfg.max_steps)
     digits = (data.load_digits(cfg.mnist_dir)
               if cfg.dataset in ("movingmnist", "switching_mnist") else None)
@@ -327,10 +321,10 @@ def main(argv):
             if stopping:
                 break
     bar.close()
-    if master:  # OUT_DIR/summary.json, with the collapse monitors on fixed validation clips
-        val = val_monitors(run, data.make_source(cfg, "val", digits))
-        write_summary(cfg, step, time.perf_counter() - t_start, log.last,
-                      (step - start) * cfg.batch_size * cfg.accum_steps * world, val)
+    if master:
+        clips = (step - start) * cfg.batch_size * cfg.accum_steps * world
+        write_summary(run, step, time.perf_counter() - t_start, log.last, clips,
+                      data.make_source(cfg, "val", digits))
     if world > 1:
         dist.destroy_process_group()
 
@@ -344,6 +338,7 @@ def save_snapshot(run, step):
 
 
 def announce(run, start, end):
+    """The run's one opening line: what trains, how big, on what, in which precision."""
     cfg, device, n = run.cfg, run.device, sum(p.numel() for p in run.module.parameters())
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else model.cpu_class()
     print(f"{cfg.objective} ({cfg.preset}): {n / 1e6:.2f}M parameters, grid {run.grid}, "
@@ -427,44 +422,27 @@ class Log:
         self.n, self.t = 0, time.perf_counter()
 
 
-def val_monitors(run, source):
-    """The target encoder's collapse monitors on cfg.val_clips fixed validation clips (the same
-    in every run): per-channel std of its features and RankMe of the mean token ({} for none)."""
-    cfg, encoder = run.cfg, run.nets["target_encoder"].eval()
-    if not cfg.val_clips:
-        return {}
-    clips, _ = data.fixed_set(source, cfg.val_clips, seed=12345)
-    h = model.encode(encoder, clips, 32, run.dtype)  # [n, N, D] (VJ-VCR: [n, T, d])
-    emb_std, rank_me = losses.collapse_monitors(h[:, None])
-    return {"val_emb_std": round(emb_std, 4), "val_rankme": round(rank_me, 2),
-            "val_rankme_max": min(h.shape[0], h.shape[-1])}
-
-
-def peak_rss_mb():
-    """Peak resident memory of this process so far, in MB (None on Windows)."""
-    if sys.platform == "win32":
-        return None
-    import resource
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10  # bytes / KB
-
-
-def write_summary(cfg, step, wall, last, clips, val):
-    """OUT_DIR/summary.json (time, speed, final loss, `val` monitors, peak memory) and the
-    run's closing lines."""
-    rss = peak_rss_mb()
+def write_summary(run, step, wall, last, clips, val_source):
+    """OUT_DIR/summary.json and the run's closing lines: time, speed, final loss, peak memory,
+    and the target encoder's collapse monitors on cfg.val_clips fixed validation clips (the
+    same in every run): per-channel std of its features, RankMe of the mean token."""
+    cfg, rss = run.cfg, model.peak_rss_mb()
     summary = {"steps": step, "wall_s": round(wall, 1), "final_loss": last,
-               "clips_per_s": round(clips / wall, 2), **val,
-               **({} if rss is None else {"peak_rss_mb": round(rss)})}
+               "clips_per_s": round(clips / wall, 2), "peak_rss_mb": rss and round(rss)}
+    if cfg.val_clips:
+        x, _ = data.fixed_set(val_source, cfg.val_clips, seed=12345)
+        h = model.encode(run.nets["target_encoder"].eval(), x, 32, run.dtype)  # [n, N, D]
+        std, rank = losses.collapse_monitors(h[:, None])  # VJ-VCR: [n, T, d] above
+        summary.update(val_emb_std=round(std, 4), val_rankme=round(rank, 2),
+                       val_rankme_max=min(h.shape[0], h.shape[-1]))
     with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
         json.dump(summary, f)
     print(f"done{' (stopped early)' if step < cfg.max_steps else ''}: {step} steps in "
-          f"{wall / 60:.1f} min, {summary['clips_per_s']} clips/s, final loss {last:.4f}"
-          + (f", peak memory {rss:.0f} MB" if rss is not None else ""))
-    if val:
-        print(f"target encoder on {cfg.val_clips} validation clips: per-channel std "
-              f"{val['val_emb_std']}, RankMe {val['val_rankme']} of at most "
-              f"{val['val_rankme_max']}")
+          f"{wall / 60:.1f} min, {summary['clips_per_s']} clips/s, final loss {last:.4f}, "
+          f"peak memory {rss or 0:.0f} MB")
+    if cfg.val_clips:
+        print(f"target encoder on {cfg.val_clips} validation clips: per-channel std {std:.4f}, "
+              f"RankMe {rank:.2f} of at most {summary['val_rankme_max']}")
     print(f"checkpoint, log, summary: {cfg.out_dir}/{{ckpt.pt, log.jsonl, summary.json}}")
 
 
@@ -475,16 +453,11 @@ def resume(run, ckpt_path, log_path):
         with open(log_path) as f:
             lines = f.readlines()
         with open(log_path, "w") as f:
-            f.writelines(line for line in lines if _logged_step(line) <= step)
+            f.writelines(line for line in lines  # a line a crash cut short has no "}\n"
+                         if line.endswith("}\n") and json.loads(line)["step"] <= step)
     if run.rank == 0 and used != ckpt_path and os.path.exists(ckpt_path):  # else the next
         os.replace(ckpt_path, ckpt_path + ".unreadable")  # save rotates it over the good one
     return step
-
-
-def _logged_step(line):
-    with contextlib.suppress(ValueError, KeyError, TypeError):
-        return json.loads(line)["step"]
-    return math.inf  # a line cut short by a crash
 
 
 # ----------------------------------------------------------------------------------------------
@@ -533,9 +506,6 @@ def check_config(cfg):
     grid = None
     if cfg.objective in ("vjepa", "pixel"):
         grid = mask_sampler(cfg).grid
-        for dim, what in ((cfg.enc_dim, "enc_dim"), (cfg.pred_dim, "pred_dim")):
-            if dim % cfg.enc_heads:
-                raise ValueError(f"{what}={dim} is not divisible by enc_heads={cfg.enc_heads}")
     infer_latent.check_config(cfg)
     if cfg.loss not in losses.PREDICTION_LOSSES:
         raise ValueError(f"--loss {cfg.loss!r} is not a prediction loss of losses.py; expected "
@@ -560,21 +530,6 @@ def mask_sampler(cfg):
 
 # ----------------------------------------------------------------------------------------------
 # Setup
-
-def setup_distributed(cfg):
-    """(rank, world size, device); data parallel when torchrun's variables are set."""
-    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:
-        dist.init_process_group("nccl" if cuda else "gloo",
-                                timeout=datetime.timedelta(seconds=cfg.dist_timeout_s))
-    rank = dist.get_rank() if world > 1 else 0
-    if cuda:
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
-
 
 def build(cfg, device):
     """-> (trainable module, {checkpoint name: module}, EMA target encoder or None)."""

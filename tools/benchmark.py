@@ -76,8 +76,15 @@ CONFIGS = {
     "laptop_vjepa": ["--preset", "laptop_vjepa"],  # the default without token_vcr
     "vjvcr": ["--preset", "vjvcr"],
     "switch_sparse80": ["--preset", "switch_sparse80"],
+    # ViT-L/16's width, heads and 1,568 tokens (16 x 224 x 224) at 2 blocks, both multi-block
+    # masks: the paper recipe's step shape at a size 2 cores can time
+    "vitl16-shaped": TINY_VIDEO[:2] + ["--mask", "multiblock", "--normalise", "false",
+                                       "--embed_gain", "1", "--token_vcr", "0", "--img_size",
+                                       "224", "--enc_dim", "1024", "--enc_depth", "2",
+                                       "--enc_heads", "16", "--pred_dim", "384",
+                                       "--pred_depth", "2"],
 }
-PINNED = ("tiny-video",)  # configs that mean the same at an earlier commit (--before): the
+PINNED = ("tiny-video", "vitl16-shaped")  # configs that mean the same at an earlier commit (--before): the
 #                          others name a preset, which an earlier commit may define otherwise
 
 
@@ -189,7 +196,8 @@ def step_worker(job):
             gflop = count_flops(lambda: train.train_step(run, pool[0], step)) / 1e9
         except RuntimeError:  # the counter's module hooks break autograd.grad (FISTA inside)
             gflop = None
-        peak_rss_mb = getattr(train, "peak_rss_mb", None) or data.peak_rss_mb  # either, by commit
+        peak_rss_mb = next(getattr(m, "peak_rss_mb") for m in (model, train, data)  # by commit
+                           if hasattr(m, "peak_rss_mb"))
         _reply({"gflop_per_step": gflop, "peak_rss_mb": peak_rss_mb(),
                 "dtype": str(run.dtype).replace("torch.", ""),
                 "clips_per_step": cfg.batch_size * cfg.accum_steps})
@@ -614,7 +622,7 @@ def main(argv):
         args.steps, args.rounds, args.warmup, args.train_steps = 2, 2, 1, 2
         args.seconds, args.fista_iterations = 0.2, 5
     args.batch = {"tiny-video": 8, "laptop": 8, "laptop_vjepa": 8, "vjvcr": 64,
-                  "switch_sparse80": 64}
+                  "switch_sparse80": 64, "vitl16-shaped": 2}
     if args.smoke:
         args.batch, args.dtypes = {k: 4 for k in args.batch}, ("float32",)
     # `kill` (SIGTERM) unwinds like Ctrl-C, so the earlier commits' worktrees are removed

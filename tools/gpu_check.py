@@ -84,7 +84,7 @@ def time_step(job):
         torch.cuda.reset_peak_memory_stats()
     times = sorted(step(job["warmup"] + i) for i in range(job["steps"]))
     ms = 1e3 * times[len(times) // 2]
-    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else train.peak_rss_mb() / 1024
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else model.peak_rss_mb() / 1024
     return {"ms": ms, "clips_per_s": cfg.batch_size * 1e3 / ms, "peak_gib": peak,
             "warmup_s": warmup_s, "dtype": str(run.dtype).replace("torch.", "")}
 
