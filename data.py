@@ -520,10 +520,9 @@ def _what_file(path, error):
     detail = " ".join(str(error).split())
     refused = re.search(r"WeightsUnpickler error: (.*?) Check the documentation", detail)
     detail = refused.group(1) if refused else detail.split(". ")[0] or type(error).__name__
-    zipped = head.startswith(b"PK\x03\x04")  # torch.save writes a zip archive
     if size == 0:
         return "an empty file"
-    if zipped and refused:
+    if (zipped := head.startswith(b"PK\x03\x04")) and refused:  # torch.save writes a zip
         return (f"a torch file of objects other than tensors and plain containers, which "
                 f"loading without running its code refuses ({detail})")
     if zipped:
@@ -535,10 +534,9 @@ def _what_file(path, error):
 
 
 def read_checkpoint(path, which="target_encoder"):
-    """A checkpoint (ours or the release's) -> its dict, every state dict's keys without the
-    release's prefix; loaded without running pickled code (numpy's RNG state, ours, allowed
-    explicitly). ValueError in one line saying what the file is when it has no `which` state
-    dict (model.from_checkpoint builds the networks of one)."""
+    """A checkpoint (ours or the release's) -> its dict, state dicts' keys without the release's
+    prefix, loaded without running pickled code (numpy's RNG state allowed); a one-line
+    ValueError saying what the file is when it has no `which` state dict."""
     array = np.zeros(1, np.uint32)
     rebuild = array.__reduce__()[0]  # numpy's array rebuilder, wherever this numpy keeps it
     try:

@@ -184,15 +184,14 @@ def soft_threshold(v, tau):
 
 
 def _value(smooth_energy, z):
-    """E(z) [B] without building a graph (used for objective values and backtracking tests)."""
+    """E(z) [B] without building a graph."""
     with torch.no_grad():
         return smooth_energy(z).detach()
 
 
 def _value_and_grad(smooth_energy, z):
-    """E(z) [B] and grad_z E(z) [B, k]. The samples are independent, so the gradient of the
-    sum is the stack of per-sample gradients: one backward pass for the whole batch. Gradients
-    are taken w.r.t. z only, so the networks' parameters never receive a .grad."""
+    """E(z) [B] and grad_z E(z) [B, k] in one backward pass of the sum (the samples are
+    independent); with respect to z only: the networks' parameters get no .grad."""
     with torch.enable_grad():  # the caller may be inside torch.no_grad()
         z = z.detach().requires_grad_(True)
         energy = smooth_energy(z)
@@ -201,15 +200,10 @@ def _value_and_grad(smooth_energy, z):
 
 
 def _proximal_step(smooth_energy, y, energy_y, grad_y, lam, eta, active):
-    """x = S_{lam eta}(y - eta grad E(y)) with per-sample backtracking on eta [B, 1].
-
-    A step is valid when E lies below its quadratic model at y (sufficient decrease):
-        E(x) <= E(y) + <grad E(y), x - y> + ||x - y||^2 / (2 eta).
-    This always holds for eta <= 1/L (L the Lipschitz constant of grad E), and it is all the
-    convergence proofs need, so we only shrink eta until it holds, sample by sample.
-    Returns x, E(x) and the accepted eta."""
-    # Tiny slack for round-off: near convergence both sides are equal up to the last bits, and
-    # a test failing on round-off alone would shrink eta for nothing.
+    """x = S_{lam eta}(y - eta grad E(y)) with per-sample backtracking on eta [B, 1]: eta
+    shrinks until E(x) <= E(y) + <grad E(y), x - y> + ||x - y||^2 / (2 eta) (it holds for eta
+    <= 1/L, and it is all the convergence proofs need). -> (x, E(x), the accepted eta)"""
+    # slack for round-off: near convergence both sides agree to the last bits
     slack = 10 * torch.finfo(y.dtype).eps * energy_y.abs()
     testing = active  # converged samples are frozen and need no test
     for rounds in range(MAX_BACKTRACKS + 1):
@@ -226,21 +220,15 @@ def _proximal_step(smooth_energy, y, energy_y, grad_y, lam, eta, active):
 
 
 def minimise_l1(smooth_energy, z0, lam, steps=200, tol=1e-6, method="fista", eta=1.0):
-    """Minimise F(z) = E(z) + lam ||z||_1 for a batch of independent samples.
-
-    smooth_energy: z [B, k] -> E(z) [B], differentiable, sample b's energy a function of z[b]
-    only (it may close over frozen networks). z0: the start [B, k]; lam >= 0.
-    method "fista": proximal gradient steps x_k = S_{lam eta}(y_k - eta grad E(y_k)) with
-    Nesterov momentum (Beck & Teboulle 2009) and function-value adaptive restart (O'Donoghue &
-    Candes 2015: where F(x_k) > F(x_{k-1}) that sample's momentum is reset); "ista": the same
-    without momentum.
-    Each sample has its own step eta_b, halved until the sufficient-decrease test holds and let
-    to double back up to its first accepted value at each later iteration, so one kink of a
-    ReLU energy cannot shrink it for good. A sample stops, and is frozen, when
-    s ||x_k - x_{k-1}||_inf <= tol max(1, ||x_k||_inf), s = max(1, eta_1 / eta_b).
-    Guarantees (convex E with a Lipschitz gradient): ISTA never increases F and converges at
-    O(1/k); FISTA may increase F only at a restart, followed by an ISTA step. For a non-convex
-    E one gets at best a stationary point near z0.
+    """Minimise F(z) = E(z) + lam ||z||_1 for a batch of independent samples: smooth_energy
+    z [B, k] -> E(z) [B], sample b's energy a function of z[b] only; z0 [B, k]; lam >= 0.
+    "fista": proximal gradient steps x_k = S_{lam eta}(y_k - eta grad E(y_k)) with Nesterov
+    momentum (Beck & Teboulle 2009), reset where F(x_k) > F(x_{k-1}) (O'Donoghue & Candes
+    2015); "ista": without momentum. Each sample's step eta_b is halved until the
+    sufficient-decrease test holds, then let grow back to its first value, so one kink of a
+    ReLU energy cannot shrink it for good; a sample is frozen once s ||x_k - x_{k-1}||_inf <=
+    tol max(1, ||x_k||_inf), s = max(1, eta_1 / eta_b). For a convex E with a Lipschitz
+    gradient ISTA never increases F, FISTA only at a restart (then an ISTA step).
     -> z [B, k] (detached), info: "iterations", "iterations_per_sample" [B], "objective" F(z)
     [B], "converged" [B], "eta" [B], "restarts" [B]."""
     if method not in ("fista", "ista"):
@@ -292,10 +280,9 @@ def minimise_l1(smooth_energy, z0, lam, steps=200, tol=1e-6, method="fista", eta
     return x_prev, info
 
 
-def _small_step(x, x_prev, tol, scale=1.0):
-    """Per-sample stopping test [B]: scale ||x - x_prev||_inf <= tol max(1, ||x||_inf)."""
-    step = (x - x_prev).abs().amax(1) * (scale.squeeze(1) if torch.is_tensor(scale) else scale)
-    return step <= tol * x.abs().amax(1).clamp(min=1)
+def _small_step(x, x_prev, tol, scale):
+    """Per-sample stopping test [B]: scale [B, 1] ||x - x_prev||_inf <= tol max(1, ||x||_inf)."""
+    return (x - x_prev).abs().amax(1) * scale.squeeze(1) <= tol * x.abs().amax(1).clamp(min=1)
 
 
 def discrete_argmin(energies):

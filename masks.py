@@ -73,11 +73,6 @@ def block_masks(batch, hw, configs, generator, aspect=ASPECT):
     return (counts > 0).flatten(2)
 
 
-def block_mask(batch, hw, num_blocks, scale, generator, aspect=ASPECT):
-    """block_masks for one configuration. -> [B, H*W] bool, True = masked."""
-    return block_masks(batch, hw, ((num_blocks, scale),), generator, aspect)[0]
-
-
 def _sorted_rows(idx, N):
     """Rows of distinct indices in [0, N), any order [B, k] -> sorted [B, k]. Marks them in a
     [B, N] mask and lists the marks row by row; cheaper than sorting each row."""

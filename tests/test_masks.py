@@ -65,7 +65,7 @@ def test_multiblock_target_is_a_union_of_blocks_and_context_its_complement():
 def test_block_corners_reach_the_last_row_and_column():
     """Every feasible top-left corner occurs, including H-h and W-w."""
     hw = (6, 6)
-    m = masks.block_mask(4000, hw, 1, 4 / 36, gen(1), aspect=(1.0, 1.0))  # 2x2 blocks
+    m = masks.block_masks(4000, hw, [(1, 4 / 36)], gen(1), aspect=(1.0, 1.0))[0]  # 2x2 blocks
     tops = set()
     for row in m.view(-1, 6, 6):
         r, c = row.nonzero(as_tuple=True)
@@ -119,7 +119,7 @@ def test_block_mask_equals_painting_each_block():
     """The union of blocks (computed as a product of row and column indicators) equals
     painting each block's rectangle in a loop, for the same random draws."""
     B, n, (H, W), scale = 50, 8, (14, 14), 0.15
-    got = masks.block_mask(B, (H, W), n, scale, gen(5)).view(B, H, W)
+    got = masks.block_masks(B, (H, W), [(n, scale)], gen(5))[0].view(B, H, W)
     g = gen(5)  # the same draws, in the same order
     a = 0.75 + 0.75 * torch.rand(B, n, generator=g)
     rand_top, rand_left = torch.rand(B, n, generator=g), torch.rand(B, n, generator=g)
