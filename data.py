@@ -18,7 +18,6 @@ import http.client
 import math
 import os
 import random
-import re
 import shutil
 import sys
 import tempfile
@@ -517,17 +516,12 @@ def _what_file(path, error):
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
-    detail = " ".join(str(error).split())
-    refused = re.search(r"WeightsUnpickler error: (.*?) Check the documentation", detail)
-    detail = refused.group(1) if refused else detail.split(". ")[0] or type(error).__name__
+    detail = " ".join(str(error).split())[:300] or type(error).__name__
     if size == 0:
         return "an empty file"
-    if (zipped := head.startswith(b"PK\x03\x04")) and refused:  # torch.save writes a zip
-        return (f"a torch file of objects other than tensors and plain containers, which "
-                f"loading without running its code refuses ({detail})")
-    if zipped:
+    if head.startswith(b"PK\x03\x04"):  # torch.save writes a zip archive
         return (f"a {size}-byte zip archive that is not a whole torch checkpoint (truncated, "
-                f"or another kind of zip: {detail})")
+                f"another kind of zip, or objects only running its code can load: {detail})")
     if head.startswith(b"\x80"):  # pickle protocol 2+, also the old torch.save format
         return f"a {size}-byte pickle that torch cannot read without running code ({detail})"
     return f"a {size}-byte file that is not a torch checkpoint (it starts with {head!r})"

@@ -216,7 +216,7 @@ OBJECTIVES = {"vjepa": vjepa_loss, "pixel": vjepa_loss, "vjvcr": vjvcr_loss,
 
 def train_step(run, clips, step):
     """One optimizer step of the run's objective on clips: accum_steps micro-batches, gradient
-    clipping, AdamW, the EMA of the target encoder. No host sync, except a latent's z*.
+    clipping, AdamW, the EMA of the target encoder. No host sync, but a latent's z* and restarts.
     -> (mean loss, terms, embeddings [B, T, S, D] for the monitors or None, gradient norm)"""
     cfg = run.cfg
     lr, wd, momentum = schedules(cfg, step)

@@ -158,7 +158,7 @@ def torchrun_check(dry, work, timeout):
                     "s": round(time.perf_counter() - t, 1), "tail": p.stderr[-3000:]}
     with open(os.path.join(out, "log.jsonl")) as f:
         log = [json.loads(line) for line in f]
-    state = torch.load(os.path.join(out, "ckpt.pt"), map_location="cpu", weights_only=False)
+    state = data.read_checkpoint(os.path.join(out, "ckpt.pt"))
     steps = [r["step"] for r in log]
     expected = list(range(half // 2, 2 * half + 1, half // 2))
     ok = (steps == expected and all(np.isfinite(r["loss"]) for r in log)
