@@ -322,8 +322,8 @@ def main(argv):
                 break
     bar.close()
     if master:
-        clips = (step - start) * cfg.batch_size * cfg.accum_steps * world
-        write_summary(run, step, time.perf_counter() - t_start, log.last, clips,
+        seen = (step - start) * cfg.batch_size * cfg.accum_steps * world  # all processes' clips
+        write_summary(run, step, time.perf_counter() - t_start, log.last, seen,
                       data.make_source(cfg, "val", digits))
     if world > 1:
         dist.destroy_process_group()
