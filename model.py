@@ -1,6 +1,6 @@
 """V-JEPA's networks: tubelet embedding, 3D sin-cos positions, ViT encoder, narrow ViT
-predictor, built from and read back in the original release's checkpoint format; and the device
-and precision they compute in. (VJ-VCR's conv networks are in infer_latent.py, with its latent.)
+predictor, also as read from a checkpoint of the original release's format; and the devices,
+processes (torchrun), precision and memory they run in. (VJ-VCR's networks: infer_latent.py.)
 
 A clip is `[B, C, T, H, W]`. A Conv3d with kernel = stride = (t, p, p) cuts it into tubelets:
 a grid of T/t x H/p x W/p tokens, flattened time-major, index = (i_t * Hp + i_h) * Wp + i_w.
