@@ -166,18 +166,6 @@ def multiblock_split(masked, k_ctx, k_tgt, T, generator):
     return out
 
 
-def multiblock_configs(batch, grid, configs, generator):
-    """V-JEPA multi-block: the target is a union of spatial blocks spanning all time steps.
-    Several configurations [(num_blocks, scale), ...] at once -> [(ctx, tgt), ...]."""
-    T, H, W = grid
-    return multiblock_split(*fixed_blocks(batch, (H, W), configs, generator), T, generator)
-
-
-def multiblock(batch, grid, num_blocks, scale, generator):
-    """multiblock_configs for one configuration -> (ctx, tgt)."""
-    return multiblock_configs(batch, grid, [(num_blocks, scale)], generator)[0]
-
-
 def _tube_count(ratio, S):
     """Number of spatial positions random_tube removes; both parts must be non-empty."""
     n_tgt = int(round(ratio * S))
@@ -209,14 +197,6 @@ def causal_split(masked, k_ctx, k_tgt, T, ctx_steps, generator):
     k_ctx, k_tgt = ctx_steps * k_ctx, (T - ctx_steps) * S + ctx_steps * k_tgt
     return [random_split(m, n_ctx, n_tgt, generator)
             for m, n_ctx, n_tgt in zip(in_tgt, k_ctx.tolist(), k_tgt.tolist())]
-
-
-def causal_multiblock_configs(batch, grid, ctx_steps, configs, generator):
-    """Causal multi-block for several configurations [(num_blocks, scale), ...] at once
-    -> [(ctx, tgt), ...] (see causal_split)."""
-    T, H, W = grid
-    return causal_split(*fixed_blocks(batch, (H, W), configs, generator), T, ctx_steps,
-                        generator)
 
 
 def future(batch, grid, ctx_steps):
@@ -259,11 +239,12 @@ class MaskSampler:
         return [f"{self.strategy}"]
 
     def __call__(self, batch, generator):
-        if self.strategy == "multiblock":
-            return multiblock_configs(batch, self.grid, (SHORT_RANGE, LONG_RANGE), generator)
-        if self.strategy == "causal":
-            return causal_multiblock_configs(batch, self.grid, self.ctx_steps,
-                                             (SHORT_RANGE, LONG_RANGE), generator)
+        T, H, W = self.grid
+        if self.strategy in ("multiblock", "causal"):  # unions of spatial blocks, then tokens
+            blocks = fixed_blocks(batch, (H, W), (SHORT_RANGE, LONG_RANGE), generator)
+            if self.strategy == "multiblock":  # tubes: a block spans every time step
+                return multiblock_split(*blocks, T, generator)
+            return causal_split(*blocks, T, self.ctx_steps, generator)
         if self.strategy == "random_tube":
             return [random_tube(batch, self.grid, self.ratio, generator)]
         return [future(batch, self.grid, self.ctx_steps)]

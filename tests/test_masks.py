@@ -148,7 +148,7 @@ def test_masks_without_context_or_target_are_errors(kwargs, match):
 
 def test_blocks_covering_everything_are_an_error():
     with pytest.raises(ValueError, match="leave no context"):
-        masks.multiblock(2, (2, 2, 2), 1, 1.0, gen())  # always the whole 2x2 grid
+        masks.fixed_blocks(2, (2, 2), [(1, 1.0)], gen())  # always the whole 2x2 grid
 
 
 @pytest.mark.parametrize("strategy", ["multiblock", "causal"])

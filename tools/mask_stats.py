@@ -28,7 +28,7 @@ def batch_minimum_blocks(batch, hw, configs, generator):
 
 
 def batch_minimum_multiblock(batch, grid, configs, generator):
-    """masks.multiblock_configs with the cut to the batch minimum -> [(ctx, tgt), ...]."""
+    """Multi-block masks with the cut to the batch minimum -> [(ctx, tgt), ...]."""
     T, H, W = grid
     return masks.multiblock_split(*batch_minimum_blocks(batch, (H, W), configs, generator), T,
                                   generator)
