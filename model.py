@@ -295,6 +295,7 @@ def load_strict(module, state_dict, what):
     if problems:
         raise ValueError(f"{what} does not match this architecture: " + "; ".join(problems))
     module.load_state_dict(state_dict, strict=True)
+    return module
 
 
 def from_checkpoint(ckpt, which="target_encoder", what="the checkpoint"):
@@ -304,38 +305,41 @@ def from_checkpoint(ckpt, which="target_encoder", what="the checkpoint"):
     model). which: "target_encoder" (frozen evaluation) or "encoder"."""
     if not isinstance(ckpt.get(which), dict):
         raise ValueError(f"{what} has no {which!r} state dict (its keys: {sorted(ckpt)[:8]})")
-    enc, config = ckpt[which], ckpt.get("config") or {}
-    if "patch_embed.proj.weight" not in enc or "pos_embed" not in enc:
-        raise ValueError(f"{what}: its {which!r} is not a V-JEPA ViT (keys {sorted(enc)[:5]})")
-    dim, in_chans, t, p, _ = enc["patch_embed.proj.weight"].shape  # [D, C, t, p, p]
-    heads = config.get("enc_heads") or {d: h for d, _, h in VIT_SIZES.values()}.get(dim)
-    if heads is None:
-        raise ValueError(f"{what}: a width-{dim} encoder with no config: its heads are unknown")
-    frames = config.get("num_frames", 16)
-    n, steps = enc["pos_embed"].shape[1], frames // t  # pos_embed [1, N, D]
-    side = math.isqrt(n // max(steps, 1))
-    if steps * side * side != n:
-        raise ValueError(f"{what}: pos_embed has {n} tokens, not {frames} frames / tubelet {t} "
-                         "x a square grid")
-    depth = 1 + max(int(k.split(".")[1]) for k in enc if k.startswith("blocks."))
-    uniform = config.get("uniform_power", True)
-    encoder = VisionTransformer(frames, side * p, p, t, in_chans, dim, depth, heads,
-                                enc["blocks.0.mlp.fc1.weight"].shape[0] / dim, uniform,
-                                config.get("embed_gain", 1.0))  # how a re-init scales it
-    load_strict(encoder, enc, f"{what} {which}")
-    predictor = None
-    if isinstance(ckpt.get("predictor"), dict):
-        pred = ckpt["predictor"]
-        pred_dim = pred["predictor_embed.weight"].shape[0]  # [Dp, D]
-        predictor = Predictor(
-            encoder.grid, dim, pred_dim, 1 + max(int(k.split(".")[1]) for k in pred
-                                                 if k.startswith("predictor_blocks.")),
-            heads, sum(k.startswith("mask_tokens.") for k in pred),
-            pred["predictor_blocks.0.mlp.fc1.weight"].shape[0] / pred_dim, uniform,
-            pred["predictor_proj.weight"].shape[0])
-        load_strict(predictor, pred, f"{what} predictor")
-        predictor.eval()
+    enc, config, name = ckpt[which], ckpt.get("config") or {}, which
+    try:
+        dim, in_chans, t, p, _ = enc["patch_embed.proj.weight"].shape  # [D, C, t, p, p]
+        heads = config.get("enc_heads") or {d: h for d, _, h in VIT_SIZES.values()}.get(dim)
+        if heads is None:
+            raise ValueError(f"{what}: a width-{dim} encoder with no config: its heads are unknown")
+        frames = config.get("num_frames", 16)
+        n, steps = enc["pos_embed"].shape[1], frames // t  # pos_embed [1, N, D]
+        side = math.isqrt(n // max(steps, 1))
+        if steps * side * side != n:
+            raise ValueError(f"{what}: pos_embed has {n} tokens, not {frames} frames / tubelet "
+                             f"{t} x a square grid")
+        uniform = config.get("uniform_power", True)
+        encoder = VisionTransformer(frames, side * p, p, t, in_chans, dim, _depth(enc, "blocks."),
+                                    heads, enc["blocks.0.mlp.fc1.weight"].shape[0] / dim, uniform,
+                                    config.get("embed_gain", 1.0))  # how a re-init scales it
+        load_strict(encoder, enc, f"{what} {which}")
+        predictor, pred, name = None, ckpt.get("predictor"), "predictor"
+        if isinstance(pred, dict):
+            pred_dim = pred["predictor_embed.weight"].shape[0]  # [Dp, D]
+            predictor = Predictor(
+                encoder.grid, dim, pred_dim, _depth(pred, "predictor_blocks."), heads,
+                sum(k.startswith("mask_tokens.") for k in pred),
+                pred["predictor_blocks.0.mlp.fc1.weight"].shape[0] / pred_dim, uniform,
+                pred["predictor_proj.weight"].shape[0])
+            load_strict(predictor, pred, f"{what} predictor").eval()
+    except KeyError as e:
+        raise ValueError(f"{what}: its {name!r} is not a V-JEPA network: it has no {e}") from None
     return encoder.eval(), predictor
+
+
+def _depth(state, prefix):
+    """1 + the largest block index i of `{prefix}{i}.*` (a gap shows up as missing keys)."""
+    return 1 + max((int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)),
+                   default=-1)
 
 
 @torch.no_grad()

@@ -247,3 +247,16 @@ def test_a_file_that_is_not_a_checkpoint(tmp_path, make, expected):
                             "train.py writes)")
     sizes = re.findall(r"a (\d+)-byte", message)
     assert sizes in ([], [str(os.path.getsize(path))])
+
+
+def test_a_state_dict_of_another_network_is_one_line():
+    """Tensors that are not a V-JEPA ViT or predictor: a ValueError naming the entry and the
+    first missing tensor, not a KeyError."""
+    encoder, _ = tiny_models()
+    with pytest.raises(ValueError, match=r"its 'target_encoder' is not a V-JEPA network: it has "
+                                         r"no 'patch_embed.proj.weight'"):
+        model.from_checkpoint({"target_encoder": {"pos_embed": encoder.pos_embed}})
+    with pytest.raises(ValueError, match=r"its 'predictor' is not a V-JEPA network: it has no "
+                                         r"'predictor_embed.weight'"):
+        model.from_checkpoint({"target_encoder": encoder.state_dict(),
+                               "predictor": {"mask_tokens.0": torch.zeros(1, 1, 48)}})
