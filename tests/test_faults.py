@@ -1,7 +1,6 @@
 """Faults a long run meets, injected for real: a checkpoint damaged on disk, a process killed
 with SIGKILL or stopped with SIGTERM, unreadable files in a video folder, a rank that dies under torchrun."""
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -10,7 +9,6 @@ import time
 import pytest
 import torch
 
-import data
 import train
 from test_train import ROOT, TINY, read_log, run_cli
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import data
-import model
 import probe
 import train
 from test_probe import MNIST_ARGS, tiny_vjepa, two_seeds  # noqa: F401 (a fixture)
