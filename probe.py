@@ -340,8 +340,13 @@ def probe_sets(config, encoder, a):
 
 
 def load_encoder(path, which="target_encoder"):
-    """A checkpoint's encoder, frozen -> (encoder, its training config; {} for a release file)."""
+    """A V-JEPA checkpoint's encoder, frozen -> (encoder, its training config; {} for a release
+    file); a VJ-VCR or generative checkpoint is an error that names tools/probe_vcr.py."""
     ckpt = data.read_checkpoint(path, which)
+    objective = (ckpt.get("config") or {}).get("objective", "vjepa")
+    if objective not in ("vjepa", "pixel"):
+        raise ValueError(f"{path} is a {objective} checkpoint; probe it with "
+                         "python tools/probe_vcr.py --ckpt ...")
     return model.from_checkpoint(ckpt, which, path)[0], ckpt.get("config") or {}
 
 
@@ -450,7 +455,7 @@ def probe_vjepa(a):
     """V-JEPA checkpoints, the seeds of one run: the linear probes of each and of
     a.random_inits random-init encoders, compared; with a.attentive_seeds the attentive probe."""
     start = time.time()
-    encoders, configs = zip(*[load_encoder(c) for c in a.ckpt])
+    encoders, configs = zip(*[load_encoder(c) for c in a.ckpt])  # each file read once
     config = configs[0]
     shapes = {tuple(e.input_size) + (e.dim, len(e.blocks)) for e in encoders}
     if len(shapes) > 1:
@@ -524,10 +529,6 @@ def main(argv):
     for path in a.ckpt:
         if not os.path.exists(path):
             raise FileNotFoundError(f"--ckpt {path} does not exist")
-    objective = (data.read_checkpoint(a.ckpt[0]).get("config") or {}).get("objective", "vjepa")
-    if objective not in ("vjepa", "pixel"):
-        raise ValueError(f"{a.ckpt[0]} is a {objective} checkpoint; probe it with "
-                         "python tools/probe_vcr.py --ckpt ...")
     return probe_vjepa(a)
 
 
