@@ -325,7 +325,9 @@ def main(argv):
         seen = (step - start) * cfg.batch_size * cfg.accum_steps * world  # all processes' clips
         write_summary(run, step, time.perf_counter() - t_start, log.last, seen,
                       data.make_source(cfg, "val", digits))
-    if world > 1:
+    if world > 1:  # the ranks leave together, DDP's hold on the group released first
+        dist.barrier()
+        run.net = None
         dist.destroy_process_group()
 
 
@@ -337,8 +339,7 @@ def save_snapshot(run, step):
                      os.path.join(folder, f"step{step:06d}.pt"))
 
 
-def announce(run, start, end):
-    """The run's one opening line: what trains, how big, on what, in which precision."""
+def announce(run, start, end):  # the run's opening line
     cfg, device, n = run.cfg, run.device, sum(p.numel() for p in run.module.parameters())
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else model.cpu_class()
     print(f"{cfg.objective} ({cfg.preset}): {n / 1e6:.2f}M parameters, grid {run.grid}, "
@@ -503,9 +504,7 @@ def check_config(cfg):
     for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"--{key} {getattr(cfg, key)!r}: expected one of {allowed}")
-    grid = None
-    if cfg.objective in ("vjepa", "pixel"):
-        grid = mask_sampler(cfg).grid
+    grid = mask_sampler(cfg).grid if cfg.objective in ("vjepa", "pixel") else None
     infer_latent.check_config(cfg)
     if cfg.loss not in losses.PREDICTION_LOSSES:
         raise ValueError(f"--loss {cfg.loss!r} is not a prediction loss of losses.py; expected "
