@@ -1,12 +1,15 @@
-"""Frozen evaluation of V-JEPA checkpoints on MovingMNIST, each beside random-init encoders of
-its shape.
+"""Frozen evaluation of V-JEPA checkpoints on MovingMNIST, each beside random-init networks of
+its shape: what the predictor forecasts, what surprises it, what the encoders' tokens carry.
 
     python probe.py --ckpt OUT_DIR/ckpt.pt [CKPT ...]   # several: seeds of one run, mean ± std
 
-Linear probes of pooled target-encoder tokens for the digit, its direction, speed, velocity and
-position, under four poolings and the best of them; `--attentive_seeds K` adds the attentive
-probe. Results go to OUT_DIR/probe/results.json; tools/tables.py sets them beside the paper's
-numbers. VJ-VCR and generative checkpoints: tools/probe_vcr.py.
+The forecast: R^2 of the digit's position read from the predictor's output 1..4 steps after the
+context, beside the oracle, persistence and a readout of the context. The surprise: the share of
+clip pairs, equal until the context ends, whose impossible future costs the predictor more.
+Linear probes of the target and the online encoder for the digit, its direction, speed,
+velocity and position, under four poolings and the best of them. Results go to
+OUT_DIR/probe/results.json and forecast.png; tools/attentive.py adds the attentive probe,
+tools/tables.py sets them beside the paper's numbers. VJ-VCR checkpoints: tools/probe_vcr.py.
 """
 import argparse
 import copy
@@ -18,13 +21,12 @@ import sys
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import masks
 import model
-import train
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,19 +154,21 @@ def mean_std(values):
     return float(v.mean()), float(v.std()) if len(v) > 1 else 0.0
 
 
-def save_results(results, out_dir, start, columns):
-    """results.json in out_dir, and columns {name: {measure: [mean, std]}} printed as a table."""
+def save_results(results, out_dir, start, tables):
+    """results.json in out_dir, and tables {title: {column: {row: [mean, std]}}} printed."""
     results["probe_s"] = round(time.time() - start, 1)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    names = list(columns)
-    lines = ["| measure | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
-    for key in columns[names[0]]:
-        lines.append(f"| {key} | " + " | ".join(
-            "{:.4g} ± {:.2g}".format(*columns[c][key]) if key in columns[c] else "-"
-            for c in names) + " |")
-    print("\n".join(lines) + f"\nprobe time {results['probe_s'] / 60:.1f} min; beside the "
-          f"papers' numbers: python tools/tables.py {out_dir}")
+    for title, columns in tables.items():
+        names = list(columns)
+        lines = [f"\n{title}", "| | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
+        for key in columns[names[0]]:
+            lines.append(f"| {key} | " + " | ".join(
+                "{:.3g} ± {:.2g}".format(*columns[c][key]) if key in columns[c] else "-"
+                for c in names) + " |")
+        print("\n".join(lines))
+    print(f"probe time {results['probe_s'] / 60:.1f} min; beside the papers' numbers: "
+          f"python tools/tables.py {out_dir}")
 
 
 # V-JEPA (paper sec. 4, appendix D): probes of the frozen target encoder's tokens
@@ -208,40 +212,80 @@ def pool_tokens(tokens, grid, cells=2):
             "cells": cell.view(B, T, D, cells * cells).transpose(2, 3).flatten(1)}
 
 
-def video_features(encoder, source, n, seed, batch=64, dtype=torch.float32, desc="encode"):
-    """Pooled features of n fixed clips of `source` -> ({pooling: [n, F] float32}, labels)."""
+def world_tokens(nets, clips, ctx_steps, h=None):
+    """The predictor's view of clips [B, C, T, H, W]: context = the first ctx_steps time steps
+    (the future mask) -> (the target's layer-normed features [B, L, D], what the predictor makes
+    of the online encoder's context at the later tokens [B, L - Lc, D], that context [B, Lc, D]);
+    h: the target's features when they are at hand."""
+    ctx, tgt = masks.future(len(clips), nets["target"].grid, ctx_steps)
+    h = nets["target"](clips).float() if h is None else h
+    z = nets["online"](clips, keep=ctx)
+    return F.layer_norm(h, h.shape[-1:]), nets["predictor"](z, ctx, tgt).float(), z.float()
+
+
+def step_cells(tokens, grid):
+    """Tokens [B, L, D] on a (T', H', W') grid -> each time step's 2 x 2 cell means [B, T', 4 D]."""
+    return pool_tokens(tokens, grid)["cells"].view(len(tokens), grid[0], -1)
+
+
+@torch.no_grad()
+def video_features(nets, source, n, seed, ctx_steps=0, batch=64, dtype=torch.float32,
+                   desc="encode"):
+    """Features of n fixed clips of `source` -> ({net: {pooling: [n, F]}} for the target and
+    (when it is another network) the online encoder, and with ctx_steps the predictor's view,
+    {"world": {"target" [n, T', F], "pred" [n, T' - c, F], "context" [n, c, F]}}, labels)."""
     feats, labels = [], []
+    grid = nets["target"].grid
     for clips, lab in tqdm(data.fixed_chunks(source, n, seed, chunk=batch), desc=desc,
                            total=-(-n // batch), unit="batch", leave=False):
-        clips = clips.expand(-1, encoder.in_chans, -1, -1, -1)  # grey -> RGB for an RGB encoder
-        feats.append(pool_tokens(model.encode(encoder, clips, batch, dtype), encoder.grid))
+        clips = clips.expand(-1, nets["target"].in_chans, -1, -1, -1)  # grey -> RGB if RGB
+        with model.autocast(torch.device("cpu"), dtype):
+            h = nets["target"](clips).float()
+            f = {"target": pool_tokens(h, grid)}
+            if nets.get("online", nets["target"]) is not nets["target"]:
+                f["online"] = pool_tokens(nets["online"](clips).float(), grid)
+            if ctx_steps:
+                h, pred, ctx = world_tokens(nets, clips, ctx_steps, h)
+                f["world"] = {"target": step_cells(h, grid), "pred": step_cells(
+                    pred, (grid[0] - ctx_steps, *grid[1:])), "context": step_cells(
+                    ctx, (ctx_steps, *grid[1:]))}
+        feats.append(f)
         labels.append(lab)
-    return ({k: torch.cat([f[k] for f in feats]) for k in feats[0]},
-            {k: torch.cat([lab[k] for lab in labels]) for k in labels[0]})
+    return ({name: {k: torch.cat([f[name][k] for f in feats]) for k in feats[0][name]}
+             for name in feats[0]}, {k: torch.cat([lab[k] for lab in labels]) for k in labels[0]})
 
 
-def weights_key(encoder, spec):
-    """A digest of an encoder's weights, its heads (no shape shows them) and the evaluation
-    data `spec`: the name of its cached features."""
-    arch = {"class": type(encoder).__name__, "input_size": list(encoder.input_size),
-            "in_chans": encoder.in_chans, "heads": [b.attn.heads for b in encoder.blocks]}
+def weights_key(nets, spec):
+    """A digest of networks' weights, their heads (no shape shows them) and the evaluation data
+    `spec`: the name of their cached features."""
+    arch = {name: {"class": type(net).__name__, "input_size": list(getattr(net, "input_size", [])),
+                   "in_chans": getattr(net, "in_chans", 0),
+                   "heads": [m.heads for m in net.modules() if isinstance(m, model.Attention)]}
+            for name, net in nets.items()}
     h = hashlib.sha1(json.dumps([spec, arch], sort_keys=True).encode())
-    for name, t in encoder.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().float().contiguous().numpy().tobytes())
+    for name, net in sorted(nets.items()):
+        for key, t in net.state_dict().items():
+            h.update(f"{name}.{key}".encode())
+            h.update(t.detach().float().contiguous().numpy().tobytes())
     return h.hexdigest()[:20]
 
 
-def cached_features(encoder, spec, sources, cache_dir, desc="encode", dtype=torch.float32):
-    """{part: (pooled features, labels)} of the fit and test clips (spec[part] = (clips, seed))
-    of sources[part], read from cache_dir when these weights were encoded on them in `dtype`
-    before, else encoded and saved atomically: every run probes the same random inits."""
+def cached_features(nets, spec, sources, cache_dir, desc="encode", dtype=torch.float32):
+    """{part: (features, labels)} of the fit and test clips (spec[part] = (clips, seed)) of
+    sources[part], and with spec["ctx_steps"] the predictor's surprise at spec["pairs"] clip
+    pairs; read from cache_dir when these weights were run on them in `dtype` before, else
+    computed and saved atomically: every run probes the same random inits."""
     precision = str(dtype).replace("torch.", "")
-    path = os.path.join(cache_dir, f"features_{weights_key(encoder, spec)}_{precision}.pt")
+    path = os.path.join(cache_dir, f"features_{weights_key(nets, spec)}_{precision}.pt")
     if os.path.exists(path):
         return torch.load(path, weights_only=True)
-    out = {part: video_features(encoder, sources[part], *spec[part], dtype=dtype,
+    c = spec.get("ctx_steps", 0) if "predictor" in nets else 0
+    out = {part: video_features(nets, sources[part], *spec[part], c, dtype=dtype,
                                 desc=f"{desc} {part}") for part in ("fit", "test")}
+    if c and spec.get("pairs"):
+        frames = c * nets["target"].patch_embed.tubelet_size
+        pairs = violation_pairs(sources["test"], spec["pairs"], 3, frames)
+        out["surprise"] = surprise(nets, pairs, c, dtype)
     os.makedirs(cache_dir, exist_ok=True)
     data.atomic_save(out, path)
     return out
@@ -278,12 +322,126 @@ def linear_probes(feats, targets, seed=0):
     return out
 
 
-def random_init_like(encoder, seed):
-    """The same architecture with fresh weights (the fixed positional table stays)."""
-    fresh = copy.deepcopy(encoder)
+# ----------------------------------------------------------------------------------------------
+# The predictor as a world model: where it puts the digit, and what surprises it
+
+VIOLATIONS = ("teleport", "identity", "pass_through", "stop")
+
+
+def violation_pairs(source, n, seed, ctx_frames):
+    """n one-digit clips of `source` that go straight until frame ctx_frames and bounce off a
+    wall after it, and the same clips breaking MovingMNIST from that frame on: the digit jumps
+    elsewhere (teleport), becomes another digit's glyph (identity), goes on through the wall
+    (pass_through) or stops -> {"normal" | violation: clips [n, 1, T, S, S]}."""
+    g, T, c, side = (torch.Generator().manual_seed(seed), source.num_frames, ctx_frames,
+                     source.images.shape[-1])
+    room, m, lo, hi = source.img_size - side, 16 * n, *source.speed  # m candidates
+    angle, speed = torch.rand(m, generator=g) * 2 * math.pi, torch.rand(m, generator=g)
+    speed, start = lo + (hi - lo) * speed, torch.rand(m, 2, generator=g) * room
+    v = speed[:, None] * torch.stack([angle.sin(), angle.cos()], -1)  # [m, 2]
+    line = start[:, None] + v[:, None] * torch.arange(T)[None, :, None]  # unfolded [m, T, 2]
+    pos = data.bounce(line, 0, room)
+    sign = torch.randint(2, (m, 1, 2), generator=g) * 2 - 1
+    jump = (torch.rand(m, 1, 2, generator=g) * 0.5 + 0.25) * room * sign
+    which, other = torch.randint(len(source.images), (2, m), generator=g)
+    paths = {"normal": pos, "teleport": data.bounce(line + jump, 0, room),
+             "pass_through": line.clamp(-side, room + side), "stop": pos[:, c - 1:c].expand_as(pos)}
+    paths = {k: torch.cat([pos[:, :c], p[:, c:]], 1) for k, p in paths.items()}
+    past = torch.maximum(-line[:, -1], line[:, -1] - room).amax(1)  # how far through the wall
+    ok = (((line[:, :c] >= 0) & (line[:, :c] <= room)).flatten(1).all(1)
+          & (past > min(side, room) / 3)
+          & (source.labels[which] != source.labels[other])
+          & ((paths["teleport"][:, c] - pos[:, c]).abs().amax(1) > room / 4))
+    if int(ok.sum()) < n:
+        raise ValueError(f"only {int(ok.sum())} of {m} candidate clips qualify; {n} asked")
+    keep = ok.nonzero()[:n, 0]
+
+    def draw(path, digit):  # on a canvas one digit wider each side: a digit past a wall is cut
+        glyphs = source.images[digit[keep], None].float() / 255
+        corner = (path[keep, None] + side).round().long()
+        clip = data.paste(source.img_size + 2 * side, glyphs, corner)
+        clip = clip[:, None, :, side:-side, side:-side]
+        return (clip - data.MMNIST_MEAN) / data.MMNIST_STD if source.normalise else clip
+
+    clips = {k: draw(path, which) for k, path in paths.items()}
+    clips["identity"] = torch.cat([clips["normal"][:, :, :c], draw(pos, other)[:, :, c:]], 2)
+    return clips
+
+
+@torch.no_grad()
+def surprise(nets, pairs, ctx_steps, dtype=torch.float32, batch=64):
+    """The predictor's L1 error at the future tokens (V-JEPA's loss; context = the first
+    ctx_steps time steps) of each clip of pairs {"normal" | kind: [n, C, T, H, W]}, whose
+    contexts, hence predictions, are the normal clips' -> {"normal" | kind: [n]}."""
+    out = {k: [] for k in pairs}
+    for i in range(0, len(pairs["normal"]), batch):
+        x = {k: v[i:i + batch].expand(-1, nets["target"].in_chans, -1, -1, -1)
+             for k, v in pairs.items()}
+        with model.autocast(torch.device("cpu"), dtype):
+            _, pred, _ = world_tokens(nets, x["normal"], ctx_steps)
+            for k, clips in x.items():
+                h = nets["target"](clips).float()[:, -pred.shape[1]:]
+                out[k].append((pred - F.layer_norm(h, h.shape[-1:])).abs().mean((1, 2)))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def surprise_share(normal, violated):
+    """The share of pairs whose impossible clip surprises more (ties count half: chance 0.5),
+    with its binomial standard error."""
+    p = float(((violated > normal).double() + 0.5 * (violated == normal).double()).mean())
+    return [p, math.sqrt(p * (1 - p) / len(normal))]
+
+
+def step_positions(labels, tubelet):
+    """The digit's top-left corner (y, x) per time step, its frames' mean -> [n, T', 2]."""
+    pos = labels["pos"][:, 0]
+    return pos.view(len(pos), -1, tubelet, 2).mean(2)
+
+
+def forecast_scores(fit, test, pos_fit, pos_test, ctx_steps, seed=0):
+    """R^2 of the digit's position at each future step h = 1 .. T' - c, for each row:
+    predicted (the predictor's output, read by a readout of the target's features fitted at every
+    step of the fit clips), oracle (that readout of the true future's features), persistence (of
+    the last context step's), predicted with its own readout (fitted on the predictions),
+    context readout (fitted on all context features of the online encoder). fit / test:
+    {"target": [n, T', F], "pred": [n, T' - c, F], "context": [n, c, F]}, pos: [n, T', 2]
+    -> ({row: [R^2 per h]}, {row: positions [n_test, T' - c, 2]})."""
+    c, n = ctx_steps, len(pos_test)
+    x_new = torch.cat([test["target"][:, c:].flatten(0, 1), test["pred"].flatten(0, 1),
+                       test["target"][:, c - 1]])
+    (read, _), = ridge_cv(fit["target"].flatten(0, 1), [pos_fit.flatten(0, 1)], x_new, seed=seed)
+    H = pos_test.shape[1] - c
+    positions = {"predicted": read[n * H:2 * n * H].view(n, H, 2),
+                 "oracle": read[:n * H].view(n, H, 2),
+                 "persistence": read[2 * n * H:, None].expand(-1, H, -1)}
+    own = [ridge_cv(fit["pred"][:, h], [pos_fit[:, c + h]], test["pred"][:, h], seed=seed)[0][0]
+           for h in range(H)]
+    positions["predicted, own readout"] = torch.stack(own, 1)
+    ctx = ridge_cv(fit["context"].flatten(1), list(pos_fit[:, c:].unbind(1)),
+                   test["context"].flatten(1), seed=seed)
+    positions["context readout"] = torch.stack([p for p, _ in ctx], 1)
+    return ({row: [r2_and_se(p[:, h], pos_test[:, c + h])[0] for h in range(H)]
+             for row, p in positions.items()}, positions)
+
+
+def random_init_like(net, seed):
+    """The same architecture with fresh weights (the fixed positional tables stay; a
+    predictor's mask tokens zero, as at the start of training)."""
+    fresh = copy.deepcopy(net)
     torch.manual_seed(seed)
-    model.init_weights(fresh, fresh.blocks)
+    model.init_weights(fresh, fresh.blocks if hasattr(fresh, "blocks") else fresh.predictor_blocks)
+    for token in getattr(fresh, "mask_tokens", []):
+        token.data.zero_()
     return fresh.eval()
+
+
+def random_nets(nets, seed):
+    """Random-init networks of nets' shapes; the online encoder is the target, as at step 0."""
+    fresh = {"target": random_init_like(nets["target"], seed)}
+    fresh["online"] = fresh["target"]
+    if "predictor" in nets:
+        fresh["predictor"] = random_init_like(nets["predictor"], seed + 1)
+    return fresh
 
 
 def compare(trained, random, se):
@@ -339,169 +497,180 @@ def probe_sets(config, encoder, a):
     return sources, spec
 
 
-def load_encoder(path, which="target_encoder"):
-    """A V-JEPA checkpoint's encoder, frozen -> (encoder, its training config; {} for a release
-    file); a VJ-VCR or generative checkpoint is an error that names tools/probe_vcr.py."""
-    ckpt = data.read_checkpoint(path, which)
-    objective = (ckpt.get("config") or {}).get("objective", "vjepa")
-    if objective not in ("vjepa", "pixel"):
-        raise ValueError(f"{path} is a {objective} checkpoint; probe it with "
+def load_networks(path):
+    """A V-JEPA checkpoint's networks, frozen -> ({"target": the target encoder, "online": the
+    context encoder, "predictor": when it predicts features}, its training config; {} for a
+    release file); a VJ-VCR or generative checkpoint is an error that names tools/probe_vcr.py."""
+    ckpt = data.read_checkpoint(path, "target_encoder")
+    config = ckpt.get("config") or {}
+    if config.get("objective", "vjepa") not in ("vjepa", "pixel"):
+        raise ValueError(f"{path} is a {config['objective']} checkpoint; probe it with "
                          "python tools/probe_vcr.py --ckpt ...")
-    return model.from_checkpoint(ckpt, which, path)[0], ckpt.get("config") or {}
+    nets = dict(zip(("target", "predictor"), model.from_checkpoint(ckpt, "target_encoder", path)))
+    if isinstance(ckpt.get("encoder"), dict):
+        nets["online"] = model.from_checkpoint(ckpt, "encoder", path)[0]
+    if nets["predictor"] is None or config.get("objective") == "pixel" or "online" not in nets:
+        del nets["predictor"]  # nothing that predicts features to evaluate
+    return nets, config
 
 
-class AttentiveProbe(nn.Module):
-    """V-JEPA's attentive probe (appendix D.1): one learnable query attends over the frozen
-    tokens, q <- q + proj(CrossAttn(q, LN(tokens))), q <- q + MLP(LN(q)), logits = Linear(q).
-    [B, N, D] -> [B, classes]."""
-
-    def __init__(self, dim, heads, classes, mlp_ratio=4.0):
-        super().__init__()
-        self.heads = heads
-        self.query = nn.Parameter(torch.zeros(1, 1, dim))
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)  # on the tokens only, not on the query
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)  # rows [k | v]
-        self.proj = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = model.MLP(dim, int(dim * mlp_ratio))
-        self.head = nn.Linear(dim, classes)
-        nn.init.trunc_normal_(self.query, std=0.02)
-        # a head that starts near zero (as MAE's linear probe): no steps spent undoing logits
-        nn.init.trunc_normal_(self.head.weight, std=0.01)
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, tokens):
-        B, N, D = tokens.shape
-        h = self.heads
-        q = self.q(self.query).view(1, h, 1, D // h).expand(B, -1, -1, -1)  # (B, h, 1, Dh)
-        kv = self.kv(self.norm1(tokens)).view(B, N, 2, h, D // h).permute(2, 0, 3, 1, 4)
-        x = model.attention(q, kv[0], kv[1]).reshape(B, 1, D)  # heads side by side
-        x = self.query + self.proj(x)
-        x = x + self.mlp(self.norm2(x))
-        return self.head(x[:, 0])
+def load_encoder(path):
+    """A V-JEPA checkpoint's frozen target encoder -> (encoder, its training config)."""
+    nets, config = load_networks(path)
+    return nets["target"], config
 
 
-def fit_probes(probes, tokens, labels, epochs=20, batch=16, lr=1e-3, weight_decay=0.01, seed=0,
-               dtype=torch.float32):
-    """Train probes side by side (disjoint parameters: as each alone) on frozen tokens
-    [N, L, D], labels one [N] tensor per probe: AdamW, no decay on 1-D parameters, LR cosine
-    from lr to 0."""
-    opt = torch.optim.AdamW(model.param_groups(probes), lr=lr, weight_decay=weight_decay)
-    g = torch.Generator().manual_seed(seed)
-    per_epoch = -(-len(tokens) // batch)
-    total = epochs * per_epoch
-    probes.train()
-    for step in tqdm(range(total), desc="probes", unit="step", leave=False):
-        if step % per_epoch == 0:
-            order = torch.randperm(len(tokens), generator=g)
-        i = order[step % per_epoch * batch:(step % per_epoch + 1) * batch]
-        for group in opt.param_groups:
-            group["lr"] = train.warmup_cosine(step, total, 0, 0.0, lr, 0.0)
-        with model.autocast(torch.device("cpu"), dtype):
-            x = tokens[i].to(dtype)
-            loss = sum(F.cross_entropy(p(x).float(), y[i]) for p, y in zip(probes, labels))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return probes.eval()
+def summarise_forecast(trained, random):
+    """Per row and horizon, mean and std over checkpoints; the random predictor's best init
+    per horizon, beside its std over inits; skill = 1 - (1 - R^2) / (1 - R^2 of persistence)."""
+    out = {row: [list(mean_std([r[row][h] for r in trained])) for h in range(len(v))]
+           for row, v in trained[0].items()}
+    out["random init (best)"] = [[max(v), mean_std(v)[1]] for v in zip(*[r["predicted"]
+                                                                      for r in random])]
+    out["skill over persistence"] = [list(mean_std([
+        1 - (1 - r["predicted"][h]) / (1 - r["persistence"][h]) for r in trained]))
+        for h in range(len(trained[0]["predicted"]))]
+    return out
 
 
-@torch.no_grad()
-def probabilities(probe, tokens, batch=256, dtype=torch.float32):
-    """A probe's class probabilities for tokens [N, L, D] -> [N, classes]."""
-    with model.autocast(torch.device("cpu"), dtype):
-        logits = torch.cat([probe(t.to(dtype)) for t in tokens.split(batch)])
-    return logits.float().softmax(-1)
-
-
-def attentive_probes(encoders, randoms, sources, a):
-    """The attentive probe (digit, direction, speed in 4 bins) of each trained and random-init
-    encoder, a.attentive_seeds probe seeds each, fitted on a.attentive_fit_clips clips
-    -> ({task: comparison (`compare`), with probe_seed_std: the largest std over probe seeds of
-    one encoder, [trained, random init]}, {"trained" | "random_init": [{task: [accuracy, se]}]}
-    encoder by encoder, probe seed by probe seed)."""
-    sets = []
-    for part, n, seed in (("fit", a.attentive_fit_clips, 1), ("test", a.test_clips, 2)):
-        clips, labels = data.fixed_set(sources[part], n, seed=seed)
-        sets.append((clips, probe_tasks(labels, sources[part].speed)))
-    (fit, tasks_fit), (test, tasks_test) = sets
-    names = list(tasks_fit)
-    acc = {"trained": [], "random_init": []}
-    for name, nets in (("trained", encoders), ("random_init", randoms)):
-        for net in nets:
-            rgb = (-1, net.in_chans, -1, -1, -1)  # grey digits in every channel
-            fit_tokens, test_tokens = (model.encode(net, c.expand(*rgb), dtype=a.dtype).to(a.dtype)
-                                       for c in (fit, test))
-            for seed in range(a.attentive_seeds):
-                torch.manual_seed(seed)  # the same probe weights for every encoder
-                probes = nn.ModuleList([AttentiveProbe(net.dim, net.blocks[0].attn.heads,
-                                                       tasks_fit[t][1]) for t in names])
-                fit_probes(probes, fit_tokens, [tasks_fit[t][0] for t in names],
-                           epochs=a.epochs, lr=a.lr, seed=seed, dtype=a.dtype)
-                acc[name].append({t: accuracy_and_se(probabilities(
-                    probes[j], test_tokens, dtype=a.dtype).argmax(1), tasks_test[t][0])
-                    for j, t in enumerate(names)})
-    k = a.attentive_seeds  # runs of one encoder are consecutive: its spread over probe seeds
-    seed_std = {name: {t: max(mean_std([r[t][0] for r in runs[i:i + k]])[1]
-                              for i in range(0, len(runs), k)) for t in names}
-                for name, runs in acc.items()}
-    return {t: {**compare([r[t][0] for r in acc["trained"]], [r[t][0] for r in acc["random_init"]],
-                          [r[t][1] for r in acc["trained"]]),
-                "probe_seed_std": [round(seed_std[n][t], 4) for n in acc]} for t in names}, acc
+def draw_forecast(path, clips, true, rows, r2, scale=3):
+    """forecast.png: a few test clips' last context frame with the digit's corner over the
+    future steps, true (green), read from the predictions (red) and from the last context step
+    (blue); right, R^2 against steps ahead for each row of the forecast table."""
+    from PIL import Image, ImageDraw
+    S, colours = clips.shape[-1] * scale, ["#e33", "#3c3", "#39f", "#fa0", "#c6f", "#999"]
+    img = Image.new("RGB", (len(clips) * (S + 8) + 460, S + 30), "black")
+    draw = ImageDraw.Draw(img)
+    for i, clip in enumerate(clips):
+        frame = clip[0, -2 * len(true[0]) - 1]  # the last context frame
+        frame = (frame - frame.min()) / (frame.max() - frame.min() + 1e-6) * 160
+        img.paste(Image.fromarray(frame.byte().numpy()).resize((S, S)), (i * (S + 8), 0))
+        for pos, colour in ((true[i], "#3c3"), (rows["predicted"][i], "#e33"),
+                            (rows["persistence"][i], "#39f")):
+            pts = [(i * (S + 8) + (x + 14) * scale, (y + 14) * scale) for y, x in pos.tolist()]
+            draw.line(pts, fill=colour, width=2)
+            for x, y in pts:
+                draw.ellipse([x - 3, y - 3, x + 3, y + 3], outline=colour)
+    x0, w, h = len(clips) * (S + 8) + 40, 250, S - 20  # R^2 from 0 (bottom) to 1 (top)
+    draw.rectangle([x0, 10, x0 + w, 10 + h], outline="#666")
+    for j, (row, values) in enumerate(r2.items()):
+        draw.line([(x0 + w * (k + 0.5) / len(values), 10 + h * (1 - min(1.0, max(0.0, v))))
+                   for k, v in enumerate(values)], fill=colours[j % 6], width=2)
+        draw.text((x0 + w + 8, 10 + 14 * j), row, fill=colours[j % 6])
+    draw.text((4, S + 10), f"green: true; red: from the predictions; blue: last context step; "
+              f"right: R^2 (0 to 1) at 1 to {len(true[0])} steps ahead", fill="#ccc")
+    img.save(path)
 
 
 def probe_vjepa(a):
-    """V-JEPA checkpoints, the seeds of one run: the linear probes of each and of
-    a.random_inits random-init encoders, compared; with a.attentive_seeds the attentive probe."""
+    """V-JEPA checkpoints, the seeds of one run, each beside a.random_inits random-init networks
+    of its shape: the linear probes of the target and the online encoder; with future or causal
+    masks, the predictor's forecast of the digit and its surprise at impossible clips."""
     start = time.time()
-    encoders, configs = zip(*[load_encoder(c) for c in a.ckpt])  # each file read once
-    config = configs[0]
-    shapes = {tuple(e.input_size) + (e.dim, len(e.blocks)) for e in encoders}
-    if len(shapes) > 1:
-        raise ValueError(f"--ckpt: the checkpoints are of different architectures {shapes}; "
-                         "seeds of one run are expected")
+    trained, configs = zip(*[load_networks(c) for c in a.ckpt])  # each file read once
+    config, first = configs[0], trained[0]["target"]
+    if len({tuple(n["target"].input_size) + (n["target"].dim, len(n["target"].blocks))
+            for n in trained}) > 1:
+        raise ValueError("--ckpt: the checkpoints are of different architectures; seeds of one "
+                         "run are expected")
     run_dir = os.path.dirname(os.path.abspath(a.ckpt[0]))
     out_dir = a.out_dir or os.path.join(run_dir, "probe")
     os.makedirs(out_dir, exist_ok=True)
-    sources, spec = probe_sets(config, encoders[0], a)
+    sources, spec = probe_sets(config, first, a)
+    world = config.get("mask") in ("future", "causal") and all("predictor" in n for n in trained)
+    if world:
+        spec.update(ctx_steps=config["mask_ctx_frames"] // config["tubelet_size"], pairs=a.pairs)
     cache = a.cache_dir or os.path.join(run_dir, "..", "feature_cache")
-    randoms = [random_init_like(encoders[0], 1000 + i) for i in range(a.random_inits)]
-    runs = {"trained": [], "random_init": []}
-    for name, nets in (("trained", encoders), ("random_init", randoms)):
-        for i, net in enumerate(nets):
-            feats = cached_features(net, spec, sources, cache, f"{name} {i}", a.dtype)
-            targets = {p: linear_targets(feats[p][1], sources[p].speed) for p in feats}
-            runs[name].append(linear_probes({p: feats[p][0] for p in feats}, targets))
-    def scores(name, pool, task, j=0):  # j: 0 the score, 1 its standard error
-        return [s[pool][task][j] for s in runs[name]]
-
-    summary = {pool: {task: compare(scores("trained", pool, task),
-                                    scores("random_init", pool, task),
-                                    scores("trained", pool, task, 1))
-                      for task in runs["trained"][0][pool]} for pool in POOLINGS}
+    randoms = [random_nets(trained[0], 1000 + i) for i in range(a.random_inits)]
+    runs = {"trained": [], "online": [], "random_init": []}  # trained: the target encoder
+    worlds = {"trained": [], "random_init": []}
+    for name, sets in (("trained", trained), ("random_init", randoms)):
+        for i, nets in enumerate(sets):
+            feats = cached_features(nets, spec, sources, cache, f"{name} {i}", a.dtype)
+            targets = {p: linear_targets(feats[p][1], sources[p].speed) for p in ("fit", "test")}
+            for net in ("target", "online") if name == "trained" else ("target",):
+                runs[name if net == "target" else net].append(linear_probes(
+                    {p: feats[p][0][net] for p in ("fit", "test")}, targets))
+            if world:
+                pos = [step_positions(feats[p][1], first.patch_embed.tubelet_size)
+                       for p in ("fit", "test")]
+                r2, positions = forecast_scores(*[feats[p][0]["world"] for p in ("fit", "test")],
+                                                *pos, spec["ctx_steps"])
+                s = feats["surprise"]
+                worlds[name].append({"forecast": r2, "surprise": {
+                    v: surprise_share(s["normal"], s[v]) for v in VIOLATIONS}})
+                if name == "trained" and i == 0:
+                    picture = (positions, pos[1][:, spec["ctx_steps"]:], r2)
     results = {"ckpt": a.ckpt, "preset": config.get("preset", "release"),
                "objective": config.get("objective", "vjepa"), "mask": config.get("mask", ""),
                "token_vcr": config.get("token_vcr", 0.0), "fit_clips": a.fit_clips,
-               "test_clips": a.test_clips, "random_inits": a.random_inits, "linear": summary,
-               "linear_runs": runs, "best": best_readout(runs)}
-    if a.attentive_seeds:
-        results["attentive"], results["attentive_runs"] = attentive_probes(encoders, randoms,
-                                                                          sources, a)
-    rows = {f"{t} ({p})": c for p in POOLINGS for t, c in summary[p].items()}
-    rows.update({f"{t} (best: {c['pooling']} / {c['random_pooling']})": c
-                 for t, c in results["best"].items()})
-    rows.update({f"{t} (attentive)": c for t, c in results.get("attentive", {}).items()})
-    save_results(results, out_dir, start, {name: {k: f(c) for k, c in rows.items()} for name, f in (
-        ("trained", lambda c: c["trained"]), ("random init", lambda c: c["random"]),
-        ("gap ± combined std", lambda c: [c["gap"], c["combined_std"]]))})
+               "test_clips": a.test_clips, "random_inits": a.random_inits, "linear_runs": runs}
+    tables = {}
+    for net in ("target", "online")[:2 if runs["online"] else 1]:
+        key = "trained" if net == "target" else net
+        pair = {"trained": runs[key], "random_init": runs["random_init"]}
+        linear = {pool: {task: compare(*[[s[pool][task][0] for s in pair[n]] for n in pair],
+                                       [s[pool][task][1] for s in runs[key]])
+                         for task in runs[key][0][pool]} for pool in POOLINGS}
+        best = best_readout(pair)
+        results.update({f"{net}_linear" if net != "target" else "linear": linear,
+                        f"{net}_best" if net != "target" else "best": best})
+        rows = {f"{t} ({p})": c for p in POOLINGS for t, c in linear[p].items()}
+        rows.update({f"{t} (best: {c['pooling']} / {c['random_pooling']})": c
+                     for t, c in best.items()})
+        tables[f"linear probes, {net} encoder"] = {
+            "trained": {k: c["trained"] for k, c in rows.items()},
+            "random init": {k: c["random"] for k, c in rows.items()},
+            "gap ± combined std": {k: [c["gap"], c["combined_std"]] for k, c in rows.items()}}
+    if world:
+        forecast = summarise_forecast([w["forecast"] for w in worlds["trained"]],
+                                      [w["forecast"] for w in worlds["random_init"]])
+        results["forecast"] = forecast
+        results["surprise"] = {v: compare(*[[w["surprise"][v][0] for w in worlds[n]]
+                                            for n in worlds],
+                                          [w["surprise"][v][1] for w in worlds["trained"]])
+                               for v in VIOLATIONS}
+        tables["forecast R^2 of the digit's position, steps ahead"] = {
+            f"+{h + 1}": {row: v[h] for row, v in forecast.items()}
+            for h in range(len(forecast["predicted"]))}
+        tables["surprise: share of pairs where the impossible clip surprises more"] = {
+            col: {v: c[key] for v, c in results["surprise"].items()}
+            for col, key in (("trained", "trained"), ("random init", "random"))}
+        clips = next(data.fixed_chunks(sources["test"], a.test_clips, 2, chunk=64))[0][:5]
+        draw_forecast(os.path.join(out_dir, "forecast.png"), clips, picture[1][:5],
+                      {k: v[:5] for k, v in picture[0].items()},
+                      {k: [x[0] for x in v] for k, v in forecast.items() if "skill" not in k})
+    save_results(results, out_dir, start, tables)
+    print(verdict(results, out_dir))
     return results
+
+
+def verdict(r, out_dir):
+    """What the run learned, in a few lines a student can read without the tables."""
+    lines = [f"What the run learned ({len(r['ckpt'])} checkpoint(s), {r['random_inits']} random "
+             "inits):"]
+    if "forecast" in r:
+        f, h = r["forecast"], len(r["forecast"]["predicted"])
+        lines.append(f"- the predictor places the digit {h} steps ({2 * h} frames) ahead at R^2 "
+                     f"{f['predicted'][-1][0]:.2f} ({f['predicted, own readout'][-1][0]:.2f} with "
+                     f"its own readout); the last context step {f['persistence'][-1][0]:.2f}, a "
+                     f"linear readout of the context {f['context readout'][-1][0]:.2f}, the best "
+                     f"random network {f['random init (best)'][-1][0]:.2f}")
+        lines.append("- an impossible future surprises it more than the real one in " + ", ".join(
+            f"{100 * c['trained'][0]:.0f}% of {v} pairs (random {100 * c['random'][0]:.0f}%)"
+            for v, c in r["surprise"].items()) + "; chance 50%")
+    for net, key in (("target", "best"), ("online", "online_best")):
+        won = [t for t, c in r.get(key, {}).items() if (c["gap_over_std"] or 0) >= 2]
+        lines += [f"- the {net} encoder reads {len(won)} of 5 tasks better than the best random "
+                  f"network (by 2 combined stds, best readout): {', '.join(won) or 'none'}"
+                  ] * (key in r)
+    return "\n".join(lines + [f"picture: {out_dir}/forecast.png"] * ("forecast" in r))
 
 
 def linear_probe_arguments(p):
     """The linear probes' flags, shared with tools/curve.py; --dtype: the encoders' precision."""
-    p.add_argument("--fit_clips", type=int, default=5000, help="clips the probes are fitted on")
-    p.add_argument("--test_clips", type=int, default=2500, help="held-out clips scored")
+    p.add_argument("--fit_clips", type=int, default=2000, help="clips the probes are fitted on")
+    p.add_argument("--test_clips", type=int, default=1000, help="held-out clips scored")
     p.add_argument("--random_inits", type=int, default=3, help="random-init networks beside")
     p.add_argument("--cache_dir", default="", help="where encoded features are kept "
                    "(default: feature_cache/ beside the run's folder)")
@@ -514,13 +683,7 @@ def main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", nargs="+", help="checkpoint(s); several: seeds of one run")
     linear_probe_arguments(p)
-    p.add_argument("--attentive_seeds", type=int, default=0,
-                   help="also the attentive probe, over this many probe seeds")
-    # the schedule with the smallest std over probe seeds (tools/attentive_sweep.py; results 3)
-    p.add_argument("--attentive_fit_clips", type=int, default=2048,
-                   help="clips the attentive probe is trained on")
-    p.add_argument("--epochs", type=int, default=10, help="attentive probe: training epochs")
-    p.add_argument("--lr", type=float, default=3e-3, help="attentive probe: peak LR")
+    p.add_argument("--pairs", type=int, default=400, help="clip pairs per kind of violation")
     p.add_argument("--out_dir", default="", help="default: the first checkpoint's folder/probe")
     a = p.parse_args(argv)
     a.dtype = model.pick_dtype(a.dtype, torch.device("cpu"))

@@ -18,11 +18,12 @@ import pytest
 import torch
 
 import data
+import masks
 import model
 import probe
 import train
 from conftest import SHARED_MNIST
-from tools import tables
+from tools import attentive, tables
 
 MNIST_ARGS = ["--mnist_dir", str(SHARED_MNIST)] if SHARED_MNIST.exists() else []
 
@@ -41,9 +42,9 @@ def test_attentive_probe_learns_a_task_a_hand_made_encoder_encodes():
     where = torch.randint(L, (N,), generator=g)
     tokens[torch.arange(N), where, y] += 3.0
     tokens[torch.arange(N), where, D - 1] += 3.0
-    probes = torch.nn.ModuleList([probe.AttentiveProbe(D, 2, classes)])
-    probe.fit_probes(probes, tokens[:768], [y[:768]], dtype=torch.float32)
-    probs = probe.probabilities(probes[0], tokens[768:], dtype=torch.float32)
+    probes = torch.nn.ModuleList([attentive.AttentiveProbe(D, 2, classes)])
+    attentive.fit_probes(probes, tokens[:768], [y[:768]], dtype=torch.float32)
+    probs = attentive.probabilities(probes[0], tokens[768:], dtype=torch.float32)
     accuracy = float((probs.argmax(1) == y[768:]).float().mean())
     assert accuracy > 0.7  # chance is 0.25
 
@@ -52,7 +53,7 @@ def test_attentive_probe_against_a_per_sample_loop():
     """Cross-attention of one query, written out per sample and per head."""
     torch.manual_seed(0)
     D, heads, N = 12, 3, 5
-    p = probe.AttentiveProbe(D, heads, 7).eval()
+    p = attentive.AttentiveProbe(D, heads, 7).eval()
     tokens = torch.randn(2, N, D)
     out = p(tokens)
     Dh = D // heads
@@ -83,7 +84,7 @@ def test_probabilities_are_the_softmax_of_the_logits():
     lin = torch.nn.Linear(3, 5)
     head = lambda t: lin(t.mean(1))  # noqa: E731
     tokens = torch.randn(6, 2, 3)
-    got = probe.probabilities(head, tokens, batch=4, dtype=torch.float32)
+    got = attentive.probabilities(head, tokens, batch=4, dtype=torch.float32)
     assert torch.allclose(got, head(tokens).softmax(-1), atol=1e-6)
 
 
@@ -485,38 +486,41 @@ def tiny_sets():
 def test_cached_features_equal_fresh_ones_and_are_read_back(tmp_path, tiny_sets, monkeypatch):
     sources, spec = tiny_sets
     enc = tiny_encoder()
-    got = probe.cached_features(enc, spec, sources, str(tmp_path))
+    got = probe.cached_features({"target": enc}, spec, sources, str(tmp_path))
     for part, (n, seed) in (("fit", spec["fit"]), ("test", spec["test"])):
-        feats, labels = probe.video_features(enc, sources[part], n, seed)
-        assert set(got[part][0]) == set(probe.POOLINGS)
-        assert all(torch.equal(got[part][0][k], feats[k]) for k in feats)
+        feats, labels = probe.video_features({"target": enc}, sources[part], n, seed)
+        assert set(got[part][0]) == {"target"}
+        assert set(got[part][0]["target"]) == set(probe.POOLINGS)
+        assert all(torch.equal(got[part][0]["target"][k], v) for k, v in feats["target"].items())
         assert all(torch.equal(got[part][1][k], labels[k]) for k in labels)
-        assert len(got[part][0]["mean"]) == n
-    path = tmp_path / f"features_{probe.weights_key(enc, spec)}_float32.pt"
+        assert len(got[part][0]["target"]["mean"]) == n
+    path = tmp_path / f"features_{probe.weights_key({'target': enc}, spec)}_float32.pt"
     assert path.exists() and len(list(tmp_path.iterdir())) == 1  # no .tmp left behind
 
     def no_encoding(*args, **kwargs):
         raise AssertionError("encoded again")
 
     monkeypatch.setattr(probe, "video_features", no_encoding)
-    again = probe.cached_features(enc, spec, sources, str(tmp_path))
-    assert all(torch.equal(again["test"][0][k], got["test"][0][k]) for k in probe.POOLINGS)
+    again = probe.cached_features({"target": enc}, spec, sources, str(tmp_path))
+    assert all(torch.equal(again["test"][0]["target"][k], got["test"][0]["target"][k])
+               for k in probe.POOLINGS)
     monkeypatch.undo()
     # other weights: another file, other features
     other = probe.random_init_like(enc, 5)
-    feats = probe.cached_features(other, spec, sources, str(tmp_path))
+    feats = probe.cached_features({"target": other}, spec, sources, str(tmp_path))
     assert len(list(tmp_path.glob("features_*.pt"))) == 2
-    assert not torch.equal(feats["fit"][0]["mean"], got["fit"][0]["mean"])
+    assert not torch.equal(feats["fit"][0]["target"]["mean"], got["fit"][0]["target"]["mean"])
 
 
 def test_weights_key_follows_weights_and_spec():
     enc, spec = tiny_encoder(), {"fit": (10, 1), "test": (6, 2)}
-    key = probe.weights_key(enc, spec)
-    assert key == probe.weights_key(tiny_encoder(), dict(reversed(list(spec.items()))))
-    assert key != probe.weights_key(enc, {"fit": (11, 1), "test": (6, 2)})
+    key = probe.weights_key({"target": enc}, spec)
+    assert key == probe.weights_key({"target": tiny_encoder()}, dict(reversed(list(spec.items()))))
+    assert key != probe.weights_key({"target": enc}, {"fit": (11, 1), "test": (6, 2)})
+    assert key != probe.weights_key({"online": enc}, spec)
     with torch.no_grad():
         enc.blocks[0].mlp.fc1.weight[0, 0] += 1e-3
-    assert key != probe.weights_key(enc, spec)
+    assert key != probe.weights_key({"target": enc}, spec)
 
 
 def test_weights_key_tells_apart_encoders_that_differ_only_in_heads(tmp_path, tiny_sets):
@@ -533,12 +537,12 @@ def test_weights_key_tells_apart_encoders_that_differ_only_in_heads(tmp_path, ti
     clips = torch.rand(2, 1, 4, 32, 32)
     with torch.no_grad():
         assert (two(clips) - three(clips)).abs().max() > 0.05  # different functions
-    probe.cached_features(two, spec, sources, str(tmp_path))
-    got = probe.cached_features(three, spec, sources, str(tmp_path))
-    fresh, _ = probe.video_features(three, sources["test"], *spec["test"])
-    assert torch.equal(got["test"][0]["mean"], fresh["mean"]), \
+    probe.cached_features({"target": two}, spec, sources, str(tmp_path))
+    got = probe.cached_features({"target": three}, spec, sources, str(tmp_path))
+    fresh, _ = probe.video_features({"target": three}, sources["test"], *spec["test"])
+    assert torch.equal(got["test"][0]["target"]["mean"], fresh["target"]["mean"]), \
         "the 3-head encoder was given the 2-head encoder's cached features"
-    assert probe.weights_key(two, spec) != probe.weights_key(three, spec)
+    assert probe.weights_key({"target": two}, spec) != probe.weights_key({"target": three}, spec)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -584,7 +588,8 @@ def test_vjepa_probe_end_to_end(tmp_path, two_seeds, capsys):
     ckpts, cache = two_seeds, str(tmp_path / "cache")
     out = str(tmp_path / "probe")
     r = probe.main(["--ckpt", ckpts[0], "--fit_clips", "64", "--test_clips", "48",
-                    "--random_inits", "2", "--cache_dir", cache, "--out_dir", out] + MNIST_ARGS)
+                    "--random_inits", "2", "--cache_dir", cache, "--out_dir", out,
+                    "--pairs", "16"] + MNIST_ARGS)
     assert r["ckpt"] == [ckpts[0]] and (r["fit_clips"], r["test_clips"]) == (64, 48)
     assert len(r["linear_runs"]["trained"]) == 1 and len(r["linear_runs"]["random_init"]) == 2
     check_summary(r)
@@ -594,6 +599,11 @@ def test_vjepa_probe_end_to_end(tmp_path, two_seeds, capsys):
     assert len(list(Path(cache).glob("features_*.pt"))) == 3  # 1 trained + 2 random inits
     printed = capsys.readouterr().out
     assert "| digit (mean) |" in printed and "| position (cells) |" in printed
+    assert "linear probes, online encoder" in printed and "What the run learned" in printed
+    check_summary({"linear": r["online_linear"], "linear_runs": {
+        "trained": r["linear_runs"]["online"], "random_init": r["linear_runs"]["random_init"]}})
+    assert set(r["surprise"]) == set(probe.VIOLATIONS) and len(r["forecast"]["predicted"]) == 1
+    assert os.path.exists(os.path.join(out, "forecast.png"))
     printed = tables.table([out])  # tools/tables.py: every task and pooling in full
     assert "| digit | mean |" in printed and "| position | cells |" in printed
 
@@ -608,43 +618,52 @@ def test_the_probe_encodes_in_the_precision_of_the_cpu(tmp_path, two_seeds, monk
     monkeypatch.setattr(model, "cpu_class", lambda: cpu_class)
     seen, encode = [], probe.video_features
 
-    def recording(encoder, *args, **kwargs):
-        hook = encoder.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    def recording(nets, *args, **kwargs):
+        hooks = [n.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+                 for n in {id(n): n for n in nets.values()}.values()]  # random: online = target
         try:
-            return encode(encoder, *args, **kwargs)
+            return encode(nets, *args, **kwargs)
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
 
     monkeypatch.setattr(probe, "video_features", recording)
     probe.main(["--ckpt", two_seeds[0], "--fit_clips", "16", "--test_clips", "16",
                 "--random_inits", "1", "--cache_dir", str(tmp_path / "cache"), "--out_dir",
-                str(tmp_path), "--dtype", flag] + MNIST_ARGS)
-    assert len(seen) == 4 and set(seen) == {expected}  # (fit, test) x (trained, random)
+                str(tmp_path), "--dtype", flag, "--pairs", "8"] + MNIST_ARGS)
+    # (fit, test) x (target, online, its context, predictor; random: target, context, predictor)
+    assert len(seen) == 14 and set(seen) == {expected}
 
 
 def test_vjepa_probe_two_checkpoints_and_the_attentive_probe(tmp_path, two_seeds):
     ckpts, cache = two_seeds, str(tmp_path / "cache")
     r = probe.main(["--ckpt", *ckpts, "--fit_clips", "64", "--test_clips", "48",
                     "--random_inits", "1", "--cache_dir", cache, "--out_dir", str(tmp_path),
-                    "--attentive_seeds", "2", "--attentive_fit_clips", "32", "--epochs", "1"]
-                   + MNIST_ARGS)
+                    "--pairs", "16"] + MNIST_ARGS)
     assert r["ckpt"] == ckpts
     assert len(r["linear_runs"]["trained"]) == 2 and len(r["linear_runs"]["random_init"]) == 1
     check_summary(r)  # trained: mean and sample std over the two checkpoints
     stds = [r["linear"][p][t]["trained"][1] for p in probe.POOLINGS for t in r["linear"][p]]
     assert max(stds) > 0  # two different seeds do not score exactly alike everywhere
-    assert set(r["attentive"]) == {"digit", "direction", "speed"}
-    for c in r["attentive"].values():
-        assert 0 <= c["trained"][0] <= 1 and 0 <= c["random"][0] <= 1
-    runs = r["attentive_runs"]  # 2 trained x 2 probe seeds, 1 random init x 2 probe seeds
-    assert [len(runs["trained"]), len(runs["random_init"])] == [4, 2]
-    for t, c in r["attentive"].items():
-        acc = [x[t][0] for x in runs["trained"]]
-        assert c["probe_seed_std"][0] == pytest.approx(
-            max(statistics.stdev(acc[:2]), statistics.stdev(acc[2:])), abs=1e-4)
-        assert c["probe_seed_std"][1] == pytest.approx(
-            statistics.stdev([x[t][0] for x in runs["random_init"]]), abs=1e-4)
-        assert c["trained"][0] == pytest.approx(statistics.mean(acc), abs=1e-4)
+    r = attentive.main(["--ckpt", *ckpts, "--seeds", "2", "--random_inits", "1", "--fit_clips",
+                        "32", "--test_clips", "48", "--epochs", "1", "--out_dir", str(tmp_path)]
+                       + MNIST_ARGS)
+    with open(tmp_path / "results.json") as f:
+        assert json.load(f)["linear"] == r["linear"]  # probe.py's rows kept beside
+    for key in ("attentive", "online_attentive"):
+        assert set(r[key]) == {"digit", "direction", "speed"}
+        for c in r[key].values():
+            assert 0 <= c["trained"][0] <= 1 and 0 <= c["random"][0] <= 1
+        runs = r[f"{key}_runs"]  # 2 trained x 2 probe seeds, 1 random init x 2 probe seeds
+        assert [len(runs["trained"]), len(runs["random_init"])] == [4, 2]
+        for t, c in r[key].items():
+            acc = [x[t][0] for x in runs["trained"]]
+            assert c["probe_seed_std"][0] == pytest.approx(
+                max(statistics.stdev(acc[:2]), statistics.stdev(acc[2:])), abs=1e-4)
+            assert c["probe_seed_std"][1] == pytest.approx(
+                statistics.stdev([x[t][0] for x in runs["random_init"]]), abs=1e-4)
+            assert c["trained"][0] == pytest.approx(statistics.mean(acc), abs=1e-4)
+    assert r["attentive_runs"]["random_init"] == r["online_attentive_runs"]["random_init"]
 
 
 def test_random_init_of_a_loaded_checkpoint_keeps_its_embed_gain(tmp_path):
@@ -697,3 +716,112 @@ def test_best_readout_against_a_hand_worked_example():
     # one trained seed and one init: the standard errors stand in for the spreads
     one = probe.best_readout({k: v[:1] for k, v in runs.items()})["digit"]
     assert one["combined_std"] == pytest.approx(math.hypot(0.01, 0.01), abs=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# The predictor as a world model: forecast and surprise
+
+def world_features(g, n, T=6, c=3, F=5):
+    """Hand-made features: F-dim step features whose first two channels are the digit's (y, x)
+    plus noise, and positions moving at a random constant velocity -> (feats, positions)."""
+    start, v = torch.rand(n, 1, 2, generator=g) * 30, torch.randn(n, 1, 2, generator=g) * 3
+    pos = start + v * torch.arange(T)[None, :, None]
+    target = torch.cat([pos, torch.randn(n, T, F - 2, generator=g)], -1)
+    target += 0.5 * torch.randn(target.shape, generator=g)
+    return {"target": target, "context": target[:, :c]}, pos
+
+
+@pytest.mark.parametrize("predictor", ["perfect", "copy_last", "constant"])
+def test_forecast_against_hand_worked_predictors(predictor):
+    """A predictor that outputs the true future's features scores the oracle's R^2; one that
+    copies the last context step scores persistence's; a constant one scores at most 0."""
+    g, c = torch.Generator().manual_seed(0), 3
+    (fit, pos_fit), (test, pos_test) = world_features(g, 300), world_features(g, 200)
+    for f in (fit, test):
+        f["pred"] = {"perfect": f["target"][:, c:], "copy_last": f["target"][:, c - 1:c].expand(
+            -1, 3, -1), "constant": torch.ones_like(f["target"][:, c:])}[predictor].clone()
+    r2, positions = probe.forecast_scores(fit, test, pos_fit, pos_test, c)
+    assert set(r2) == {"predicted", "oracle", "persistence", "predicted, own readout",
+                       "context readout"} and all(len(v) == 3 for v in r2.values())
+    if predictor == "perfect":
+        assert r2["predicted"] == r2["oracle"] and min(r2["oracle"]) > 0.9
+    elif predictor == "copy_last":
+        assert r2["predicted"] == pytest.approx(r2["persistence"], abs=1e-12)
+        assert r2["persistence"][0] > r2["persistence"][2]  # the digit moves on
+    else:
+        assert max(r2["predicted"]) <= 0 and max(r2["predicted, own readout"]) <= 1e-3
+    # the context readout extrapolates a straight line: it beats persistence at every step
+    assert all(a > b for a, b in zip(r2["context readout"], r2["persistence"]))
+    # R^2 is 1 - MSE / Var per coordinate, averaged, as a loop writes it
+    h = 2
+    p, y = positions["persistence"][:, h], pos_test[:, c + h]
+    loop = sum(1 - float(((p[:, k] - y[:, k]) ** 2).mean() / y[:, k].var(unbiased=False))
+               for k in range(2)) / 2
+    assert r2["persistence"][h] == pytest.approx(loop, abs=1e-6)
+
+
+def test_surprise_share_closed_forms():
+    same = torch.rand(10)
+    assert probe.surprise_share(same, same.clone())[0] == 0.5  # nothing changed: chance
+    p, se = probe.surprise_share(torch.tensor([1.0, 1, 1, 1]), torch.tensor([2.0, 0, 2, 1]))
+    assert p == pytest.approx((1 + 0 + 1 + 0.5) / 4)
+    assert se == pytest.approx(math.sqrt(p * (1 - p) / 4))
+
+
+def digit_sources():
+    a = SimpleNamespace(fit_clips=8, test_clips=8, mnist_dir=str(SHARED_MNIST)
+                        if SHARED_MNIST.exists() else "")
+    enc = model.VisionTransformer(16, 64, 16, 2, 1, 24, 1, 2)
+    sources, _ = probe.probe_sets({"normalise": True}, enc, a)
+    return sources["test"]
+
+
+def test_violation_pairs_break_movingmnist_only_after_the_context():
+    source, c, n = digit_sources(), 8, 64
+    clips = probe.violation_pairs(source, n, seed=0, ctx_frames=c)
+    assert set(clips) == {"normal", *probe.VIOLATIONS}
+    raw = {k: v * data.MMNIST_STD + data.MMNIST_MEAN for k, v in clips.items()}  # normalised
+    normal = raw["normal"]
+    ink = normal.sum((-1, -2))  # [n, 1, T]
+    for kind, x in raw.items():
+        assert x.shape == (n, 1, 16, 64, 64)
+        assert torch.equal(x[:, :, :c], normal[:, :, :c])  # identical contexts
+        if kind != "normal":
+            moved = (x[:, :, c:] - normal[:, :, c:]).abs().amax((1, 2, 3, 4)) > 0.5
+            assert moved.float().mean() > 0.9
+    # stop: every later frame is the last context frame
+    stop = raw["stop"]
+    assert torch.equal(stop[:, :, c:], stop[:, :, c - 1:c].expand_as(normal[:, :, c:]))
+    # pass-through: the digit leaves the canvas (less ink), the normal one bounces back (all of it)
+    less = raw["pass_through"][:, 0, -1].sum((-1, -2)) < 0.9 * ink[:, 0, -1]
+    assert less.float().mean() > 0.9
+    # teleport: the same glyph, the same amount of ink, elsewhere; identity: another glyph
+    assert torch.allclose(raw["teleport"].sum((-1, -2)), ink, rtol=1e-4)
+    assert not torch.allclose(raw["identity"][:, :, c:].sum((-1, -2)), ink[:, :, c:])
+    # the normal clips are MovingMNIST's: no bounce before the context ends, one after
+    centre = lambda v: (v * torch.arange(64.0)).sum() / v.sum()  # noqa: E731
+    y = torch.tensor([[centre(normal[i, 0, t].sum(1)) for t in range(16)] for i in range(4)])
+    x = torch.tensor([[centre(normal[i, 0, t].sum(0)) for t in range(16)] for i in range(4)])
+    step = torch.stack([y.diff(), x.diff()], -1)[:, :c - 1]
+    assert (step - step[:, :1]).abs().max() < 1.5  # straight in the context (rounding only)
+
+
+def test_surprise_is_the_vjepa_loss_of_the_future_mask():
+    """The predictor's surprise at a clip, averaged over clips, is train.vjepa_loss with the
+    future mask and no token_vcr (an independent path: the training objective)."""
+    args = ["--num_frames", "4", "--img_size", "32", "--patch_size", "8", "--enc_dim", "24",
+            "--enc_depth", "1", "--enc_heads", "2", "--pred_dim", "24", "--pred_depth", "1",
+            "--token_vcr", "0", "--device", "cpu", "--dtype", "float32"]
+    run = train.setup(train.parse_config(args))
+    clips = torch.rand(5, 1, 4, 32, 32)
+    loss, _, _ = train.vjepa_loss(run, clips, torch.Generator().manual_seed(0))
+    nets = {"target": run.target, "online": run.net.encoder, "predictor": run.net.predictor}
+    got = probe.surprise(nets, {"normal": clips, "other": clips.flip(0)}, ctx_steps=1)
+    assert got["normal"].shape == (5,) and float(got["normal"].mean()) == pytest.approx(
+        loss.item(), rel=1e-5)
+    # another clip's future against this clip's context: the error of each pairing by hand
+    ctx, tgt = masks.future(5, run.target.grid, 1)
+    with torch.no_grad():
+        pred = run.net.predictor(run.net.encoder(clips, keep=ctx), ctx, tgt)
+        h = torch.nn.functional.layer_norm(run.target(clips.flip(0))[:, 16:], (24,))
+    assert torch.allclose(got["other"], (pred - h).abs().mean((1, 2)), atol=1e-6)

@@ -24,6 +24,7 @@ import torch.nn as nn  # noqa: E402
 import data  # noqa: E402
 import model  # noqa: E402
 import probe  # noqa: E402
+from tools import attentive  # noqa: E402
 
 
 def spread(encoder, fit, test, setting, seeds, dtype):
@@ -34,12 +35,12 @@ def spread(encoder, fit, test, setting, seeds, dtype):
     out = {t: [] for t in names}
     for seed in range(seeds):
         torch.manual_seed(seed)
-        probes = nn.ModuleList([probe.AttentiveProbe(encoder.dim, encoder.blocks[0].attn.heads,
+        probes = nn.ModuleList([attentive.AttentiveProbe(encoder.dim, encoder.blocks[0].attn.heads,
                                                      fit_tasks[t][1]) for t in names])
-        probe.fit_probes(probes, fit_tokens[:n], [fit_tasks[t][0][:n] for t in names],
+        attentive.fit_probes(probes, fit_tokens[:n], [fit_tasks[t][0][:n] for t in names],
                          epochs=epochs, batch=batch, lr=lr, seed=seed, dtype=dtype)
         for j, t in enumerate(names):
-            pred = probe.probabilities(probes[j], test_tokens, dtype=dtype).argmax(1)
+            pred = attentive.probabilities(probes[j], test_tokens, dtype=dtype).argmax(1)
             out[t].append(probe.accuracy_and_se(pred, test_tasks[t][0])[0])
     return out
 

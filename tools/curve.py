@@ -99,9 +99,9 @@ def learning_curve(a):
     randoms = [random_init_like(encoders[0], 1000 + i) for i in range(a.random_inits)]
 
     def scores(net, desc):
-        feats = cached_features(net, spec, sources, cache, desc, a.dtype)
+        feats = cached_features({"target": net}, spec, sources, cache, desc, a.dtype)
         targets = {p: linear_targets(feats[p][1], sources[p].speed) for p in feats}
-        return linear_probes({p: feats[p][0] for p in feats}, targets)
+        return linear_probes({p: feats[p][0]["target"] for p in feats}, targets)
 
     trained = [scores(net, f"step {s}") for net, s in zip(encoders, steps)]
     random = [scores(net, f"random init {i}") for i, net in enumerate(randoms)]

@@ -30,9 +30,10 @@ for p in laptop laptop_vjepa laptop_long laptop_vjepa_long laptop_pixel laptop_m
   run torchrun_$p torchrun --standalone --nproc_per_node=2 train.py --preset $p --max_steps 4 --log_every 2 --ckpt_every 2 --batch_size $b --val_clips 8 --out_dir $O/tr_$p; done
 for p in vitl16 vith16 vith16_384; do run torchrun_$p torchrun --standalone --nproc_per_node=2 train.py --preset $p $P --batch_size 1 --out_dir $O/tr_$p; done
 run torchrun_resume torchrun --standalone --nproc_per_node=2 train.py --preset laptop --max_steps 6 --log_every 2 --ckpt_every 2 --batch_size 2 --val_clips 8 --out_dir $O/tr_laptop --resume true
-PR="--fit_clips 64 --test_clips 32 --random_inits 1 --cache_dir $O/cache"
+PR="--fit_clips 64 --test_clips 32 --pairs 16 --random_inits 1 --cache_dir $O/cache"
 run probe python probe.py --ckpt $O/laptop/ckpt.pt $PR
-run probe_seeds python probe.py --ckpt $O/laptop_s1/ckpt.pt $O/laptop_s2/ckpt.pt $PR --attentive_seeds 1 --attentive_fit_clips 32 --epochs 1 --out_dir $O/probe_seeds
+run probe_seeds python probe.py --ckpt $O/laptop_s1/ckpt.pt $O/laptop_s2/ckpt.pt $PR --out_dir $O/probe_seeds
+run attentive python tools/attentive.py --ckpt $O/laptop_s1/ckpt.pt $O/laptop_s2/ckpt.pt --seeds 1 --random_inits 1 --fit_clips 32 --test_clips 16 --epochs 1 --out_dir $O/probe_seeds
 run probe_vcr_error bash -c "python probe.py --ckpt $O/vjvcr/ckpt.pt $PR 2>&1 | grep -q tools/probe_vcr.py"
 for p in vjvcr vjvcr_dec generative_vcr generative switch_none switch_discrete switch_sparse80 switch_sparse20; do
   run probe_vcr_$p python tools/probe_vcr.py --ckpt $O/$p/ckpt.pt --fit_clips 64 --test_clips 32 --random_inits 1 --decoder_steps 2; done
