@@ -278,7 +278,7 @@ def probe_vcr(a):
         y, recon, k = first
         rows = torch.stack([(k == i).nonzero()[0, 0] for i in k.unique()])  # one per direction
         overlap_picture(y[rows, 0], recon[rows, 0], os.path.join(out_dir, "figure3.png"))
-        save_results(results, out_dir, start, {"trained": results["summary"]})
+        save_results(results, out_dir, start, {"VJ-VCR": {"trained": results["summary"]}})
         return results
     random = []
     for i in range(a.random_inits):
@@ -293,7 +293,7 @@ def probe_vcr(a):
                        torch.full_like(speed_test, float(speed_fit.mean())), speed_test),
                    psnr_mean_frames=round(psnr(y_fit.mean(0, keepdim=True).expand_as(y_test),
                                                y_test), 2))  # the average target clip
-    save_results(results, out_dir, start, results["summary"])
+    save_results(results, out_dir, start, {"VJ-VCR": results["summary"]})
     return results
 
 
