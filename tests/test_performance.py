@@ -152,7 +152,7 @@ print(sorted(faults[4:])[4])  # the median of the last 8 steps
 def test_training_steps_reuse_freed_memory():
     """After a few steps a training step gets its memory from what the previous step freed:
     a typical step page-faults a small fraction of what the same step does with glibc's default
-    thresholds (tens of thousands of 4 KB pages per step here; with model.keep_freed_memory
+    thresholds (thousands to tens of thousands of 4 KB pages per step; with model.keep_freed_memory
     0 to a few hundred, when a step still grows the heap by a few MB). In the precision
     `python train.py` picks here: bf16 where it is native, else float32."""
     argv = benchmark.CONFIGS["tiny-video"] + ["--dtype", "auto"]
@@ -161,7 +161,7 @@ def test_training_steps_reuse_freed_memory():
         out = subprocess.run([sys.executable, "-c", FAULTS, benchmark.ROOT, mode, *argv],
                              capture_output=True, text=True, check=True)
         median[mode] = int(out.stdout.split()[-1])
-    assert median["without"] > 5000, median  # else this config no longer shows the effect
+    assert median["without"] > 1000, median  # else this config no longer shows the effect
     assert median["with"] < median["without"] / 10, median
 
 
