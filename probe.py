@@ -392,12 +392,6 @@ def surprise_share(normal, violated):
     return [p, math.sqrt(p * (1 - p) / len(normal))]
 
 
-def step_positions(labels, tubelet):
-    """The digit's top-left corner (y, x) per time step, its frames' mean -> [n, T', 2]."""
-    pos = labels["pos"][:, 0]
-    return pos.view(len(pos), -1, tubelet, 2).mean(2)
-
-
 def forecast_scores(fit, test, pos_fit, pos_test, ctx_steps, seed=0):
     """R^2 of the digit's position at each future step h = 1 .. T' - c, for each row:
     predicted (the predictor's output, read by a readout of the target's features fitted at every
@@ -514,12 +508,6 @@ def load_networks(path):
     return nets, config
 
 
-def load_encoder(path):
-    """A V-JEPA checkpoint's frozen target encoder -> (encoder, its training config)."""
-    nets, config = load_networks(path)
-    return nets["target"], config
-
-
 def summarise_forecast(trained, random):
     """Per row and horizon, mean and std over checkpoints; the random predictor's best init
     per horizon, beside its std over inits; skill = 1 - (1 - R^2) / (1 - R^2 of persistence)."""
@@ -592,8 +580,8 @@ def probe_vjepa(a):
                 runs[name if net == "target" else net].append(linear_probes(
                     {p: feats[p][0][net] for p in ("fit", "test")}, targets))
             if world:
-                pos = [step_positions(feats[p][1], first.patch_embed.tubelet_size)
-                       for p in ("fit", "test")]
+                pos = [feats[p][1]["pos"][:, 0].unflatten(1, (-1, first.patch_embed.tubelet_size))
+                       .mean(2) for p in ("fit", "test")]  # the digit's corner per time step
                 r2, positions = forecast_scores(*[feats[p][0]["world"] for p in ("fit", "test")],
                                                 *pos, spec["ctx_steps"])
                 s = feats["surprise"]

@@ -677,7 +677,7 @@ def test_random_init_of_a_loaded_checkpoint_keeps_its_embed_gain(tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save({"encoder": state, "target_encoder": state,
                 "config": {"embed_gain": 3.0, "enc_heads": 2, "num_frames": 4}}, path)
-    loaded, _ = probe.load_encoder(str(path))
+    loaded = probe.load_networks(str(path))[0]["target"]
     fresh = probe.random_init_like(loaded, 7)
     reference = model.VisionTransformer(num_frames=4, img_size=32, patch_size=8, tubelet_size=2,
                                         in_chans=1, dim=24, depth=1, heads=2, embed_gain=1.0)

@@ -59,7 +59,8 @@ def main(argv):
     a.dtype = model.pick_dtype(a.dtype, torch.device("cpu"))
     settings = [(int(n), float(lr), int(e), int(b)) for n, lr, e, b in
                 (s.split(":") for s in a.settings)]
-    encoder, config = probe.load_encoder(a.ckpt)
+    nets, config = probe.load_networks(a.ckpt)
+    encoder = nets["target"]
     a.fit_clips = max(s[0] for s in settings)
     sources, _ = probe.probe_sets(config, encoder, a)
     rows, results = [], []

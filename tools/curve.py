@@ -24,7 +24,7 @@ import data  # noqa: E402
 import model  # noqa: E402
 from probe import (CLASS_TASKS, POOLINGS, REGRESSION_TASKS, cached_features,  # noqa: E402
                    linear_probe_arguments, linear_probes, linear_targets, mean_std, probe_sets,
-                   random_init_like, load_encoder)
+                   random_init_like, load_networks)
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
@@ -91,8 +91,8 @@ def learning_curve(a):
     paths = sorted(glob.glob(os.path.join(folder, "step*.pt")))
     if not paths:
         raise FileNotFoundError(f"no snapshots in {folder}: train with --snapshot_every N")
-    encoders, configs = zip(*[load_encoder(p) for p in paths])
-    config = configs[0]
+    nets, configs = zip(*[load_networks(p) for p in paths])
+    encoders, config = [n["target"] for n in nets], configs[0]
     steps = [data.read_checkpoint(p)["step"] for p in paths]
     sources, spec = probe_sets(config, encoders[0], a)
     cache = a.cache_dir or os.path.join(os.path.abspath(a.out_dir), "..", "feature_cache")
