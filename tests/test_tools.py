@@ -55,6 +55,28 @@ def vcr_results(preset, mse, psnr_db, seeds=3):
 
 
 
+def test_recipes_table_marks_the_tasks_that_clear_the_bar(tmp_path, capsys):
+    """A gap clears with at least 5 points (0.1 R^2) and 3 combined stds; the row counts them
+    per encoder and carries the forecast at the last horizon and two surprise shares."""
+    def c(gap, stds):
+        return {"gap": gap, "gap_over_std": stds}
+    best = {"digit": c(0.06, 3.0), "direction": c(0.06, 2.9), "speed": c(0.1, 4.0),
+            "velocity": c(0.09, 9.0), "position": c(-0.001, -0.5)}
+    online = dict(best, digit=c(0.049, 10.0), direction=c(0.2, 5.0))
+    r = {"ckpt": ["a", "b"], "best": best, "online_best": online,
+         "forecast": {"predicted": [[0.9, 0], [0.5, 0.01]],
+                      "predicted, own readout": [[0.9, 0], [0.625, 0.01]]},
+         "surprise": {"teleport": {"trained": [0.97, 0.01]}, "identity": {"trained": [0.5, 0]}}}
+    d = tmp_path / "run_a"
+    d.mkdir()
+    (d / "results.json").write_text(json.dumps(r))
+    tables.main(["--recipes", str(d)])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert row == ("| run_a | 2 | **+6.0 (3.0)** / +4.9 (10.0) | +6.0 (2.9) / **+20.0 (5.0)** | "
+                   "**+0.100 (4.0)** / **+0.100 (4.0)** | +0.090 (9.0) / +0.090 (9.0) | "
+                   "-0.001 (-0.5) / -0.001 (-0.5) | 2 / 2 | 0.50 / 0.62 | 97% / 50% |")
+
+
 def test_table_lists_each_row_beside_the_paper_with_its_orderings(tmp_path, capsys):
     dirs = []
     for preset, mse, db in (("vjvcr", [0.05, 0.01], [18.25, 0.1]),

@@ -1,6 +1,7 @@
 """Probed runs side by side, beside the papers' numbers, with the verdict of each ordering.
 
     python tools/tables.py OUT_DIR [OUT_DIR ...]
+    python tools/tables.py --recipes OUT_DIR [OUT_DIR ...]   # a recipe search, row per run
 
 Each OUT_DIR is a folder with results.json (probe.py --out_dir) or probe/results.json (a run's
 folder). V-JEPA runs: the findings table (V-JEPA Tables 1, 3 and 4), each run's probes in full
@@ -251,11 +252,43 @@ def latent_table(results):
     return "\n".join(lines)
 
 
+def recipes_table(out_dirs):
+    """A row per probed run of a recipe search: per task, the best readout of the target / the
+    online encoder minus the best random init (points for digit and direction, R^2 otherwise),
+    gap / combined std in brackets, in bold where it clears the bar (`clears`); how many tasks
+    each clears; the forecast 8 frames ahead (the target's readout / the predictions' own);
+    the share of teleport and identity-swap pairs that surprise it."""
+    tasks = CLASS_TASKS + REGRESSION_TASKS
+    lines = ["| run | seeds | " + " | ".join(tasks) + " | clears (target / online) | forecast "
+             "R^2 +4 | surprise: teleport / identity |", "|" + " --- |" * (len(tasks) + 5)]
+    for d in out_dirs:
+        r = _load_results(d)
+        keys = [k for k in ("best", "online_best") if k in r]
+        won = [[t for t in tasks if clears(r[k][t], t)] for k in keys]
+
+        def cell(c, t, bold):
+            gap = f"{100 * c['gap']:+.1f}" if t in CLASS_TASKS else f"{c['gap']:+.3f}"
+            return f"**{gap} ({c['gap_over_std']})**" if bold else f"{gap} ({c['gap_over_std']})"
+
+        cells = [" / ".join(cell(r[k][t], t, t in w) for k, w in zip(keys, won)) for t in tasks]
+        f, s = r.get("forecast"), r.get("surprise")
+        lines.append(f"| {os.path.basename(os.path.normpath(d))} | {len(r['ckpt'])} | "
+                     + " | ".join(cells) + f" | {' / '.join(str(len(w)) for w in won)} | "
+                     + (f"{f['predicted'][-1][0]:.2f} / {f['predicted, own readout'][-1][0]:.2f}"
+                        if f else "-") + " | "
+                     + (f"{s['teleport']['trained'][0]:.0%} / {s['identity']['trained'][0]:.0%}"
+                        if s else "-") + " |")
+    return "\n".join(lines)
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out_dirs", nargs="+", metavar="OUT_DIR",
                    help="a probed run's folder (results.json or probe/results.json)")
-    text = table(p.parse_args(argv).out_dirs)
+    p.add_argument("--recipes", action="store_true", help="V-JEPA runs as a recipe search: "
+                   "both encoders' best readouts against the bar, forecast and surprise")
+    a = p.parse_args(argv)
+    text = recipes_table(a.out_dirs) if a.recipes else table(a.out_dirs)
     print(text)
     return text
 
