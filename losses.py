@@ -114,36 +114,15 @@ def token_vcr(contexts):
     return vcr_terms(torch.cat([z.reshape(-1, 1, z.shape[-1]) for z in contexts]))
 
 
-def sigreg(z, generator, directions=64, knots=17, t_max=3.0):
-    """SIGReg (LeJEPA, Balestriero & LeCun 2025): how far samples z [N, D] are from an isotropic
-    standard Gaussian, along `directions` random unit vectors a, by the Epps-Pulley statistic
-        N int |mean_n exp(i t a.z_n) - exp(-t^2 / 2)|^2 exp(-t^2 / 2) dt   over t in [-t_max, t_max]
-    (the integrand is even: twice the trapezoidal rule on `knots` points of [0, t_max]), averaged
-    over the directions. Under data parallelism each rank draws its own directions."""
-    z = gather_batch(z).float()
-    a = torch.randn(z.shape[1], directions, generator=generator).to(z.device)
-    t = torch.linspace(0, t_max, knots, device=z.device)
-    x = (z @ (a / a.norm(dim=0)))[..., None] * t  # [N, directions, knots]
-    gauss = torch.exp(-0.5 * t * t)
-    err = (x.cos().mean(0) - gauss).pow(2) + x.sin().mean(0).pow(2)
-    return 2 * len(z) * torch.trapezoid(err * gauss, t, dim=-1).mean()
-
-
-def vjepa_energy(loss, preds, targets, contexts, token_vcr_weight=0.0, alpha=0.5, beta=0.1,
-                 sigreg_weight=0.0, generator=None):
-    """V-JEPA's objective: loss = prediction + token regularisers,
-        loss(preds, targets) + token_vcr_weight (alpha l_var + beta l_cov)(context tokens)
-                             + sigreg_weight SIGReg(context tokens).
-    -> (loss, {term: value}; empty without a regulariser)."""
-    if not (token_vcr_weight or sigreg_weight):
+def vjepa_energy(loss, preds, targets, contexts, token_vcr_weight=0.0, alpha=0.5, beta=0.1):
+    """V-JEPA's objective: loss = prediction + token regulariser,
+        loss(preds, targets) + token_vcr_weight (alpha l_var + beta l_cov)(context tokens).
+    -> (loss, {term: value}; empty without the regulariser)."""
+    if not token_vcr_weight:
         return loss(preds, targets), {}
-    terms = {"pred": loss(preds, targets)}
-    if token_vcr_weight:
-        l_var, l_cov = token_vcr(contexts)
-        terms.update(var=token_vcr_weight * alpha * l_var, cov=token_vcr_weight * beta * l_cov)
-    if sigreg_weight:
-        tokens = torch.cat([z.reshape(-1, z.shape[-1]) for z in contexts])
-        terms["sigreg"] = sigreg_weight * sigreg(tokens, generator)
+    l_var, l_cov = token_vcr(contexts)
+    terms = {"pred": loss(preds, targets), "var": token_vcr_weight * alpha * l_var,
+             "cov": token_vcr_weight * beta * l_cov}
     return sum(terms.values()), terms
 
 

@@ -23,7 +23,7 @@ import torch
 ASPECT = (0.75, 1.5)  # block aspect ratio h/w, uniform in this range
 SHORT_RANGE = (8, 0.15)  # (number of blocks, spatial scale of each block)
 LONG_RANGE = (2, 0.70)
-STRATEGIES = ("multiblock", "random_tube", "causal", "future", "future_multiblock")
+STRATEGIES = ("multiblock", "random_tube", "causal", "future")
 
 
 @functools.lru_cache
@@ -223,7 +223,7 @@ class MaskSampler:
         self.ctx_steps = 0
         if strategy == "random_tube":
             _tube_count(ratio, grid[1] * grid[2])
-        if strategy in ("causal", "future", "future_multiblock"):
+        if strategy in ("causal", "future"):
             T = grid[0] * tubelet_size
             if ctx_frames % tubelet_size or not 0 < ctx_frames < T:
                 raise ValueError(f"mask_ctx_frames={ctx_frames} leaves no context or no target: "
@@ -233,8 +233,6 @@ class MaskSampler:
 
     @property
     def names(self):
-        if self.strategy == "future_multiblock":  # the future first: the probe's mask token 0
-            return ["future"] + MaskSampler("multiblock", self.grid, 1).names
         if self.strategy in ("multiblock", "causal"):
             return [f"short-range {SHORT_RANGE[0]}x{SHORT_RANGE[1]:.0%}",
                     f"long-range {LONG_RANGE[0]}x{LONG_RANGE[1]:.0%}"]
@@ -242,9 +240,6 @@ class MaskSampler:
 
     def __call__(self, batch, generator):
         T, H, W = self.grid
-        if self.strategy == "future_multiblock":
-            return [future(batch, self.grid, self.ctx_steps)] + MaskSampler(
-                "multiblock", self.grid, 1)(batch, generator)
         if self.strategy in ("multiblock", "causal"):  # unions of spatial blocks, then tokens
             blocks = fixed_blocks(batch, (H, W), (SHORT_RANGE, LONG_RANGE), generator)
             if self.strategy == "multiblock":  # tubes: a block spans every time step

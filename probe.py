@@ -565,7 +565,7 @@ def probe_vjepa(a):
     out_dir = a.out_dir or os.path.join(run_dir, "probe")
     os.makedirs(out_dir, exist_ok=True)
     sources, spec = probe_sets(config, first, a)
-    world = config.get("mask") in ("future", "causal", "future_multiblock") and all("predictor" in n for n in trained)
+    world = config.get("mask") in ("future", "causal") and all("predictor" in n for n in trained)
     if world:
         spec.update(ctx_steps=config["mask_ctx_frames"] // config["tubelet_size"], pairs=a.pairs)
     cache = a.cache_dir or os.path.join(run_dir, "..", "feature_cache")

@@ -74,8 +74,6 @@ class Config:
     objective: str = "vjepa"  # vjepa | pixel (normalised pixels as targets) | vjvcr | generative
     loss: str = "vjepa_l1"  # a prediction loss of losses.py (@prediction_loss)
     token_vcr: float = 1.0  # vjepa / pixel: weight of losses.token_vcr (0: the paper's V-JEPA)
-    teacher: str = ""  # vjepa: a checkpoint whose target encoder is the frozen target (SALT)
-    sigreg: float = 0.0  # vjepa / pixel: weight of losses.sigreg on the context tokens (LeJEPA)
     vcr_alpha: float = 0.5  # weight of the variance term (VJ-VCR eq. 1)
     vcr_beta: float = 0.1  # weight of the covariance term (eq. 3)
     vcr_gamma: float = 0.0  # vjvcr: weight of the pixel reconstruction term (0: no decoder)
@@ -193,7 +191,7 @@ def vjepa_loss(run, clips, generator):
     preds, contexts = run.net(clips, masks)  # encoder(kept) [B, Kc, D] -> predictor [B, Kt, D]
     loss, terms = losses.vjepa_energy(  # prediction loss + token_vcr x VCR of the contexts
         losses.PREDICTION_LOSSES[cfg.loss], preds, targets, contexts,
-        cfg.token_vcr, cfg.vcr_alpha, cfg.vcr_beta, cfg.sigreg, generator)
+        cfg.token_vcr, cfg.vcr_alpha, cfg.vcr_beta)
     return loss, terms, None if h is None else h.unflatten(1, (run.grid[0], -1))
 
 
@@ -547,8 +545,6 @@ def build(cfg, device):
     net = model.JEPA(encoder, predictor).to(device)
     # pixel targets: no target encoder, probes read the encoder itself
     target = None if cfg.objective == "pixel" else copy.deepcopy(encoder).requires_grad_(False)
-    if cfg.teacher:  # SALT: a trained encoder, frozen, is the target (no EMA)
-        model.load_strict(target, data.read_checkpoint(cfg.teacher)["target_encoder"], cfg.teacher)
     return net, {"encoder": encoder, "predictor": predictor,
                  "target_encoder": target or encoder}, target
 
