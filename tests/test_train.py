@@ -135,11 +135,12 @@ def test_parse_config():
     assert (laptop.patch_size, laptop.normalise, laptop.embed_gain, laptop.mask) == (
         16, True, 3.0, "future")
     assert (laptop.max_steps, laptop.warmup_steps, laptop.mask_ctx_frames, laptop.ema_start) == (
-        4000, 400, 8, 0.9998)
+        2500, 400, 8, 0.99)
     assert laptop.token_vcr == 1.0
-    pure = train.parse_config(["--preset", "laptop_vjepa"])  # the same without the regulariser
+    pure = train.parse_config(["--preset", "laptop_vjepa"])  # the slow-EMA recipe, no regulariser
     assert {k for k, v in vars(pure).items() if getattr(laptop, k) != v} == {
-        "preset", "out_dir", "token_vcr"}
+        "preset", "out_dir", "token_vcr", "max_steps", "ema_start"}
+    assert (pure.max_steps, pure.ema_start) == (4000, 0.9998)
 
 
 @pytest.mark.parametrize("frames,tubelet,given,expected", [

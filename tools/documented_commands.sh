@@ -19,6 +19,7 @@ run default python train.py $T --out_dir $O/laptop
 run resume python train.py $T --out_dir $O/laptop --resume true --max_steps 6
 run snapshot python train.py $T --snapshot_every 2 --seed 1 --out_dir $O/laptop_s1
 run seed2 python train.py $T --seed 2 --out_dir $O/laptop_s2
+run avx2_emulated env ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 python train.py --ema_start 0.998 --dtype float32 --max_steps 4 --val_clips 0 --log_every 100 --out_dir $O/avx2
 for p in laptop_vjepa laptop_long laptop_vjepa_long laptop_pixel laptop_multiblock laptop_tube laptop_causal; do
   run $p python train.py --preset $p $T --out_dir $O/$p; done
 for p in vjvcr vjvcr_dec generative_vcr generative switch_none switch_discrete switch_sparse80 switch_sparse20; do
@@ -38,6 +39,7 @@ run probe_vcr_error bash -c "python probe.py --ckpt $O/vjvcr/ckpt.pt $PR 2>&1 | 
 for p in vjvcr vjvcr_dec generative_vcr generative switch_none switch_discrete switch_sparse80 switch_sparse20; do
   run probe_vcr_$p python tools/probe_vcr.py --ckpt $O/$p/ckpt.pt --fit_clips 64 --test_clips 32 --random_inits 1 --decoder_steps 2; done
 run tables python tools/tables.py $O/laptop/probe $O/probe_seeds
+run tables_recipes python tools/tables.py --recipes $O/laptop/probe $O/probe_seeds
 run tables_vcr python tools/tables.py $O/vjvcr/probe $O/generative/probe
 run tables_t2 python tools/tables.py $O/switch_none/probe $O/switch_discrete/probe
 run curve python tools/curve.py $O/laptop_s1 $PR
