@@ -31,7 +31,8 @@ for p in laptop laptop_vjepa laptop_long laptop_vjepa_long laptop_pixel laptop_m
   run torchrun_$p torchrun --standalone --nproc_per_node=2 train.py --preset $p --max_steps 4 --log_every 2 --ckpt_every 2 --batch_size $b --val_clips 8 --out_dir $O/tr_$p; done
 for p in vitl16 vith16 vith16_384; do run torchrun_$p torchrun --standalone --nproc_per_node=2 train.py --preset $p $P --batch_size 1 --out_dir $O/tr_$p; done
 run torchrun_resume torchrun --standalone --nproc_per_node=2 train.py --preset laptop --max_steps 6 --log_every 2 --ckpt_every 2 --batch_size 2 --val_clips 8 --out_dir $O/tr_laptop --resume true
-PR="--fit_clips 64 --test_clips 32 --pairs 16 --random_inits 1 --cache_dir $O/cache"
+PL="--fit_clips 64 --test_clips 32 --random_inits 1 --cache_dir $O/cache"  # linear probes
+PR="$PL --pairs 16"
 run probe python probe.py --ckpt $O/laptop/ckpt.pt $PR
 run probe_seeds python probe.py --ckpt $O/laptop_s1/ckpt.pt $O/laptop_s2/ckpt.pt $PR --out_dir $O/probe_seeds
 run attentive python tools/attentive.py --ckpt $O/laptop_s1/ckpt.pt $O/laptop_s2/ckpt.pt --seeds 1 --random_inits 1 --fit_clips 32 --test_clips 16 --epochs 1 --out_dir $O/probe_seeds
@@ -42,7 +43,7 @@ run tables python tools/tables.py $O/laptop/probe $O/probe_seeds
 run tables_recipes python tools/tables.py --recipes $O/laptop/probe $O/probe_seeds
 run tables_vcr python tools/tables.py $O/vjvcr/probe $O/generative/probe
 run tables_t2 python tools/tables.py $O/switch_none/probe $O/switch_discrete/probe
-run curve python tools/curve.py $O/laptop_s1 $PR
+run curve python tools/curve.py $O/laptop_s1 $PL
 run context python tools/context.py $O/laptop/ckpt.pt --clips 16
 run attentive_sweep python tools/attentive_sweep.py --ckpt $O/laptop/ckpt.pt --seeds 1 --settings 32:1e-2:1:16 --test_clips 16
 run check_videos python tools/check_videos.py --data_path $O/videos
