@@ -85,7 +85,7 @@ class Config:
     latent_restart: int = 0  # discrete: restart unused options for this many steps
     # optimisation (batch_size per process; global batch = batch_size x world x accum_steps)
     batch_size: int = 8
-    max_steps: int = 2500  # ~9 minutes on 2 AVX2-only cores in float32 (docs/results.md 1.7)
+    max_steps: int = 2500  # 5.3 emulated AVX2 float32 minutes on 2 cores (docs/results.md 1.7)
     warmup_steps: int = 400
     start_lr: float = 2e-4
     lr: float = 6.25e-4
