@@ -1,5 +1,6 @@
 """Clips in, checkpoint files out: MNIST digits, MovingMNIST made on the fly (also VJ-VCR's
-stochastic one), folders of real video, the batch of every step; checkpoints written and read.
+stochastic one), a two-rooms world moved by actions, folders of real video, the batch of every
+step; checkpoints written and read.
 
 Every source has `sample(batch, generator) -> (clips [B, C, T, H, W] float32, labels dict)`,
 and draws all of its randomness from `generator`. `StepBatches` seeds that generator from
@@ -298,6 +299,74 @@ class SwitchingMovingMNIST:
         return clips[:, None], labels
 
 
+class TwoRooms:
+    """A toy world with actions (V-JEPA 2-AC's setting, EB-JEPA's "Two Rooms"): a 6x6 square
+    agent (with a glow) in a 64x64 frame with border walls and, with `wall`, a vertical inner wall whose door
+    spans y in [24, 40). An action a in [-1, 1]^2 moves the agent by 5a pixels as (dy, dx);
+    a move into a wall keeps what it can (first the y part, then the x part), else stays.
+
+    sample(): random-action rollouts of num_frames // hold states, each shown for `hold` frames
+    (a tubelet holds one state) -> clips [B, 1, T, 64, 64] (normalised as MovingMNIST),
+    labels {"pos": [B, n, 2] (y, x) centres, "actions": [B, n, 2] (the last one unused)}."""
+    SIZE, HALF, STEP, WALL, DOOR, GLOW = 64, 3, 5.0, (30, 34), (24, 40), 10.0
+
+    def __init__(self, num_frames=16, hold=2, wall=True):
+        self.states, self.hold, self.wall = num_frames // hold, hold, wall
+        r = torch.arange(self.SIZE)
+        border = (r < 2) | (r >= self.SIZE - 2)
+        self.walls = 0.5 * (border[:, None] | border[None, :]).float()
+        if wall:
+            cols = (r >= self.WALL[0]) & (r < self.WALL[1])
+            door = (r >= self.DOOR[0]) & (r < self.DOOR[1])
+            self.walls[~door[:, None] & cols[None, :]] = 0.5
+
+    def blocked(self, pos):
+        """[..., 2] centres -> whether the agent there overlaps a wall."""
+        y, x = pos.unbind(-1)
+        lo, hi = 2 + self.HALF, self.SIZE - 2 - self.HALF
+        out = (y < lo) | (y > hi) | (x < lo) | (x > hi)
+        if self.wall:
+            in_cols = (x + self.HALF > self.WALL[0]) & (x - self.HALF < self.WALL[1])
+            in_door = (y - self.HALF >= self.DOOR[0]) & (y + self.HALF <= self.DOOR[1])
+            out |= in_cols & ~in_door
+        return out
+
+    def step(self, pos, action):
+        """pos [..., 2], action [..., 2] -> the next positions [..., 2]."""
+        move = self.STEP * action.clamp(-1, 1)
+        new = pos
+        for m in (move * torch.tensor([0.0, 1.0]), move * torch.tensor([1.0, 0.0]), move):
+            new = torch.where(self.blocked(pos + m)[..., None], new, pos + m)
+        return new
+
+    def render(self, pos):
+        """[..., 2] centres -> frames [..., 64, 64], normalised: the agent white, with a glow
+        (0.6 exp(-d^2 / 2 GLOW^2)) that lets every 16x16 patch see how far it is."""
+        r = torch.arange(self.SIZE) + 0.5
+        dy, dx = r - pos[..., :1], r - pos[..., 1:]  # [..., 64]
+        agent = ((dy.abs() <= self.HALF)[..., :, None] & (dx.abs() <= self.HALF)[..., None, :])
+        glow = 0.6 * torch.exp(-(dy[..., :, None] ** 2 + dx[..., None, :] ** 2) / (2 * self.GLOW ** 2))
+        frames = torch.maximum(torch.maximum(agent.float(), glow), self.walls)
+        return (frames - MMNIST_MEAN) / MMNIST_STD
+
+    def start(self, batch, g):
+        """Uniform free positions [B, 2], in either room."""
+        lo, hi = 2 + self.HALF, self.SIZE - 2 - self.HALF
+        pos = lo + (hi - lo) * torch.rand(batch, 2, generator=g)
+        while (bad := self.blocked(pos)).any():  # redraw the few inside the inner wall
+            pos[bad] = lo + (hi - lo) * torch.rand(int(bad.sum()), 2, generator=g)
+        return pos
+
+    def sample(self, batch, generator):
+        actions = 2 * torch.rand(batch, self.states, 2, generator=generator) - 1
+        pos = [self.start(batch, generator)]
+        for t in range(self.states - 1):  # a loop over time steps, vectorised over the batch
+            pos.append(self.step(pos[-1], actions[:, t]))
+        pos = torch.stack(pos, 1)  # (B, n, 2)
+        clips = self.render(pos).repeat_interleave(self.hold, dim=1)[:, None]
+        return clips, {"pos": pos, "actions": actions}
+
+
 def check_video_shape(path, shape, num_frames, counted=True):
     """ValueError naming the file unless `shape` is a video [T, H, W(, C)] of >= num_frames
     frames (counted=False, T = 0: a header that does not store the count; not checked)."""
@@ -453,6 +522,8 @@ def fixed_set(source, n, seed, chunk=256):
 
 def make_source(cfg, part="train", digits=None):
     """The clip source of cfg.dataset; `digits` (images, labels) saves loading MNIST again."""
+    if cfg.dataset == "two_rooms":
+        return TwoRooms(cfg.num_frames, cfg.tubelet_size)
     if cfg.dataset in ("movingmnist", "switching_mnist"):
         images, labels = split_digits(*(digits or load_digits(cfg.mnist_dir)), part)
         if cfg.dataset == "switching_mnist":

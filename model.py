@@ -1,6 +1,7 @@
-"""V-JEPA's networks: tubelet embedding, 3D sin-cos positions, ViT encoder, narrow ViT
-predictor, also as read from a checkpoint of the original release's format; and the devices,
-processes (torchrun), precision and memory they run in. (VJ-VCR's networks: infer_latent.py.)
+"""V-JEPA's networks: tubelet embedding, 3D sin-cos positions or V-JEPA 2's 3D RoPE, ViT
+encoder, narrow ViT predictor, V-JEPA 2-AC's action-conditioned predictor, also as read from a
+checkpoint of the original release's format; and the devices, processes (torchrun), precision
+and memory they run in. (VJ-VCR's networks: infer_latent.py.)
 
 A clip is `[B, C, T, H, W]`. A Conv3d with kernel = stride = (t, p, p) cuts it into tubelets:
 a grid of T/t x H/p x W/p tokens, flattened time-major, index = (i_t * Hp + i_h) * Wp + i_w.
@@ -54,13 +55,48 @@ def sincos_3d(dim, grid, uniform_power=True):
 # ----------------------------------------------------------------------------------------------
 # Transformer pieces
 
-def attention(q, k, v):
-    """softmax(q k^T / sqrt(Dh)) v. PyTorch's fused kernel, except for bf16 with gradients on a
-    CPU, where the two products written out are faster (docs/results.md, performance)."""
+def attention(q, k, v, mask=None):
+    """softmax(q k^T / sqrt(Dh)) v; mask [N, N] (bool, True: may attend) or None. PyTorch's
+    fused kernel, except for bf16 with gradients on a CPU, where the two products written out
+    are faster (docs/results.md, performance)."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad:
         scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
         return scores.softmax(dim=-1) @ v
-    return F.scaled_dot_product_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def rope_angles(pos, head_dim, base=10000.0):
+    """3D rotary positions (V-JEPA 2): positions [..., 3] as (t, h, w) -> angles [..., 3, a/2].
+    Each axis rotates a = 2 floor(head_dim / 6) channels of a head, as a/2 pairs with one
+    frequency each, omega_i = base^(-2i / a); the head's last head_dim - 3a channels are kept."""
+    a = 2 * (head_dim // 6)
+    omega = base ** (-torch.arange(a // 2, dtype=torch.float64) * 2 / a)
+    return pos.to(torch.float64)[..., None] * omega
+
+
+def rope_table(grid, head_dim):
+    """RoPE's angles of every token of a (T, H, W) grid, time-major: [N, 3, a/2] float32."""
+    idx = torch.meshgrid(*(torch.arange(n) for n in grid), indexing="ij")
+    return rope_angles(torch.stack([i.flatten() for i in idx], -1), head_dim).float()
+
+
+def token_angles(table, idx, batch):
+    """The angles [B, K, 3, a/2] of tokens idx [B, K] (None: all N) of a table [N, 3, a/2]."""
+    return table.expand(batch, -1, -1, -1) if idx is None else table[idx]
+
+
+def apply_rope(x, angles):
+    """Rotate x [B, heads, N, Dh] by angles [B, N, 3, a/2]: within each axis' a channels, the
+    pair (i, i + a/2) turns by its angle (a rotation: norms kept, angle 0 the identity)."""
+    B, _, N, Dh = x.shape
+    half = angles.shape[-1]
+    cos, sin = (f(angles).to(x.dtype)[:, None] for f in (torch.cos, torch.sin))
+    rot, rest = x[..., :6 * half].unflatten(-1, (3, 2, half)), x[..., 6 * half:]
+    x1, x2 = rot.unbind(-2)  # each [B, heads, N, 3, a/2]
+    rot = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -2)
+    return torch.cat([rot.flatten(-3), rest], -1)
 
 
 class Attention(nn.Module):
@@ -72,11 +108,14 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)  # rows [all q | all k | all v], heads contiguous
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x):
-        """x: [B, N, D] -> [B, N, D]."""
+    def forward(self, x, angles=None, mask=None):
+        """x: [B, N, D]; angles: each token's rotary angles [B, N, 3, a/2] or None; mask: which
+        tokens each may attend to, [N, N] or None -> [B, N, D]."""
         B, N, D = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        x = attention(*qkv.unbind(0))  # q, k, v: each (B, heads, N, Dh)
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        if angles is not None:
+            q, k = apply_rope(q, angles), apply_rope(k, angles)
+        x = attention(q, k, v, mask)  # q, k, v: each (B, heads, N, Dh)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
@@ -101,8 +140,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x, angles=None, mask=None):
+        x = x + self.attn(self.norm1(x), angles, mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -135,13 +174,14 @@ def token_grid(num_frames, img_size, patch_size, tubelet_size):
     return num_frames // tubelet_size, img_size // patch_size, img_size // patch_size
 
 
-def run_blocks(blocks, x, grad_checkpoint=False):
-    """x through the blocks; grad_checkpoint: recompute activations in the backward pass."""
+def run_blocks(blocks, x, angles=None, mask=None, grad_checkpoint=False):
+    """x through the blocks (angles: RoPE's; mask: the attention mask; None: none);
+    grad_checkpoint: recompute activations in the backward pass."""
     for block in blocks:
         if grad_checkpoint and torch.is_grad_enabled():
-            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            x = torch.utils.checkpoint.checkpoint(block, x, angles, mask, use_reentrant=False)
         else:
-            x = block(x)
+            x = block(x, angles, mask)
     return x
 
 
@@ -194,14 +234,17 @@ class VisionTransformer(nn.Module):
     """The x-encoder (and, as an EMA copy, the y-encoder). No [cls] token."""
 
     def __init__(self, num_frames=16, img_size=224, patch_size=16, tubelet_size=2, in_chans=3,
-                 dim=1024, depth=24, heads=16, mlp_ratio=4.0, uniform_power=True, embed_gain=1.0):
+                 dim=1024, depth=24, heads=16, mlp_ratio=4.0, uniform_power=True, embed_gain=1.0,
+                 pos="sincos"):
         super().__init__()
         self.in_chans, self.dim = in_chans, dim
         self.input_size = (num_frames, img_size, img_size)
         self.grid = token_grid(num_frames, img_size, patch_size, tubelet_size)
         self.patch_embed = PatchEmbed3D(in_chans, dim, patch_size, tubelet_size, embed_gain)
-        # fixed, not learned; in the state dict as in the release, [1, N, D]
-        self.register_buffer("pos_embed", sincos_3d(dim, self.grid, uniform_power)[None])
+        self.register_buffer("rope", rope_table(self.grid, dim // heads) if pos == "rope" else None,
+                             persistent=False)  # RoPE's angles, or None: sin-cos added
+        if pos != "rope":  # fixed, not learned; in the state dict as in the release, [1, N, D]
+            self.register_buffer("pos_embed", sincos_3d(dim, self.grid, uniform_power)[None])
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.grad_checkpoint = False
@@ -209,18 +252,25 @@ class VisionTransformer(nn.Module):
 
     @property
     def num_tokens(self):
-        return self.pos_embed.shape[1]
+        return math.prod(self.grid)
 
     def forward(self, x, keep=None):
-        """x: [B, C, T, H, W]; keep: [B, K] indices of the tokens to encode -> [B, N or K, D]"""
-        if x.shape[1] != self.in_chans or tuple(x.shape[2:]) != self.input_size:
+        """x: [B, C, T, H, W]; keep: [B, K] indices of the tokens to encode -> [B, N or K, D].
+        Fewer frames (whole tubelets) take the first time steps' positions: V-JEPA 2-AC
+        encodes each state of a trajectory alone."""
+        T, t = x.shape[2], self.patch_embed.tubelet_size
+        if (x.shape[1] != self.in_chans or tuple(x.shape[3:]) != self.input_size[1:]
+                or T > self.input_size[0] or T % t):
             raise ValueError(f"clip of shape {tuple(x.shape[1:])} does not fit an encoder built "
                              f"for {(self.in_chans, *self.input_size)} (C, T, H, W)")
         x = self.patch_embed(x)  # bf16 under autocast; the residual stream stays in it
-        x = x + self.pos_embed.to(x.dtype)  # positions are added before tokens are dropped
+        n = x.shape[1]
+        if self.rope is None:  # positions are added before tokens are dropped
+            x = x + self.pos_embed[:, :n].to(x.dtype)
         if keep is not None:
             x = gather_tokens(x, keep)
-        return self.norm(run_blocks(self.blocks, x, self.grad_checkpoint))
+        angles = None if self.rope is None else token_angles(self.rope[:n], keep, len(x))
+        return self.norm(run_blocks(self.blocks, x, angles, grad_checkpoint=self.grad_checkpoint))
 
 
 class Predictor(nn.Module):
@@ -230,12 +280,15 @@ class Predictor(nn.Module):
     only the mask tokens' outputs are projected back (to out_dim: pixels for pixel targets)."""
 
     def __init__(self, grid, enc_dim=1024, dim=384, depth=12, heads=16, num_mask_tokens=2,
-                 mlp_ratio=4.0, uniform_power=True, out_dim=None):
+                 mlp_ratio=4.0, uniform_power=True, out_dim=None, pos="sincos"):
         super().__init__()
         self.predictor_embed = nn.Linear(enc_dim, dim)
         self.mask_tokens = nn.ParameterList(
             [nn.Parameter(torch.zeros(1, 1, dim)) for _ in range(num_mask_tokens)])
-        self.register_buffer("predictor_pos_embed", sincos_3d(dim, grid, uniform_power)[None])
+        self.register_buffer("rope", rope_table(grid, dim // heads) if pos == "rope" else None,
+                             persistent=False)
+        if pos != "rope":
+            self.register_buffer("predictor_pos_embed", sincos_3d(dim, grid, uniform_power)[None])
         self.predictor_blocks = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
         self.predictor_norm = nn.LayerNorm(dim, eps=1e-6)
         self.predictor_proj = nn.Linear(dim, out_dim or enc_dim)
@@ -246,10 +299,15 @@ class Predictor(nn.Module):
         """context [B, Kc, D] encoded at ctx_idx [B, Kc]; tgt_idx [B, Kt] -> predictions
         [B, Kt, out_dim], mask token `mask_id` (its mask configuration) at every target."""
         ctx = self.predictor_embed(context)  # (B, Kc, Dp)
-        pos = self.predictor_pos_embed.to(ctx.dtype).expand(len(ctx), -1, -1)  # (B, N, Dp)
-        ctx = ctx + gather_tokens(pos, ctx_idx)
-        tgt = self.mask_tokens[mask_id].to(ctx.dtype) + gather_tokens(pos, tgt_idx)  # (B, Kt, Dp)
-        x = run_blocks(self.predictor_blocks, torch.cat([ctx, tgt], dim=1), self.grad_checkpoint)
+        tgt = self.mask_tokens[mask_id].to(ctx.dtype).expand(len(ctx), tgt_idx.shape[1], -1)
+        angles = None  # RoPE: each token, mask tokens too, turned by its grid position
+        if self.rope is None:
+            pos = self.predictor_pos_embed.to(ctx.dtype).expand(len(ctx), -1, -1)  # (B, N, Dp)
+            ctx, tgt = ctx + gather_tokens(pos, ctx_idx), tgt + gather_tokens(pos, tgt_idx)
+        else:
+            angles = token_angles(self.rope, torch.cat([ctx_idx, tgt_idx], 1), len(ctx))
+        x = run_blocks(self.predictor_blocks, torch.cat([ctx, tgt], dim=1), angles,
+                       grad_checkpoint=self.grad_checkpoint)
         return self.predictor_proj(self.predictor_norm(x[:, ctx.shape[1]:]))  # the targets'
 
 
@@ -269,15 +327,51 @@ class JEPA(nn.Module):
         return preds, contexts
 
 
+class ActionPredictor(nn.Module):
+    """V-JEPA 2-AC's predictor, small: from a frozen encoder's features of states 0..n-1
+    [B, n, S, D] and the action taken after each [B, n, A], those of states 1..n [B, n, S, D].
+    Each step is [action token; its S state tokens] with sin-cos positions over (step, h, w)
+    (the action token's over the step); block-causal: a token sees its step and earlier ones."""
+
+    def __init__(self, enc_dim, grid_hw, max_steps, action_dim=2, dim=96, depth=4, heads=3):
+        super().__init__()
+        self.state_embed, self.action_embed = nn.Linear(enc_dim, dim), nn.Linear(action_dim, dim)
+        self.register_buffer("pos", sincos_3d(dim, (max_steps, *grid_hw)).view(
+            max_steps, math.prod(grid_hw), dim), persistent=False)
+        self.register_buffer("step_pos", sincos_1d(dim, torch.arange(max_steps)).float(),
+                             persistent=False)
+        self.blocks = nn.ModuleList([Block(dim, heads) for _ in range(depth)])
+        self.norm, self.proj = nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, enc_dim)
+        init_weights(self, self.blocks)
+
+    def forward(self, states, actions):
+        B, n, S, _ = states.shape
+        x = self.state_embed(states) + self.pos[:n].to(states.dtype)
+        a = self.action_embed(actions.to(x.dtype)) + self.step_pos[:n].to(x.dtype)
+        x = torch.cat([a[:, :, None], x], 2).flatten(1, 2)  # (B, n (1 + S), dim)
+        step = torch.arange(n, device=x.device).repeat_interleave(S + 1)
+        x = run_blocks(self.blocks, x, mask=step[:, None] >= step[None, :])
+        return self.proj(self.norm(x.view(B, n, S + 1, -1)[:, :, 1:]))
+
+
+def encode_states(encoder, clips, tubelet_size):
+    """Each state of world clips [B, C, n t, H, W] (one state per tubelet) encoded alone, as
+    V-JEPA 2-AC does, layer-normed -> [B, n, S, D] float32."""
+    B, C, T, H, W = clips.shape
+    states = clips.view(B, C, T // tubelet_size, tubelet_size, H, W).transpose(1, 2)
+    z = encoder(states.flatten(0, 1)).float()  # (B n, S, D)
+    return F.layer_norm(z, z.shape[-1:]).unflatten(0, (B, -1))
+
+
 def build_models(num_frames, img_size, patch_size, tubelet_size, in_chans, enc_dim, enc_depth,
                  enc_heads, pred_dim, pred_depth, num_masks=2, uniform_power=True, out_dim=None,
-                 embed_gain=1.0):
+                 embed_gain=1.0, pos="sincos"):
     """Encoder and predictor for one geometry; predictor heads = encoder heads (the paper)."""
     encoder = VisionTransformer(num_frames, img_size, patch_size, tubelet_size, in_chans,
                                 enc_dim, enc_depth, enc_heads, uniform_power=uniform_power,
-                                embed_gain=embed_gain)
+                                embed_gain=embed_gain, pos=pos)
     predictor = Predictor(encoder.grid, enc_dim, pred_dim, pred_depth, enc_heads, num_masks,
-                          uniform_power=uniform_power, out_dim=out_dim)
+                          uniform_power=uniform_power, out_dim=out_dim, pos=pos)
     return encoder, predictor
 
 
@@ -311,16 +405,16 @@ def from_checkpoint(ckpt, which="target_encoder", what="the checkpoint"):
         heads = config.get("enc_heads") or {d: h for d, _, h in VIT_SIZES.values()}.get(dim)
         if heads is None:
             raise ValueError(f"{what}: a width-{dim} encoder with no config: its heads are unknown")
-        frames = config.get("num_frames", 16)
-        n, steps = enc["pos_embed"].shape[1], frames // t  # pos_embed [1, N, D]
-        side = math.isqrt(n // max(steps, 1))
-        if steps * side * side != n:
+        frames, pos = config.get("num_frames", 16), config.get("pos", "sincos")
+        n, steps = enc["pos_embed"].shape[1] if pos == "sincos" else 0, frames // t
+        side = math.isqrt(n // max(steps, 1)) if pos == "sincos" else config["img_size"] // p
+        if pos == "sincos" and steps * side * side != n:  # pos_embed [1, N, D]
             raise ValueError(f"{what}: pos_embed has {n} tokens, not {frames} frames / tubelet "
                              f"{t} x a square grid")
         uniform = config.get("uniform_power", True)
         encoder = VisionTransformer(frames, side * p, p, t, in_chans, dim, _depth(enc, "blocks."),
                                     heads, enc["blocks.0.mlp.fc1.weight"].shape[0] / dim, uniform,
-                                    config.get("embed_gain", 1.0))  # how a re-init scales it
+                                    config.get("embed_gain", 1.0), pos)  # the gain: for re-inits
         load_strict(encoder, enc, f"{what} {which}")
         predictor, pred, name = None, ckpt.get("predictor"), "predictor"
         if isinstance(pred, dict):
@@ -329,7 +423,7 @@ def from_checkpoint(ckpt, which="target_encoder", what="the checkpoint"):
                 encoder.grid, dim, pred_dim, _depth(pred, "predictor_blocks."), heads,
                 sum(k.startswith("mask_tokens.") for k in pred),
                 pred["predictor_blocks.0.mlp.fc1.weight"].shape[0] / pred_dim, uniform,
-                pred["predictor_proj.weight"].shape[0])
+                pred["predictor_proj.weight"].shape[0], pos)
             load_strict(predictor, pred, f"{what} predictor").eval()
     except KeyError as e:
         raise ValueError(f"{what}: its {name!r} is not a V-JEPA network: it has no {e}") from None

@@ -1,7 +1,7 @@
 """Train V-JEPA (predict the EMA target encoder's features of hidden tokens from the visible
 ones), VJ-VCR (predict the features of future frames, with variance-covariance regularisation
-against collapse) or its generative baseline: the config, the objectives, the step, the loop and
-its log.
+against collapse) or its generative baseline, or V-JEPA 2-AC's action-conditioned predictor on
+a frozen encoder: the config, the objectives, the step, the loop and its log.
 
     python train.py                                    # the laptop recipe, Config's defaults
     python train.py --max_steps 200 --out_dir out/short   # any Config key can be overridden
@@ -9,7 +9,8 @@ its log.
     torchrun --standalone --nproc_per_node=8 train.py --preset vitl16 --data_path /data/videos
     python train.py --out_dir out/laptop --resume true  # from OUT_DIR/ckpt.pt
 
-V-JEPA's loss is `vjepa_loss`, VJ-VCR's `vjvcr_loss`; `train_step` is the optimizer's plumbing.
+V-JEPA's loss is `vjepa_loss`, VJ-VCR's `vjvcr_loss`, V-JEPA 2-AC's `action_loss`;
+`train_step` is the optimizer's plumbing.
 """
 import contextlib
 import copy
@@ -46,7 +47,7 @@ class Config:
     preset: str = "laptop"
     out_dir: str = "out/laptop"
     # data
-    dataset: str = "movingmnist"  # movingmnist | switching_mnist | video_folder
+    dataset: str = "movingmnist"  # movingmnist | switching_mnist | video_folder | two_rooms
     data_path: str = ""  # video_folder: the folder
     mnist_dir: str = ""  # MNIST IDX files; empty: $MNIST_DIR, else download, else procedural
     num_digits: int = 2  # digits per MovingMNIST clip
@@ -59,6 +60,7 @@ class Config:
     patch_size: int = 16
     tubelet_size: int = 2
     uniform_power: bool = True  # positional code widths as in the released configs
+    pos: str = "sincos"  # sincos (V-JEPA: tables added to the tokens) | rope (V-JEPA 2: 3D RoPE)
     # networks
     enc_dim: int = 192
     enc_depth: int = 6
@@ -72,7 +74,9 @@ class Config:
     mask_ctx_frames: int = 0  # causal / future / VJ-VCR: context frames (0: the first half)
     # objective
     objective: str = "vjepa"  # vjepa | pixel (normalised pixels as targets) | vjvcr | generative
+    # | action (V-JEPA 2-AC: a predictor of encoder_ckpt's features given actions, two_rooms)
     loss: str = "vjepa_l1"  # a prediction loss of losses.py (@prediction_loss)
+    encoder_ckpt: str = ""  # action: the frozen V-JEPA encoder's checkpoint
     token_vcr: float = 1.0  # vjepa / pixel: weight of losses.token_vcr (0: the paper's V-JEPA)
     vcr_alpha: float = 0.5  # weight of the variance term (VJ-VCR eq. 1)
     vcr_beta: float = 0.1  # weight of the covariance term (eq. 3)
@@ -95,6 +99,8 @@ class Config:
     ema_start: float = 0.99  # ~15 EMA time constants in 2,500 steps: the target moves
     ema_end: float = 1.0
     ipe_scale: float = 1.25  # schedules computed for ipe_scale x max_steps, then truncated
+    schedule: str = "cosine"  # cosine (V-JEPA) | wsd (V-JEPA 2: warm-up, constant, cooldown)
+    cooldown_steps: int = 0  # wsd: the last steps, lr linear to final_lr (0: constant to the end)
     optimizer: str = "adamw"  # adamw | adam (L2 penalty, VJ-VCR)
     grad_clip: float = 10.0  # 0 disables
     accum_steps: int = 1  # micro-batches per optimizer step
@@ -135,8 +141,11 @@ SWITCH = dict(VCR, dataset="switching_mnist", num_frames=6, max_steps=600, pool_
 GENERATIVE = dict(VCR, objective="generative", weight_decay=1e-6, final_weight_decay=1e-6)
 # The laptop recipe that docs/results.md sections 2-3 ran: 4,000 steps, an EMA from 0.9998
 SLOW_EMA = dict(max_steps=4000, ema_start=0.9998)
+ROOMS = dict(dataset="two_rooms", max_steps=1500)  # V-JEPA 2-AC's world: plan.py
 PRESETS = {
     "laptop": {},
+    "rooms": ROOMS,  # the world's V-JEPA encoder, then its action-conditioned predictor:
+    "rooms_ac": dict(ROOMS, objective="action", encoder_ckpt="out/rooms/ckpt.pt", batch_size=16),
     "laptop_vjepa": dict(SLOW_EMA, token_vcr=0.0),  # the paper's V-JEPA, without the regulariser
     "laptop_long": dict(SLOW_EMA, max_steps=12000),
     "laptop_vjepa_long": dict(SLOW_EMA, token_vcr=0.0, max_steps=12000),
@@ -161,12 +170,13 @@ PRESETS = {
                        batch_size=10),
 }
 ARCH_KEYS = ("objective", "num_frames", "img_size", "in_chans", "patch_size", "tubelet_size",
-             "uniform_power", "enc_dim", "enc_depth", "enc_heads", "pred_dim", "pred_depth",
-             "mask", "mask_ctx_frames", "pool_grid", "latent", "latent_dim")
-CHOICES = {"dataset": ("movingmnist", "switching_mnist", "video_folder"),
+             "uniform_power", "pos", "enc_dim", "enc_depth", "enc_heads", "pred_dim",
+             "pred_depth", "mask", "mask_ctx_frames", "pool_grid", "latent", "latent_dim")
+CHOICES = {"dataset": ("movingmnist", "switching_mnist", "video_folder", "two_rooms"),
+           "pos": ("sincos", "rope"), "schedule": ("cosine", "wsd"),
            "dtype": ("auto", "bfloat16", "float32"), "device": ("auto", "cpu", "cuda"),
-           "objective": ("vjepa", "pixel", "vjvcr", "generative"), "optimizer": ("adamw", "adam"),
-           "latent": ("none", "discrete", "sparse")}
+           "objective": ("vjepa", "pixel", "vjvcr", "generative", "action"),
+           "optimizer": ("adamw", "adam"), "latent": ("none", "discrete", "sparse")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,6 +207,21 @@ def vjepa_loss(run, clips, generator):
     return loss, terms, None if h is None else h.unflatten(1, (run.grid[0], -1))
 
 
+def action_loss(run, clips, actions):
+    """V-JEPA 2-AC (Assran et al. 2025, sec. 3) on a world's rollouts [B, C, n t, H, W] with
+    actions [B, n, A]: the frozen encoder's features z of each state alone; the predictor,
+    teacher-forced, predicts z_1..z_{n-1} from z_0..z_{n-2}, and, from z_0 and its own
+    prediction of z_1 (a 2-step rollout), z_2; the loss is cfg.loss of each."""
+    cfg, loss = run.cfg, losses.PREDICTION_LOSSES[run.cfg.loss]
+    with torch.no_grad():
+        z = model.encode_states(run.nets["target_encoder"], clips, cfg.tubelet_size)
+    forced = run.net(z[:, :-1], actions[:, :-1])  # [B, n-1, S, D]: z_1 .. z_{n-1}
+    rolled = run.net(torch.cat([z[:, :1], forced[:, :1]], 1), actions[:, :2])[:, 1]  # z_2
+    terms = {"teacher": loss([forced.flatten(1, 2)], [z[:, 1:].flatten(1, 2)]),
+             "rollout": loss([rolled], [z[:, 2]])}
+    return sum(terms.values()), terms, z
+
+
 def vjvcr_loss(run, clips, generator=None):
     """VJ-VCR (Drozdov et al. 2024, eq. 5) or its generative baseline (eq. 7) on clips
     [B, C, T, H, W]: x = the first mask_ctx_frames frames, y = the rest."""
@@ -210,13 +235,13 @@ def vjvcr_loss(run, clips, generator=None):
 
 
 OBJECTIVES = {"vjepa": vjepa_loss, "pixel": vjepa_loss, "vjvcr": vjvcr_loss,
-              "generative": vjvcr_loss}
+              "generative": vjvcr_loss, "action": action_loss}
 
 
 # ----------------------------------------------------------------------------------------------
 # The step
 
-def train_step(run, clips, step):
+def train_step(run, clips, step, actions=None):
     """One optimizer step of the run's objective on clips: accum_steps micro-batches, gradient
     clipping, AdamW, the EMA of the target encoder. No host sync, but a latent's z* and restarts.
     -> (mean loss, terms, embeddings [B, T, S, D] for the monitors or None, gradient norm)"""
@@ -227,11 +252,13 @@ def train_step(run, clips, step):
     g = torch.Generator().manual_seed(data.step_seed(cfg.seed, run.rank, step, stream=1))
     run.opt.zero_grad(set_to_none=True)
     total, chunks = 0.0, clips.to(run.device, non_blocking=True).chunk(cfg.accum_steps)
-    for i, x in enumerate(chunks):  # DDP averages gradients across processes on the last only
+    extra = (actions.to(run.device).chunk(cfg.accum_steps) if cfg.objective == "action"
+             else [g] * len(chunks))  # the actions, or the generator of the masks
+    for i, (x, e) in enumerate(zip(chunks, extra)):  # DDP averages gradients on the last only
         last = i == len(chunks) - 1 or run.world == 1
         with contextlib.nullcontext() if last else run.net.no_sync():  # also around backward
             with model.autocast(run.device, run.dtype):
-                loss, terms, h = OBJECTIVES[cfg.objective](run, x, g)
+                loss, terms, h = OBJECTIVES[cfg.objective](run, x, e)
             (loss / len(chunks)).backward()
         total += loss.detach() / len(chunks)
     grad_norm = (torch.nn.utils.clip_grad_norm_(run.module.parameters(), cfg.grad_clip)
@@ -260,8 +287,17 @@ def warmup_cosine(step, total, warmup, start_lr, lr, final_lr):
 
 
 def schedules(cfg, step):
-    """(lr, weight decay, EMA momentum) at `step`, over ipe_scale x max_steps steps: the lr
-    warms up then follows a cosine; weight decay and momentum are linear (the paper, app. B)."""
+    """(lr, weight decay, EMA momentum) at `step`. cosine (V-JEPA, app. B): over ipe_scale x
+    max_steps steps the lr warms up then follows a cosine, weight decay and momentum are linear.
+    wsd (V-JEPA 2): warm-up, constant, then linear to final_lr over the last cooldown_steps;
+    weight decay and momentum constant, so any step's checkpoint can be cooled down."""
+    if cfg.schedule == "wsd":
+        cool = cfg.max_steps - cfg.cooldown_steps
+        if step < cool:
+            lr = cfg.start_lr + (cfg.lr - cfg.start_lr) * min(1.0, step / max(1, cfg.warmup_steps))
+        else:
+            lr = cfg.lr + (cfg.final_lr - cfg.lr) * (step - cool) / cfg.cooldown_steps
+        return lr, cfg.weight_decay, cfg.ema_start
     total = cfg.ipe_scale * cfg.max_steps
     lr = warmup_cosine(step, total, cfg.warmup_steps, cfg.start_lr, cfg.lr, cfg.final_lr)
     frac = min(1.0, step / total)
@@ -302,7 +338,7 @@ def main(argv):
         for clips, labels in loader:
             if "failed" in labels:  # a video folder's unusable files, replaced: name them
                 source.warn(labels["failed"])
-            loss, terms, h, grad_norm = train_step(run, clips, step)
+            loss, terms, h, grad_norm = train_step(run, clips, step, labels.get("actions"))
             step += 1
             bar.update(1)
             log.add(loss)
@@ -432,7 +468,7 @@ def write_summary(run, step, wall, last, clips, val_source):
     cfg, rss = run.cfg, model.peak_rss_mb()
     summary = {"steps": step, "wall_s": round(wall, 1), "final_loss": last,
                "clips_per_s": round(clips / wall, 2), "peak_rss_mb": rss and round(rss)}
-    if cfg.val_clips:
+    if cfg.val_clips and cfg.objective != "action":  # (its encoder is frozen)
         x, _ = data.fixed_set(val_source, cfg.val_clips, seed=12345)
         h = model.encode(run.nets["target_encoder"].eval(), x, 32, run.dtype)  # [n, N, D]
         std, rank = losses.collapse_monitors(h[:, None])  # VJ-VCR: [n, T, d] above
@@ -443,7 +479,7 @@ def write_summary(run, step, wall, last, clips, val_source):
     print(f"done{' (stopped early)' if step < cfg.max_steps else ''}: {step} steps in "
           f"{wall / 60:.1f} min, {summary['clips_per_s']} clips/s, final loss {last:.4f}, "
           f"peak memory {rss or 0:.0f} MB")
-    if cfg.val_clips:
+    if "val_rankme" in summary:
         print(f"target encoder on {cfg.val_clips} validation clips: per-channel std {std:.4f}, "
               f"RankMe {rank:.2f} of at most {summary['val_rankme_max']}")
     print(f"checkpoint, log, summary: {cfg.out_dir}/{{ckpt.pt, log.jsonl, summary.json}}")
@@ -521,6 +557,13 @@ def check_config(cfg):
                 "dist_timeout_s"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"--{key} must be at least 1, got {getattr(cfg, key)}")
+    if cfg.objective == "action" and cfg.dataset != "two_rooms":
+        raise ValueError(f"--objective action needs a world with actions (--dataset two_rooms)")
+    if cfg.objective == "action" and not os.path.isfile(cfg.encoder_ckpt):
+        raise ValueError(f"--encoder_ckpt {cfg.encoder_ckpt}: no such file (train the world's "
+                         "encoder first: python train.py --preset rooms)")
+    if not 0 <= cfg.cooldown_steps <= cfg.max_steps:
+        raise ValueError(f"--cooldown_steps {cfg.cooldown_steps}: expected 0 to max_steps")
     return grid
 
 
@@ -537,13 +580,20 @@ def build(cfg, device):
     if cfg.objective in ("vjvcr", "generative"):
         net = infer_latent.VJVCR(cfg, losses.PREDICTION_LOSSES[cfg.loss]).to(device)
         return net, net.checkpoint_nets(), None
+    if cfg.objective == "action":  # V-JEPA 2-AC: a world's frozen V-JEPA encoder, a new predictor
+        encoder = model.from_checkpoint(data.read_checkpoint(cfg.encoder_ckpt), "target_encoder",
+                                        cfg.encoder_ckpt)[0].requires_grad_(False).to(device)
+        steps = cfg.num_frames // cfg.tubelet_size
+        net = model.ActionPredictor(encoder.dim, encoder.grid[1:], steps, 2, cfg.pred_dim,
+                                    cfg.pred_depth, cfg.enc_heads).to(device)
+        return net, {"encoder": encoder, "target_encoder": encoder, "action_predictor": net}, None
     # one mask token per mask configuration (an unused one would get no gradient: DDP refuses)
     encoder, predictor = model.build_models(
         cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size, cfg.in_chans,
         cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.pred_dim, cfg.pred_depth,
         num_masks=len(mask_sampler(cfg).names), uniform_power=cfg.uniform_power,
         out_dim=cfg.in_chans * cfg.tubelet_size * cfg.patch_size ** 2
-        if cfg.objective == "pixel" else None, embed_gain=cfg.embed_gain)
+        if cfg.objective == "pixel" else None, embed_gain=cfg.embed_gain, pos=cfg.pos)
     net = model.JEPA(encoder, predictor).to(device)
     # pixel targets: no target encoder, probes read the encoder itself
     target = None if cfg.objective == "pixel" else copy.deepcopy(encoder).requires_grad_(False)

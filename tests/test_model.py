@@ -491,3 +491,62 @@ def test_precision_comes_from_the_cpu(monkeypatch, capability, amx, avx512_bf16,
     assert model.cpu_class() == cpu_class and model.pick_dtype("auto", cpu) == auto
     assert model.pick_dtype("float32", cpu) == torch.float32
     assert model.pick_dtype("bfloat16", cpu) == torch.bfloat16
+
+
+# ----------------------------------------------------------------------------------------------
+# 3D RoPE (--pos rope)
+
+def slow_rope(x, pos, base=10000.0):
+    """One token's head vector x [Dh] at grid position pos (t, h, w), pair by pair: axis j
+    turns channels (j a + i, j a + i + a/2) by pos_j / base^(2i / a), a = 2 floor(Dh / 6)."""
+    a, out = 2 * (len(x) // 6), x.clone()
+    for j in range(3):
+        for i in range(a // 2):
+            theta = pos[j] / base ** (2 * i / a)
+            u, v = x[j * a + i], x[j * a + i + a // 2]
+            out[j * a + i] = u * math.cos(theta) - v * math.sin(theta)
+            out[j * a + i + a // 2] = u * math.sin(theta) + v * math.cos(theta)
+    return out
+
+
+def rotate(x, pos):  # x [1, heads, N, Dh], pos [N, 3]
+    return model.apply_rope(x, model.rope_angles(pos, x.shape[-1])[None])
+
+
+@pytest.mark.parametrize("head_dim", [8, 32, 64, 20])
+def test_rope_against_a_pair_by_pair_loop(head_dim):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 5, head_dim, generator=g, dtype=torch.float64)
+    pos = torch.randint(0, 9, (5, 3), generator=g)
+    out = rotate(x, pos)
+    for h in range(2):
+        for n in range(5):
+            torch.testing.assert_close(out[0, h, n], slow_rope(x[0, h, n], pos[n].tolist()))
+    assert torch.equal(rotate(x, torch.zeros(5, 3, dtype=torch.long)), x)  # index 0: identity
+    torch.testing.assert_close(out.norm(dim=-1), x.norm(dim=-1))  # a rotation keeps norms
+
+
+def test_rope_scores_depend_on_relative_positions_only():
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(2, 1, 3, 12, 64, generator=g, dtype=torch.float64)
+    pos = torch.randint(0, 8, (12, 3), generator=g)
+    shift = torch.tensor([5, -3, 11])
+    scores = rotate(q, pos) @ rotate(k, pos).transpose(-2, -1)
+    shifted = rotate(q, pos + shift) @ rotate(k, pos + shift).transpose(-2, -1)
+    torch.testing.assert_close(scores, shifted)
+    assert not torch.allclose(scores, q @ k.transpose(-2, -1))  # and they do depend on them
+
+
+def test_rope_networks_carry_no_table_and_place_mask_tokens_by_position():
+    torch.manual_seed(0)
+    enc, pred = model.build_models(4, 16, 4, 2, 1, 24, 2, 2, 24, 2, pos="rope")
+    assert "pos_embed" not in enc.state_dict() and "predictor_pos_embed" not in pred.state_dict()
+    x = torch.randn(2, 1, 4, 16, 16)
+    ctx = torch.tensor([[0, 5, 9, 17]] * 2)
+    # the same mask token, alone at two target positions, predicts two different things
+    a, b = (pred(enc(x, keep=ctx), ctx, torch.tensor([[t]] * 2)) for t in (3, 30))
+    assert not torch.allclose(a, b)
+    # a kept token is rotated by its grid index, not by its place in the kept sequence:
+    # shuffled, the tokens come out shuffled and otherwise the same
+    perm = torch.randperm(32)
+    torch.testing.assert_close(enc(x, keep=perm[None].expand(2, -1)), enc(x)[:, perm])

@@ -56,6 +56,37 @@ def test_schedule_end_points():
     assert wd == pytest.approx(0.04 + 0.36 * 0.8) and m == pytest.approx(0.998 + 0.002 * 0.8)
 
 
+def test_wsd_schedule_end_points():
+    cfg = train.Config(schedule="wsd", max_steps=1000, cooldown_steps=200, warmup_steps=100,
+                       start_lr=2e-4, lr=6e-4, final_lr=1e-6, weight_decay=0.04, ema_start=0.999)
+    assert train.schedules(cfg, 0) == pytest.approx((2e-4, 0.04, 0.999))
+    assert train.schedules(cfg, 50)[0] == pytest.approx(4e-4)
+    for step in (100, 500, 800):  # constant lr, weight decay and EMA until the cooldown
+        assert train.schedules(cfg, step) == pytest.approx((6e-4, 0.04, 0.999))
+    assert train.schedules(cfg, 900)[0] == pytest.approx((6e-4 + 1e-6) / 2)
+    assert train.schedules(cfg, 1000) == pytest.approx((1e-6, 0.04, 0.999))
+    cfg.cooldown_steps = 0  # constant to the end
+    assert train.schedules(cfg, 999)[0] == pytest.approx(6e-4)
+
+
+def test_a_cooldown_from_a_constant_rate_checkpoint_is_the_run_scheduled_to_end_there(
+        tmp_path, mnist_args):
+    """wsd: a long constant-rate run stopped at step 6, copied and resumed with max_steps 10 and
+    cooldown_steps 4, ends with the weights of a run scheduled for 10 steps with that cooldown."""
+    common = TINY + mnist_args + ["--schedule", "wsd", "--warmup_steps", "2", "--log_every", "2",
+                                  "--ckpt_every", "2", "--val_clips", "0"]
+    planned, long = str(tmp_path / "planned"), str(tmp_path / "long")
+    train.main(common + ["--max_steps", "10", "--cooldown_steps", "4", "--out_dir", planned])
+    train.main(common + ["--max_steps", "1000", "--stop_at", "6", "--out_dir", long])
+    train.main(common + ["--max_steps", "10", "--cooldown_steps", "4", "--out_dir", long,
+                         "--resume", "true"])
+    a, b = (torch.load(os.path.join(d, "ckpt.pt"), weights_only=False) for d in (planned, long))
+    assert [r["lr"] for r in read_log(long)] == [r["lr"] for r in read_log(planned)]
+    for key in ("encoder", "target_encoder", "predictor"):
+        for name, t in a[key].items():
+            assert torch.equal(t, b[key][name]), (key, name)
+
+
 def test_probe_schedule_without_and_with_warmup():
     # fit_probes' schedule: no warm-up is the plain cosine lr * (1 + cos(pi t / T)) / 2
     for t in (0, 1, 333, 999):
@@ -220,27 +251,39 @@ SHRINK = {p: ["--img_size", "64", "--enc_dim", "32", "--enc_depth", "2", "--enc_
           for p in ("vitl16", "vith16", "vith16_384")}
 
 
+@pytest.fixture(scope="module")
+def world_encoder(tmp_path_factory):
+    """A small V-JEPA encoder of the two-rooms world, for the action-conditioned presets."""
+    out = str(tmp_path_factory.mktemp("rooms"))
+    train.main(["--preset", "rooms", "--num_frames", "4", "--enc_dim", "32", "--enc_depth", "1",
+                "--enc_heads", "2", "--batch_size", "2", "--max_steps", "1", "--dtype",
+                "float32", "--val_clips", "0", "--out_dir", out])
+    return ["--encoder_ckpt", os.path.join(out, "ckpt.pt")]
+
+
 @pytest.mark.parametrize("preset", sorted(train.PRESETS))
-def test_one_step_of_every_preset_gives_every_parameter_a_gradient(preset):
+def test_one_step_of_every_preset_gives_every_parameter_a_gradient(preset, world_encoder):
     """DDP stops at the second step when a trainable parameter got no gradient in the first
     (an unused mask token once did that to the default preset under torchrun)."""
     cfg = train.parse_config(["--preset", preset, "--batch_size", "2", "--dtype", "float32",
-                              *SHRINK.get(preset, [])])
+                              *SHRINK.get(preset, []),
+                              *(world_encoder if preset == "rooms_ac" else [])])
     run = train.setup(cfg)
     clips = torch.randn(cfg.batch_size, cfg.in_chans, cfg.num_frames, cfg.img_size,
                         cfg.img_size)
-    train.train_step(run, clips, 0)
+    train.train_step(run, clips, 0, torch.rand(cfg.batch_size, cfg.num_frames // 2, 2))
     unused = [n for n, p in run.module.named_parameters() if p.requires_grad and p.grad is None]
     assert unused == [], f"{preset}: no gradient for {unused}"
 
 
-# the default, and a preset of every other objective, mask strategy and latent
+# the default, and a preset of every other objective, mask strategy, latent and world
 TORCHRUN_PRESETS = ["laptop", "laptop_pixel", "laptop_multiblock", "laptop_tube",
-                    "laptop_causal", "vjvcr_dec", "generative", "switch_discrete"]
+                    "laptop_causal", "vjvcr_dec", "generative", "switch_discrete", "rooms",
+                    "rooms_ac"]
 
 
 @pytest.mark.parametrize("preset", TORCHRUN_PRESETS)
-def test_torchrun_trains_every_kind_of_preset(tmp_path, mnist_args, preset):
+def test_torchrun_trains_every_kind_of_preset(tmp_path, mnist_args, preset, world_encoder):
     """Two processes (gloo) for 4 steps at the preset's own geometry (batch 2 per process):
     both logged steps are finite and the checkpoint says world_size 2; the default also
     resumes under torchrun."""
@@ -251,7 +294,8 @@ def test_torchrun_trains_every_kind_of_preset(tmp_path, mnist_args, preset):
         return subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
              "train.py", "--preset", preset, *mnist_args, "--batch_size", "2", "--log_every",
-             "2", "--ckpt_every", "2", "--val_clips", "4", "--out_dir", out, *extra],
+             "2", "--ckpt_every", "2", "--val_clips", "4", "--out_dir", out, *extra,
+             *(world_encoder if preset == "rooms_ac" else [])],
             cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
     p = torchrun("--max_steps", "4", "--dtype", "float32")
@@ -600,3 +644,22 @@ def test_restart_leaves_options_in_use_alone():
     assert infer_latent.restart_unused_option(pred, opt, torch.tensor([6.0, 5.0, 1.0]),
                                        torch.Generator().manual_seed(1)) is None
     assert torch.equal(pred.net[-1].weight, w)
+
+
+def test_a_rope_run_records_its_positions_and_loads_for_the_probe(tmp_path, mnist_args):
+    out = str(tmp_path / "rope")
+    train.main(TINY + mnist_args + ["--pos", "rope", "--max_steps", "2", "--val_clips", "0",
+                                    "--out_dir", out])
+    ckpt = data.read_checkpoint(os.path.join(out, "ckpt.pt"))
+    assert ckpt["config"]["pos"] == "rope"
+    encoder, predictor = model.from_checkpoint(ckpt)
+    assert encoder.rope is not None and predictor.rope is not None
+    run = train.setup(train.parse_config(TINY + ["--pos", "rope"]))
+    for name, t in ckpt["target_encoder"].items():  # the trained weights, not a fresh init
+        assert torch.equal(encoder.state_dict()[name], t)
+    clips = torch.randn(2, 1, 4, 32, 32)
+    with torch.no_grad():
+        run.target.load_state_dict(encoder.state_dict())
+        torch.testing.assert_close(encoder(clips), run.target(clips))
+    with pytest.raises(ValueError, match="--resume: .* another architecture: pos='rope'"):
+        train.main(TINY + mnist_args + ["--max_steps", "4", "--out_dir", out, "--resume", "true"])

@@ -31,6 +31,14 @@ for p in laptop laptop_vjepa laptop_long laptop_vjepa_long laptop_pixel laptop_m
   run torchrun_$p torchrun --standalone --nproc_per_node=2 train.py --preset $p --max_steps 4 --log_every 2 --ckpt_every 2 --batch_size $b --val_clips 8 --out_dir $O/tr_$p; done
 for p in vitl16 vith16 vith16_384; do run torchrun_$p torchrun --standalone --nproc_per_node=2 train.py --preset $p $P --batch_size 1 --out_dir $O/tr_$p; done
 run torchrun_resume torchrun --standalone --nproc_per_node=2 train.py --preset laptop --max_steps 6 --log_every 2 --ckpt_every 2 --batch_size 2 --val_clips 8 --out_dir $O/tr_laptop --resume true
+run rope python train.py $T --pos rope --out_dir $O/rope
+run wsd python train.py $T --schedule wsd --cooldown_steps 2 --max_steps 100 --stop_at 4 --out_dir $O/wsd
+run wsd_cooldown bash -c "cp -r $O/wsd $O/wsd_cool && python train.py $T --schedule wsd --cooldown_steps 2 --max_steps 6 --out_dir $O/wsd_cool --resume true"
+run rooms python train.py --preset rooms $T --out_dir $O/rooms
+run rooms_ac python train.py --preset rooms_ac $T --encoder_ckpt $O/rooms/ckpt.pt --out_dir $O/rooms_ac
+for p in rooms rooms_ac; do
+  run torchrun_$p torchrun --standalone --nproc_per_node=2 train.py --preset $p --max_steps 4 --log_every 2 --ckpt_every 2 --batch_size 2 --val_clips 8 --encoder_ckpt $O/rooms/ckpt.pt --out_dir $O/tr_$p; done
+run plan python plan.py --ckpt $O/rooms_ac/ckpt.pt --episodes 2 --random_inits 1
 PL="--fit_clips 64 --test_clips 32 --random_inits 1 --cache_dir $O/cache"  # linear probes
 PR="$PL --pairs 16"
 run probe python probe.py --ckpt $O/laptop/ckpt.pt $PR
