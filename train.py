@@ -74,6 +74,7 @@ class Config:
     objective: str = "vjepa"  # vjepa | pixel (normalised pixels as targets) | vjvcr | generative
     loss: str = "vjepa_l1"  # a prediction loss of losses.py (@prediction_loss)
     token_vcr: float = 1.0  # vjepa / pixel: weight of losses.token_vcr (0: the paper's V-JEPA)
+    clip_vcr: float = 0.0  # weight of VCR on each clip's mean context token, over the batch
     vcr_alpha: float = 0.5  # weight of the variance term (VJ-VCR eq. 1)
     vcr_beta: float = 0.1  # weight of the covariance term (eq. 3)
     vcr_gamma: float = 0.0  # vjvcr: weight of the pixel reconstruction term (0: no decoder)
@@ -193,7 +194,7 @@ def vjepa_loss(run, clips, generator):
     preds, contexts = run.net(clips, masks)  # encoder(kept) [B, Kc, D] -> predictor [B, Kt, D]
     loss, terms = losses.vjepa_energy(  # prediction loss + token_vcr x VCR of the contexts
         losses.PREDICTION_LOSSES[cfg.loss], preds, targets, contexts,
-        cfg.token_vcr, cfg.vcr_alpha, cfg.vcr_beta)
+        cfg.token_vcr, cfg.vcr_alpha, cfg.vcr_beta, cfg.clip_vcr)
     return loss, terms, None if h is None else h.unflatten(1, (run.grid[0], -1))
 
 
