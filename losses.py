@@ -114,21 +114,15 @@ def token_vcr(contexts):
     return vcr_terms(torch.cat([z.reshape(-1, 1, z.shape[-1]) for z in contexts]))
 
 
-def vjepa_energy(loss, preds, targets, contexts, token_vcr_weight=0.0, alpha=0.5, beta=0.1,
-                 clip_vcr_weight=0.0):
+def vjepa_energy(loss, preds, targets, contexts, token_vcr_weight=0.0, alpha=0.5, beta=0.1):
     """V-JEPA's objective: loss = prediction + token regulariser,
         loss(preds, targets) + token_vcr_weight (alpha l_var + beta l_cov)(context tokens).
     -> (loss, {term: value}; empty without the regulariser)."""
-    if not (token_vcr_weight or clip_vcr_weight):
+    if not token_vcr_weight:
         return loss(preds, targets), {}
-    terms = {"pred": loss(preds, targets)}
-    if token_vcr_weight:
-        l_var, l_cov = token_vcr(contexts)
-        terms.update(var=token_vcr_weight * alpha * l_var, cov=token_vcr_weight * beta * l_cov)
-    if clip_vcr_weight:  # one sample per clip: its mean context token, over the batch
-        l_var, l_cov = vcr_terms(torch.stack([z.mean(1) for z in contexts], 1))
-        terms.update(clip_var=clip_vcr_weight * alpha * l_var,
-                     clip_cov=clip_vcr_weight * beta * l_cov)
+    l_var, l_cov = token_vcr(contexts)
+    terms = {"pred": loss(preds, targets), "var": token_vcr_weight * alpha * l_var,
+             "cov": token_vcr_weight * beta * l_cov}
     return sum(terms.values()), terms
 
 

@@ -78,8 +78,6 @@ class Config:
     loss: str = "vjepa_l1"  # a prediction loss of losses.py (@prediction_loss)
     encoder_ckpt: str = ""  # action: the frozen V-JEPA encoder's checkpoint
     token_vcr: float = 1.0  # vjepa / pixel: weight of losses.token_vcr (0: the paper's V-JEPA)
-    clip_vcr: float = 0.0  # weight of VCR on each clip's mean context token, over the batch
-    persist: float = 0.0  # weight of VICReg between proj(mean context) and proj(mean future target)
     vcr_alpha: float = 0.5  # weight of the variance term (VJ-VCR eq. 1)
     vcr_beta: float = 0.1  # weight of the covariance term (eq. 3)
     vcr_gamma: float = 0.0  # vjvcr: weight of the pixel reconstruction term (0: no decoder)
@@ -205,16 +203,7 @@ def vjepa_loss(run, clips, generator):
     preds, contexts = run.net(clips, masks)  # encoder(kept) [B, Kc, D] -> predictor [B, Kt, D]
     loss, terms = losses.vjepa_energy(  # prediction loss + token_vcr x VCR of the contexts
         losses.PREDICTION_LOSSES[cfg.loss], preds, targets, contexts,
-        cfg.token_vcr, cfg.vcr_alpha, cfg.vcr_beta, cfg.clip_vcr)
-    if cfg.persist:  # screening: a temporally persistent clip embedding (single process only)
-        proj = run.module.proj
-        a = proj(torch.stack([z.float().mean(1) for z in contexts]).mean(0))
-        b = proj(torch.stack([t.float().mean(1) for t in targets]).mean(0))
-        va, ca = losses.vcr_terms(a[:, None])
-        vb, cb = losses.vcr_terms(b[:, None])
-        terms["p_inv"] = cfg.persist * (a - b).pow(2).mean()
-        terms["p_vc"] = cfg.persist * (cfg.vcr_alpha * (va + vb) + cfg.vcr_beta * (ca + cb))
-        loss = loss + terms["p_inv"] + terms["p_vc"]
+        cfg.token_vcr, cfg.vcr_alpha, cfg.vcr_beta)
     return loss, terms, None if h is None else h.unflatten(1, (run.grid[0], -1))
 
 
@@ -605,11 +594,7 @@ def build(cfg, device):
         num_masks=len(mask_sampler(cfg).names), uniform_power=cfg.uniform_power,
         out_dim=cfg.in_chans * cfg.tubelet_size * cfg.patch_size ** 2
         if cfg.objective == "pixel" else None, embed_gain=cfg.embed_gain, pos=cfg.pos)
-    net = model.JEPA(encoder, predictor)
-    if cfg.persist:
-        net.proj = torch.nn.Sequential(torch.nn.Linear(cfg.enc_dim, 2 * cfg.enc_dim), torch.nn.GELU(),
-                                       torch.nn.Linear(2 * cfg.enc_dim, 2 * cfg.enc_dim))
-    net = net.to(device)
+    net = model.JEPA(encoder, predictor).to(device)
     # pixel targets: no target encoder, probes read the encoder itself
     target = None if cfg.objective == "pixel" else copy.deepcopy(encoder).requires_grad_(False)
     return net, {"encoder": encoder, "predictor": predictor,
