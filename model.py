@@ -90,7 +90,6 @@ def token_angles(table, idx, batch):
 def apply_rope(x, angles):
     """Rotate x [B, heads, N, Dh] by angles [B, N, 3, a/2]: within each axis' a channels, the
     pair (i, i + a/2) turns by its angle (a rotation: norms kept, angle 0 the identity)."""
-    B, _, N, Dh = x.shape
     half = angles.shape[-1]
     cos, sin = (f(angles).to(x.dtype)[:, None] for f in (torch.cos, torch.sin))
     rot, rest = x[..., :6 * half].unflatten(-1, (3, 2, half)), x[..., 6 * half:]

@@ -11,7 +11,6 @@ success when the agent ends within `radius` pixels of the goal. Writes OUT_DIR/r
 episodes.gif (the agent white, the goal's outline green, the plan's path in the world red).
 """
 import argparse
-import copy
 import json
 import os
 import time
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 import data
 import model
+from probe import mean_std, random_init_like
 
 # The published protocol: every number in README's table comes from these values.
 PROTOCOL = {"same_room": dict(episodes=40, distance=(15, 25), budget=10),
@@ -128,13 +128,6 @@ def load(path):
     return encoder.eval(), predictor.eval(), cfg
 
 
-def random_init(net, seed):
-    fresh = copy.deepcopy(net)
-    torch.manual_seed(seed)
-    model.init_weights(fresh, fresh.blocks)
-    return fresh.eval()
-
-
 def draw_gif(world, starts, goals, paths, plans, path, scale=4):
     """A few episodes side by side, one frame per step: agent, goal outline, planned path."""
     frames = []
@@ -156,11 +149,6 @@ def draw_gif(world, starts, goals, paths, plans, path, scale=4):
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=400, loop=0)
 
 
-def mean_std(xs):
-    xs = np.asarray(xs, dtype=float)
-    return float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0
-
-
 @torch.no_grad()
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -175,8 +163,8 @@ def main(argv=None):
     t = nets[0][2]["tubelet_size"]
     world = data.TwoRooms(nets[0][2]["num_frames"], t)
     pipelines = {"CEM, trained": [planner(e, pr, world, t, 7) for e, pr, _ in nets],
-                 "CEM, random init": [planner(random_init(nets[0][0], 100 + i),
-                                              random_init(nets[0][1], 200 + i), world, t, 7)
+                 "CEM, random init": [planner(random_init_like(nets[0][0], 100 + i),
+                                              random_init_like(nets[0][1], 200 + i), world, t, 7)
                                       for i in range(a.random_inits)],
                  "random actions": [random_policy(7)], "greedy, true position": [greedy_policy]}
     results = {"protocol": PROTOCOL, "radius": RADIUS, "cem": CEM, "ckpt": a.ckpt}

@@ -292,11 +292,9 @@ def schedules(cfg, step):
     wsd (V-JEPA 2): warm-up, constant, then linear to final_lr over the last cooldown_steps;
     weight decay and momentum constant, so any step's checkpoint can be cooled down."""
     if cfg.schedule == "wsd":
-        cool = cfg.max_steps - cfg.cooldown_steps
-        if step < cool:
-            lr = cfg.start_lr + (cfg.lr - cfg.start_lr) * min(1.0, step / max(1, cfg.warmup_steps))
-        else:
-            lr = cfg.lr + (cfg.final_lr - cfg.lr) * (step - cool) / cfg.cooldown_steps
+        cool = cfg.max_steps - cfg.cooldown_steps  # the warm-up, then a "cosine" from lr to lr
+        lr = warmup_cosine(min(step, cool), cool, cfg.warmup_steps, cfg.start_lr, cfg.lr, cfg.lr)
+        lr += (cfg.final_lr - cfg.lr) * max(0, step - cool) / max(1, cfg.cooldown_steps)
         return lr, cfg.weight_decay, cfg.ema_start
     total = cfg.ipe_scale * cfg.max_steps
     lr = warmup_cosine(step, total, cfg.warmup_steps, cfg.start_lr, cfg.lr, cfg.final_lr)
