@@ -114,15 +114,25 @@ def token_vcr(contexts):
     return vcr_terms(torch.cat([z.reshape(-1, 1, z.shape[-1]) for z in contexts]))
 
 
-def vjepa_energy(loss, preds, targets, contexts, token_vcr_weight=0.0, alpha=0.5, beta=0.1):
-    """V-JEPA's objective: loss = prediction + token regulariser,
-        loss(preds, targets) + token_vcr_weight (alpha l_var + beta l_cov)(context tokens).
-    -> (loss, {term: value}; empty without the regulariser)."""
-    if not token_vcr_weight:
+def vjepa_energy(loss, preds, targets, contexts, token_vcr_weight=0.0, alpha=0.5, beta=0.1,
+                 persist_weight=0.0, projections=None):
+    """V-JEPA's objective: loss = prediction + token regulariser + clip-level term,
+        loss(preds, targets) + token_vcr_weight (alpha l_var + beta l_cov)(context tokens)
+        + persist_weight (|a - b|^2 + alpha (l_var(a) + l_var(b)) + beta (l_cov(a) + l_cov(b))),
+    the last VICReg (Bardes et al. 2022) between projections a, b [B, P] of each clip's mean
+    context token and of its mean target: what the context says of the clip must hold in its
+    future, and differ between clips. -> (loss, {term: value}; empty without the extra terms)."""
+    if not (token_vcr_weight or persist_weight):
         return loss(preds, targets), {}
-    l_var, l_cov = token_vcr(contexts)
-    terms = {"pred": loss(preds, targets), "var": token_vcr_weight * alpha * l_var,
-             "cov": token_vcr_weight * beta * l_cov}
+    terms = {"pred": loss(preds, targets)}
+    if token_vcr_weight:
+        l_var, l_cov = token_vcr(contexts)
+        terms.update(var=token_vcr_weight * alpha * l_var, cov=token_vcr_weight * beta * l_cov)
+    if persist_weight:
+        a, b = projections
+        (var_a, cov_a), (var_b, cov_b) = vcr_terms(a[:, None]), vcr_terms(b[:, None])
+        terms["persist"] = persist_weight * (a - b).pow(2).mean()
+        terms["clip_vc"] = persist_weight * (alpha * (var_a + var_b) + beta * (cov_a + cov_b))
     return sum(terms.values()), terms
 
 

@@ -313,17 +313,25 @@ class Predictor(nn.Module):
 class JEPA(nn.Module):
     """Context encoder + predictor as one module (data parallelism wraps one forward).
     clip [B, C, T, H, W], masks [(ctx_idx [B, Kc], tgt_idx [B, Kt]), ...] (one per mask
-    configuration) -> (predictions [B, Kt, D], contexts [B, Kc, D]), one of each per mask."""
+    configuration) -> (predictions [B, Kt, D], contexts [B, Kc, D]), one of each per mask, and,
+    with a projector (proj_dim > 0) and the pooled targets [B, D], the projections [B, P] of the
+    clip's mean context token and of its pooled targets (train.Config.persist); else None."""
 
-    def __init__(self, encoder, predictor):
+    def __init__(self, encoder, predictor, proj_dim=0):
         super().__init__()
         self.encoder, self.predictor = encoder, predictor
+        d = encoder.dim
+        self.proj = nn.Sequential(nn.Linear(d, proj_dim), nn.GELU(), nn.Linear(
+            proj_dim, proj_dim)) if proj_dim else None
 
-    def forward(self, clip, masks):
+    def forward(self, clip, masks, pooled_targets=None):
         contexts = [self.encoder(clip, keep=ctx_idx) for ctx_idx, _ in masks]
         preds = [self.predictor(z, ctx_idx, tgt_idx, m)
                  for m, (z, (ctx_idx, tgt_idx)) in enumerate(zip(contexts, masks))]
-        return preds, contexts
+        if self.proj is None or pooled_targets is None:
+            return preds, contexts, None
+        pooled = torch.stack([z.float().mean(1) for z in contexts]).mean(0)  # [B, D]
+        return preds, contexts, (self.proj(pooled), self.proj(pooled_targets))
 
 
 class ActionPredictor(nn.Module):

@@ -78,6 +78,7 @@ class Config:
     loss: str = "vjepa_l1"  # a prediction loss of losses.py (@prediction_loss)
     encoder_ckpt: str = ""  # action: the frozen V-JEPA encoder's checkpoint
     token_vcr: float = 1.0  # vjepa / pixel: weight of losses.token_vcr (0: the paper's V-JEPA)
+    persist: float = 1.0  # vjepa: weight of VICReg between the clip's context and future target
     vcr_alpha: float = 0.5  # weight of the variance term (VJ-VCR eq. 1)
     vcr_beta: float = 0.1  # weight of the covariance term (eq. 3)
     vcr_gamma: float = 0.0  # vjvcr: weight of the pixel reconstruction term (0: no decoder)
@@ -126,13 +127,13 @@ class Config:
 
 # The paper's recipe (V-JEPA Table 8) on folders of real video; batch_size per GPU (x 128 GPUs).
 PAPER = dict(dataset="video_folder", img_size=224, in_chans=3, normalise=False, embed_gain=1.0,
-             mask="multiblock", token_vcr=0.0, pred_dim=384, pred_depth=12, batch_size=24,
-             max_steps=90_000, warmup_steps=12_000, ema_start=0.998, num_workers=8,
+             mask="multiblock", token_vcr=0.0, persist=0.0, pred_dim=384, pred_depth=12,
+             batch_size=24, max_steps=90_000, warmup_steps=12_000, ema_start=0.998, num_workers=8,
              log_every=50, ckpt_every=1000, val_clips=0, grad_checkpoint=True)
 # VJ-VCR on MovingMNIST (Drozdov et al. 2024, sec. 4.4): conv networks, one digit, 3 frames
 # -> 12, Adam at a constant 1e-3; shortened to fit 15 minutes on 2 CPU cores.
-VCR = dict(objective="vjvcr", loss="mse", normalise=False, token_vcr=0.0, num_digits=1,
-           num_frames=15, mask_ctx_frames=3, enc_dim=64, pool_grid=2, batch_size=64,
+VCR = dict(objective="vjvcr", loss="mse", normalise=False, token_vcr=0.0, persist=0.0,
+           num_digits=1, num_frames=15, mask_ctx_frames=3, enc_dim=64, pool_grid=2, batch_size=64,
            max_steps=500, optimizer="adam", start_lr=1e-3, lr=1e-3, final_lr=1e-3,
            warmup_steps=0, weight_decay=0.0, final_weight_decay=0.0, ema_start=1.0,
            ipe_scale=1.0, grad_clip=0.0, log_every=50, ckpt_every=250)
@@ -140,8 +141,8 @@ VCR = dict(objective="vjvcr", loss="mse", normalise=False, token_vcr=0.0, num_di
 SWITCH = dict(VCR, dataset="switching_mnist", num_frames=6, max_steps=600, pool_grid=4)
 GENERATIVE = dict(VCR, objective="generative", weight_decay=1e-6, final_weight_decay=1e-6)
 # The laptop recipe that docs/results.md sections 2-3 ran: 4,000 steps, an EMA from 0.9998
-SLOW_EMA = dict(max_steps=4000, ema_start=0.9998)
-ROOMS = dict(dataset="two_rooms", max_steps=1500)  # V-JEPA 2-AC's world: plan.py
+SLOW_EMA = dict(max_steps=4000, ema_start=0.9998, persist=0.0)
+ROOMS = dict(dataset="two_rooms", max_steps=1500, persist=0.0)  # V-JEPA 2-AC's world: plan.py
 PRESETS = {
     "laptop": {},
     "rooms": ROOMS,  # the world's V-JEPA encoder, then its action-conditioned predictor:
@@ -200,10 +201,12 @@ def vjepa_loss(run, clips, generator):
     with torch.no_grad():  # the targets get no gradient
         h, full = feature_targets(run, clips)  # EMA encoder [B, N, D], its layer norm
         targets = [model.gather_tokens(full, tgt) for _, tgt in masks]  # [B, Kt, D]
-    preds, contexts = run.net(clips, masks)  # encoder(kept) [B, Kc, D] -> predictor [B, Kt, D]
-    loss, terms = losses.vjepa_energy(  # prediction loss + token_vcr x VCR of the contexts
+        pooled = torch.stack([t.float().mean(1) for t in targets]).mean(0)  # [B, D] per clip
+    # encoder(kept) [B, Kc, D] -> predictor [B, Kt, D]; persist: projections [B, P] of both means
+    preds, contexts, projections = run.net(clips, masks, pooled)
+    loss, terms = losses.vjepa_energy(  # prediction + token_vcr x VCR of the contexts + persist
         losses.PREDICTION_LOSSES[cfg.loss], preds, targets, contexts,
-        cfg.token_vcr, cfg.vcr_alpha, cfg.vcr_beta)
+        cfg.token_vcr, cfg.vcr_alpha, cfg.vcr_beta, cfg.persist, projections)
     return loss, terms, None if h is None else h.unflatten(1, (run.grid[0], -1))
 
 
@@ -555,6 +558,9 @@ def check_config(cfg):
                 "dist_timeout_s"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"--{key} must be at least 1, got {getattr(cfg, key)}")
+    if cfg.persist and cfg.objective != "vjepa":
+        raise ValueError(f"--persist {cfg.persist} needs feature targets (--objective vjepa); "
+                         "set --persist 0")
     if cfg.objective == "action" and cfg.dataset != "two_rooms":
         raise ValueError(f"--objective action needs a world with actions (--dataset two_rooms)")
     if cfg.objective == "action" and not os.path.isfile(cfg.encoder_ckpt):
@@ -592,11 +598,11 @@ def build(cfg, device):
         num_masks=len(mask_sampler(cfg).names), uniform_power=cfg.uniform_power,
         out_dim=cfg.in_chans * cfg.tubelet_size * cfg.patch_size ** 2
         if cfg.objective == "pixel" else None, embed_gain=cfg.embed_gain, pos=cfg.pos)
-    net = model.JEPA(encoder, predictor).to(device)
+    net = model.JEPA(encoder, predictor, 2 * cfg.enc_dim if cfg.persist else 0).to(device)
     # pixel targets: no target encoder, probes read the encoder itself
     target = None if cfg.objective == "pixel" else copy.deepcopy(encoder).requires_grad_(False)
-    return net, {"encoder": encoder, "predictor": predictor,
-                 "target_encoder": target or encoder}, target
+    nets = {"encoder": encoder, "predictor": predictor, "target_encoder": target or encoder}
+    return net, nets if net.proj is None else {**nets, "persist_proj": net.proj}, target
 
 
 @dataclass

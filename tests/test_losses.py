@@ -49,6 +49,17 @@ def test_vcr_terms_against_naive_loops():
     assert float(l_cov) == pytest.approx(ref_cov, rel=1e-5)
 
 
+def test_persist_term_on_a_hand_worked_pair():
+    """a = (0, 2), b = (0, 0), one channel: |a - b|^2 = 2; std(a) = sqrt(2) > 1, so its
+    variance term is 0; b's is 1 - sqrt(1e-4) = 0.99; no covariance with one channel."""
+    a, b = torch.tensor([[0.0], [2.0]]), torch.zeros(2, 1)
+    pred = [torch.ones(2, 3, 4)], [torch.zeros(2, 3, 4)]  # L1 = 1
+    loss, terms = losses.vjepa_energy(losses.vjepa_l1, *pred, None, 0.0, 0.5, 0.1, 3.0, (a, b))
+    assert float(terms["persist"]) == pytest.approx(3.0 * 2.0)
+    assert float(terms["clip_vc"]) == pytest.approx(3.0 * 0.5 * 0.99)
+    assert float(loss) == pytest.approx(1.0 + 6.0 + 1.485)
+
+
 def test_variance_term_zero_iff_every_std_reaches_tau():
     h = torch.randn(64, 2, 5)
     h = (h - h.mean(0)) / h.std(0)  # every std exactly 1

@@ -154,7 +154,8 @@ def test_jepa_predicts_each_mask_with_its_own_mask_token():
     masks = [(torch.stack([torch.randperm(32, generator=g)[:kc] for _ in range(3)]),
               torch.stack([torch.randperm(32, generator=g)[:kt] for _ in range(3)]))
              for kc, kt in ((5, 9), (2, 13))]
-    preds, contexts = net(x, masks)
+    preds, contexts, projections = net(x, masks)
+    assert projections is None  # no projector
     for m, (ctx, tgt) in enumerate(masks):
         z = enc(x, keep=ctx)
         assert torch.equal(contexts[m], z)

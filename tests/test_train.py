@@ -22,7 +22,7 @@ TINY = ["--num_frames", "4", "--img_size", "32", "--patch_size", "8", "--enc_dim
         "--enc_depth", "2", "--enc_heads", "2", "--pred_dim", "16", "--pred_depth", "1",
         "--batch_size", "4", "--val_clips", "8", "--num_digits", "1", "--dtype", "float32",
         "--mask", "multiblock", "--normalise", "false", "--embed_gain", "1",
-        "--token_vcr", "0"]  # the paper's V-JEPA
+        "--token_vcr", "0", "--persist", "0"]  # the paper's V-JEPA
 
 
 def read_log(out):
@@ -201,9 +201,10 @@ def test_tiny_run_loss_falls(tmp_path, mnist_args):
     assert all(k.startswith("module.backbone.") for k in state["target_encoder"])
 
 
-def test_resume_is_exact(tmp_path, mnist_args):
-    """N steps, stop, resume to 2N == 2N straight, loss for loss."""
-    common = TINY + mnist_args + ["--max_steps", "12", "--log_every", "2", "--ckpt_every", "4",
+@pytest.mark.parametrize("extra", [[], ["--persist", "1", "--mask", "future"]])
+def test_resume_is_exact(tmp_path, mnist_args, extra):
+    """N steps, stop, resume to 2N == 2N straight, loss for loss (the persist projector too)."""
+    common = TINY + mnist_args + extra + ["--max_steps", "12", "--log_every", "2", "--ckpt_every", "4",
                                   "--val_clips", "0"]
     straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
     train.main(common + ["--out_dir", straight])
@@ -479,7 +480,7 @@ def test_the_readme_loss_example_runs(tmp_path, mnist_args, monkeypatch):
     masks = run.sampler(len(clips), g)
     with torch.no_grad():
         _, full = train.feature_targets(run, clips)
-        preds, _ = run.net(clips, masks)
+        preds, _, _ = run.net(clips, masks)
         targets = [model.gather_tokens(full, t) for _, t in masks]
         expected = namespace["smooth_l1"](preds, targets)
     assert read_log(out)[0]["loss"] == pytest.approx(float(expected), rel=1e-5)
@@ -531,10 +532,12 @@ def _energy(run, clips, seed):
     with torch.no_grad():
         _, full = train.feature_targets(run, clips)
     targets = [model.gather_tokens(full, t) for _, t in step_masks]
-    preds, contexts = run.net(clips, step_masks)
+    pooled = torch.stack([t.mean(1) for t in targets]).mean(0)
+    preds, contexts, projections = run.net(clips, step_masks, pooled)
     cfg = run.cfg
     return losses.vjepa_energy(losses.PREDICTION_LOSSES[cfg.loss], preds, targets, contexts,
-                               cfg.token_vcr, cfg.vcr_alpha, cfg.vcr_beta), step_masks
+                               cfg.token_vcr, cfg.vcr_alpha, cfg.vcr_beta, cfg.persist,
+                               projections), step_masks
 
 
 def test_token_vcr_adds_vcr_of_the_context_tokens(mnist_args):
@@ -560,6 +563,41 @@ def test_token_vcr_adds_vcr_of_the_context_tokens(mnist_args):
     assert none == {} and float(terms["pred"].detach()) == pytest.approx(plain, rel=1e-6)
     expected = plain + w * (alpha * l_var + beta * l_cov)
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_persist_is_vicreg_of_the_projected_mean_context_and_mean_future_target(mnist_args):
+    """--persist w: the loss adds w (|a - b|^2 + alpha (l_var(a) + l_var(b)) + beta (...)) with
+    a = proj(each clip's mean context token), b = proj(the mean of its layer-normed target
+    features at the future tokens), computed here by hand from the encoders; the projector is
+    checkpointed with the networks."""
+    w, alpha, beta = 2.0, 0.5, 0.1
+    cfg = train.parse_config(TINY + mnist_args + ["--persist", str(w), "--mask", "future"])
+    run = train.setup(cfg)
+    assert run.nets["persist_proj"] is run.module.proj
+    clips, _ = data.fixed_set(data.make_source(cfg, "train"), 6, seed=3)
+    (loss, terms), step_masks = _energy(run, clips, 7)
+    (ctx, tgt), = step_masks
+    with torch.no_grad():
+        h = run.target(clips).double()
+        h = (h - h.mean(-1, keepdim=True)) / (h.var(-1, unbiased=False, keepdim=True)
+                                              + 1e-5).sqrt()
+        future = torch.stack([h[i, tgt[i]].mean(0) for i in range(len(clips))])
+        context = torch.stack([run.module.encoder(clips[i:i + 1], keep=ctx[i:i + 1])[0].mean(0)
+                               for i in range(len(clips))])
+        a, b = (run.module.proj(v.float()).double().numpy() for v in (context, future))
+    reference = (a - b) ** 2
+    vc = 0.0
+    for x in (a, b):
+        cov = np.cov(x, rowvar=False)
+        vc += alpha * np.maximum(0.0, 1.0 - np.sqrt(np.diag(cov) + 1e-4)).mean()
+        vc += beta * ((cov ** 2).sum() - (np.diag(cov) ** 2).sum()) / len(cov)
+    terms = {k: float(v.detach()) for k, v in terms.items()}
+    assert terms["persist"] == pytest.approx(w * reference.mean(), rel=1e-4)
+    assert terms["clip_vc"] == pytest.approx(w * vc, rel=1e-4)
+    assert float(loss.detach()) == pytest.approx(terms["pred"] + w * (reference.mean() + vc),
+                                                 rel=1e-5)
+    with pytest.raises(ValueError, match="--persist 2.0 needs feature targets"):
+        train.check_config(train.parse_config(TINY + ["--persist", "2", "--objective", "pixel"]))
 
 
 def test_a_custom_loss_is_the_energy_of_training_and_of_z_inference(mnist_args, monkeypatch):
