@@ -1,6 +1,6 @@
 """Clips in, checkpoint files out: MNIST digits, MovingMNIST made on the fly (also VJ-VCR's
-stochastic one), a two-rooms world moved by actions, folders of real video, the batch of every
-step; checkpoints written and read.
+stochastic one), folders of real video, the batch of every step (the two-rooms world of
+V-JEPA 2-AC: plan.py); checkpoints written and read.
 
 Every source has `sample(batch, generator) -> (clips [B, C, T, H, W] float32, labels dict)`,
 and draws all of its randomness from `generator`. `StepBatches` seeds that generator from
@@ -27,6 +27,9 @@ import urllib.request
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+import model
+import plan
 
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 MNIST_MD5 = {  # the checksums published with the MNIST distribution
@@ -299,74 +302,6 @@ class SwitchingMovingMNIST:
         return clips[:, None], labels
 
 
-class TwoRooms:
-    """A toy world with actions (V-JEPA 2-AC's setting, EB-JEPA's "Two Rooms"): a 6x6 square
-    agent (with a glow) in a 64x64 frame with border walls and, with `wall`, a vertical inner wall whose door
-    spans y in [24, 40). An action a in [-1, 1]^2 moves the agent by 5a pixels as (dy, dx);
-    a move into a wall keeps what it can (first the y part, then the x part), else stays.
-
-    sample(): random-action rollouts of num_frames // hold states, each shown for `hold` frames
-    (a tubelet holds one state) -> clips [B, 1, T, 64, 64] (normalised as MovingMNIST),
-    labels {"pos": [B, n, 2] (y, x) centres, "actions": [B, n, 2] (the last one unused)}."""
-    SIZE, HALF, STEP, WALL, DOOR, GLOW = 64, 3, 5.0, (30, 34), (24, 40), 10.0
-
-    def __init__(self, num_frames=16, hold=2, wall=True):
-        self.states, self.hold, self.wall = num_frames // hold, hold, wall
-        r = torch.arange(self.SIZE)
-        border = (r < 2) | (r >= self.SIZE - 2)
-        self.walls = 0.5 * (border[:, None] | border[None, :]).float()
-        if wall:
-            cols = (r >= self.WALL[0]) & (r < self.WALL[1])
-            door = (r >= self.DOOR[0]) & (r < self.DOOR[1])
-            self.walls[~door[:, None] & cols[None, :]] = 0.5
-
-    def blocked(self, pos):
-        """[..., 2] centres -> whether the agent there overlaps a wall."""
-        y, x = pos.unbind(-1)
-        lo, hi = 2 + self.HALF, self.SIZE - 2 - self.HALF
-        out = (y < lo) | (y > hi) | (x < lo) | (x > hi)
-        if self.wall:
-            in_cols = (x + self.HALF > self.WALL[0]) & (x - self.HALF < self.WALL[1])
-            in_door = (y - self.HALF >= self.DOOR[0]) & (y + self.HALF <= self.DOOR[1])
-            out |= in_cols & ~in_door
-        return out
-
-    def step(self, pos, action):
-        """pos [..., 2], action [..., 2] -> the next positions [..., 2]."""
-        move = self.STEP * action.clamp(-1, 1)
-        new = pos
-        for m in (move * torch.tensor([0.0, 1.0]), move * torch.tensor([1.0, 0.0]), move):
-            new = torch.where(self.blocked(pos + m)[..., None], new, pos + m)
-        return new
-
-    def render(self, pos):
-        """[..., 2] centres -> frames [..., 64, 64], normalised: the agent white, with a glow
-        (0.6 exp(-d^2 / 2 GLOW^2)) that lets every 16x16 patch see how far it is."""
-        r = torch.arange(self.SIZE) + 0.5
-        dy, dx = r - pos[..., :1], r - pos[..., 1:]  # [..., 64]
-        agent = ((dy.abs() <= self.HALF)[..., :, None] & (dx.abs() <= self.HALF)[..., None, :])
-        glow = 0.6 * torch.exp(-(dy[..., :, None] ** 2 + dx[..., None, :] ** 2) / (2 * self.GLOW ** 2))
-        frames = torch.maximum(torch.maximum(agent.float(), glow), self.walls)
-        return (frames - MMNIST_MEAN) / MMNIST_STD
-
-    def start(self, batch, g):
-        """Uniform free positions [B, 2], in either room."""
-        lo, hi = 2 + self.HALF, self.SIZE - 2 - self.HALF
-        pos = lo + (hi - lo) * torch.rand(batch, 2, generator=g)
-        while (bad := self.blocked(pos)).any():  # redraw the few inside the inner wall
-            pos[bad] = lo + (hi - lo) * torch.rand(int(bad.sum()), 2, generator=g)
-        return pos
-
-    def sample(self, batch, generator):
-        actions = 2 * torch.rand(batch, self.states, 2, generator=generator) - 1
-        pos = [self.start(batch, generator)]
-        for t in range(self.states - 1):  # a loop over time steps, vectorised over the batch
-            pos.append(self.step(pos[-1], actions[:, t]))
-        pos = torch.stack(pos, 1)  # (B, n, 2)
-        clips = self.render(pos).repeat_interleave(self.hold, dim=1)[:, None]
-        return clips, {"pos": pos, "actions": actions}
-
-
 def check_video_shape(path, shape, num_frames, counted=True):
     """ValueError naming the file unless `shape` is a video [T, H, W(, C)] of >= num_frames
     frames (counted=False, T = 0: a header that does not store the count; not checked)."""
@@ -484,6 +419,46 @@ class VideoFolder:
                                     "failed": torch.tensor(failed, dtype=torch.int64)}
 
 
+def violation_pairs(source, n, seed, ctx_frames):
+    """n one-digit clips of `source` that go straight until frame ctx_frames and bounce off a
+    wall after it, and the same clips breaking MovingMNIST from that frame on: the digit jumps
+    elsewhere (teleport), becomes another digit's glyph (identity), goes on through the wall
+    (pass_through) or stops -> {"normal" | violation: clips [n, 1, T, S, S]}."""
+    g, T, c, side = (torch.Generator().manual_seed(seed), source.num_frames, ctx_frames,
+                     source.images.shape[-1])
+    room, m, lo, hi = source.img_size - side, 16 * n, *source.speed  # m candidates
+    angle, speed = torch.rand(m, generator=g) * 2 * math.pi, torch.rand(m, generator=g)
+    speed, start = lo + (hi - lo) * speed, torch.rand(m, 2, generator=g) * room
+    v = speed[:, None] * torch.stack([angle.sin(), angle.cos()], -1)  # [m, 2]
+    line = start[:, None] + v[:, None] * torch.arange(T)[None, :, None]  # unfolded [m, T, 2]
+    pos = bounce(line, 0, room)
+    sign = torch.randint(2, (m, 1, 2), generator=g) * 2 - 1
+    jump = (torch.rand(m, 1, 2, generator=g) * 0.5 + 0.25) * room * sign
+    which, other = torch.randint(len(source.images), (2, m), generator=g)
+    paths = {"normal": pos, "teleport": bounce(line + jump, 0, room),
+             "pass_through": line.clamp(-side, room + side), "stop": pos[:, c - 1:c].expand_as(pos)}
+    paths = {k: torch.cat([pos[:, :c], p[:, c:]], 1) for k, p in paths.items()}
+    past = torch.maximum(-line[:, -1], line[:, -1] - room).amax(1)  # how far through the wall
+    ok = (((line[:, :c] >= 0) & (line[:, :c] <= room)).flatten(1).all(1)
+          & (past > min(side, room) / 3)
+          & (source.labels[which] != source.labels[other])
+          & ((paths["teleport"][:, c] - pos[:, c]).abs().amax(1) > room / 4))
+    if int(ok.sum()) < n:
+        raise ValueError(f"only {int(ok.sum())} of {m} candidate clips qualify; {n} asked")
+    keep = ok.nonzero()[:n, 0]
+
+    def draw(path, digit):  # on a canvas one digit wider each side: a digit past a wall is cut
+        glyphs = source.images[digit[keep], None].float() / 255
+        corner = (path[keep, None] + side).round().long()
+        clip = paste(source.img_size + 2 * side, glyphs, corner)
+        clip = clip[:, None, :, side:-side, side:-side]
+        return (clip - MMNIST_MEAN) / MMNIST_STD if source.normalise else clip
+
+    clips = {k: draw(path, which) for k, path in paths.items()}
+    clips["identity"] = torch.cat([clips["normal"][:, :, :c], draw(pos, other)[:, :, c:]], 2)
+    return clips
+
+
 # ----------------------------------------------------------------------------------------------
 # Batches by step
 
@@ -522,8 +497,8 @@ def fixed_set(source, n, seed, chunk=256):
 
 def make_source(cfg, part="train", digits=None):
     """The clip source of cfg.dataset; `digits` (images, labels) saves loading MNIST again."""
-    if cfg.dataset == "two_rooms":
-        return TwoRooms(cfg.num_frames, cfg.tubelet_size)
+    if cfg.dataset == "two_rooms":  # V-JEPA 2-AC's world lives with its planner
+        return plan.TwoRooms(cfg.num_frames, cfg.tubelet_size)
     if cfg.dataset in ("movingmnist", "switching_mnist"):
         images, labels = split_digits(*(digits or load_digits(cfg.mnist_dir)), part)
         if cfg.dataset == "switching_mnist":
@@ -536,12 +511,7 @@ def make_source(cfg, part="train", digits=None):
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoint files: the release's format ({"encoder" | "target_encoder" | "predictor": state
-# dict, keys prefixed as the release's}, ...), plus what a resume needs
-
-RELEASE_PREFIX = "module.backbone."  # DDP's `module.` + the release's `backbone.`
-CHECKPOINT_LAYOUT = ("a torch.save file of a dict with 'encoder' and 'target_encoder' state "
-                     "dicts (the V-JEPA release format, also what train.py writes)")
-
+# dict, keys prefixed as the release's}, ...), plus what a resume needs (read: model.py)
 
 def previous_path(path):
     """Where the checkpoint before the latest is kept: out/ckpt.pt -> out/ckpt_prev.pt."""
@@ -567,7 +537,7 @@ def atomic_save(obj, path, keep_previous=False):
 
 def release_state(nets):
     """{name: module} -> {name: its state dict, keys prefixed as the release's}."""
-    return {name: {RELEASE_PREFIX + k: v for k, v in net.state_dict().items()}
+    return {name: {model.RELEASE_PREFIX + k: v for k, v in net.state_dict().items()}
             for name, net in nets.items()}
 
 
@@ -582,53 +552,6 @@ def save_checkpoint(path, nets, opt, config, step, loss, world, lr):
                          "python": random.getstate()}}, path, keep_previous=True)
 
 
-def _what_file(path, error):
-    """What a file torch.load cannot read is, from its first bytes (torch says `KeyError: 101`)."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-    detail = " ".join(str(error).split())[:300] or type(error).__name__
-    if size == 0:
-        return "an empty file"
-    if head.startswith(b"PK\x03\x04"):  # torch.save writes a zip archive
-        return (f"a {size}-byte zip archive that is not a whole torch checkpoint (truncated, "
-                f"another kind of zip, or objects only running its code can load: {detail})")
-    if head.startswith(b"\x80"):  # pickle protocol 2+, also the old torch.save format
-        return f"a {size}-byte pickle that torch cannot read without running code ({detail})"
-    return f"a {size}-byte file that is not a torch checkpoint (it starts with {head!r})"
-
-
-def read_checkpoint(path, which="target_encoder"):
-    """A checkpoint (ours or the release's) -> its dict, state dicts' keys without the release's
-    prefix, loaded without running pickled code (numpy's RNG state allowed); a one-line
-    ValueError saying what the file is when it has no `which` state dict."""
-    array = np.zeros(1, np.uint32)
-    rebuild = array.__reduce__()[0]  # numpy's array rebuilder, wherever this numpy keeps it
-    try:
-        with torch.serialization.safe_globals([rebuild, np.ndarray, np.dtype, type(array.dtype)]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:  # no such file, a directory, no permission: these name the path already
-        raise
-    except Exception as e:  # KeyError, EOFError, RuntimeError, UnpicklingError, ...
-        raise ValueError(f"{path} is {_what_file(path, e)}; expected {CHECKPOINT_LAYOUT}") from None
-    if not isinstance(ckpt, dict):
-        shape = f" of shape {tuple(ckpt.shape)}" if isinstance(ckpt, torch.Tensor) else ""
-        raise ValueError(f"{path} is a torch file of a {type(ckpt).__name__}{shape}; expected "
-                         f"{CHECKPOINT_LAYOUT}")
-    if which not in ckpt:
-        bare = ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())
-        kind = f"a bare state dict of {len(ckpt)} tensors" if bare else "a dict"
-        raise ValueError(f"{path} is {kind} with no {which!r} entry (its keys: "
-                         f"{sorted(map(str, ckpt))[:8]}); expected {CHECKPOINT_LAYOUT}")
-    entry = ckpt[which]
-    if not isinstance(entry, dict) or not all(isinstance(v, torch.Tensor) for v in entry.values()):
-        raise ValueError(f"{path}: its {which!r} entry is a {type(entry).__name__} that is not a "
-                         f"state dict of tensors; expected {CHECKPOINT_LAYOUT}")
-    return {name: {k.removeprefix(RELEASE_PREFIX): t for k, t in v.items()}
-            if isinstance(v, dict) and v and all(torch.is_tensor(t) for t in v.values()) else v
-            for name, v in ckpt.items()}
-
-
 def resume(path, nets, opt, config, arch_keys):
     """Load OUT_DIR/ckpt.pt, or the one before it (with a warning) when it cannot be read, into
     `nets` and `opt`, strictly: the same values of `arch_keys` as `config`, every tensor of the
@@ -638,7 +561,7 @@ def resume(path, nets, opt, config, arch_keys):
         raise FileNotFoundError(f"--resume: no checkpoint at {path}")
     for used in (path, prev):
         try:
-            state = read_checkpoint(used)
+            state = model.read_checkpoint(used)
             missing = [k for k in ("config", "step", "opt", "rng") if k not in state]
             if missing:
                 raise ValueError(f"{used} is not a checkpoint of train.py: no {missing}")

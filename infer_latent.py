@@ -2,14 +2,16 @@
 with an optional latent and decoder, and the inference of the latent z* with the networks frozen:
 the option of lowest energy (discrete) or FISTA on E(z) + lam |z|_1 (sparse).
 
-`VJVCR` is what train.py trains for the objectives vjvcr and generative (their energy:
-losses.vjvcr_energy); it calls `infer_z` at every step of a latent model, under the run's own
-prediction loss, and tools/probe_vcr.py calls it to evaluate one.
+`VJVCR` is what train.py trains for the objectives vjvcr and generative, `vjvcr_loss` their
+objective (losses.vjvcr_energy); it calls `infer_z` at every step of a latent model, under the
+run's own prediction loss, and tools/probe_vcr.py calls it to evaluate one.
 """
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+
+import losses
 
 # ----------------------------------------------------------------------------------------------
 # The networks (Drozdov et al. 2024, sec. 4.4): one vector per frame
@@ -135,7 +137,7 @@ class VJVCR(nn.Module):
     (data parallelism wraps one forward); x = the first mask_ctx_frames frames, y = the rest.
     forward(clips) -> (h~_y [B, T_y, d], h_y [B, T_y, d] or None (generative: y is not
     encoded), h = [h_x; h_y or h~_y] [B, T, d], decoded frames [B, C, T_y, H, W] or None);
-    train.vjvcr_loss turns them into losses.vjvcr_energy. With a latent, h~_y = Pred(h_x, z*),
+    vjvcr_loss turns them into losses.vjvcr_energy. With a latent, h~_y = Pred(h_x, z*),
     z* inferred under the run's loss with the networks frozen, then held fixed."""
 
     def __init__(self, cfg, loss_fn):
@@ -168,6 +170,19 @@ class VJVCR(nn.Module):
         pred = self.predictor(h_x, z)  # (B, T_y, d)
         h = torch.cat([h_x, pred if h_y is None else h_y], dim=1)  # VCR: one vector per step
         return pred, h_y, h, None if self.decoder is None else self.decoder(pred)
+
+
+def vjvcr_loss(run, clips, generator=None):
+    """VJ-VCR (Drozdov et al. 2024, eq. 5) or its generative baseline (eq. 7) on clips
+    [B, C, T, H, W]: x = the first mask_ctx_frames frames, y = the rest."""
+    cfg = run.cfg
+    # h~_y = Pred(h_x, z*) [B, T_y, d]; h_y = Enc(y) (None: generative); h = [h_x; h_y or h~_y]
+    pred, h_y, h, frames = run.net(clips)  # frames: Dec(h~_y) [B, C, T_y, H, W] or None
+    loss, terms = losses.vjvcr_energy(
+        losses.PREDICTION_LOSSES[cfg.loss], pred, h_y, h, frames, clips[:, :, cfg.mask_ctx_frames:],
+        cfg.vcr_alpha, cfg.vcr_beta, cfg.vcr_gamma if cfg.objective == "vjvcr" else 1.0)
+    return loss, terms, h[:, :, None]  # one vector per clip and time step
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,6 +364,13 @@ def check_config(cfg):
             raise ValueError(f"--latent {cfg.latent}: latent_dim={cfg.latent_dim}, latent_lam="
                              f"{cfg.latent_lam}; expected latent_dim >= 2 (discrete) or >= 1 "
                              "(sparse) and latent_lam >= 0")
+
+
+def z_usage(z):
+    """How a batch's z* [B, k] is used, for the log: the share of zeros, and of the clips that
+    chose the most chosen option (the largest |z_i|)."""
+    return {"z_zero": float((z == 0).float().mean()),
+            "z_top": float(torch.bincount(z.abs().argmax(1)).max()) / len(z)}
 
 
 def restart_unused_option(predictor, opt, counts, generator, noise=0.01):

@@ -1,23 +1,28 @@
 """V-JEPA's networks: tubelet embedding, 3D sin-cos positions or V-JEPA 2's 3D RoPE, ViT
-encoder, narrow ViT predictor, V-JEPA 2-AC's action-conditioned predictor, also as read from a
-checkpoint of the original release's format; and the devices, processes (torchrun), precision
-and memory they run in. (VJ-VCR's networks: infer_latent.py.)
+encoder, narrow ViT predictor, also as read from a checkpoint of the original release's format;
+and the devices, processes (torchrun), precision and memory they run in. (VJ-VCR's networks:
+infer_latent.py; V-JEPA 2-AC's action-conditioned predictor: plan.py.)
 
 A clip is `[B, C, T, H, W]`. A Conv3d with kernel = stride = (t, p, p) cuts it into tubelets:
 a grid of T/t x H/p x W/p tokens, flattened time-major, index = (i_t * Hp + i_h) * Wp + i_w.
 Parameter names follow the original V-JEPA release (without its `module.backbone.` prefix).
 """
 import contextlib
+import copy
 import datetime
 import math
 import os
+import signal
 import sys
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+
+import masks
 
 # The released sizes: (width, depth, heads); a checkpoint's shapes tell all but the heads.
 VIT_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12),
@@ -334,42 +339,6 @@ class JEPA(nn.Module):
         return preds, contexts, (self.proj(pooled), self.proj(pooled_targets))
 
 
-class ActionPredictor(nn.Module):
-    """V-JEPA 2-AC's predictor, small: from a frozen encoder's features of states 0..n-1
-    [B, n, S, D] and the action taken after each [B, n, A], those of states 1..n [B, n, S, D].
-    Each step is [action token; its S state tokens] with sin-cos positions over (step, h, w)
-    (the action token's over the step); block-causal: a token sees its step and earlier ones."""
-
-    def __init__(self, enc_dim, grid_hw, max_steps, action_dim=2, dim=96, depth=4, heads=3):
-        super().__init__()
-        self.state_embed, self.action_embed = nn.Linear(enc_dim, dim), nn.Linear(action_dim, dim)
-        self.register_buffer("pos", sincos_3d(dim, (max_steps, *grid_hw)).view(
-            max_steps, math.prod(grid_hw), dim), persistent=False)
-        self.register_buffer("step_pos", sincos_1d(dim, torch.arange(max_steps)).float(),
-                             persistent=False)
-        self.blocks = nn.ModuleList([Block(dim, heads) for _ in range(depth)])
-        self.norm, self.proj = nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, enc_dim)
-        init_weights(self, self.blocks)
-
-    def forward(self, states, actions):
-        B, n, S, _ = states.shape
-        x = self.state_embed(states) + self.pos[:n].to(states.dtype)
-        a = self.action_embed(actions.to(x.dtype)) + self.step_pos[:n].to(x.dtype)
-        x = torch.cat([a[:, :, None], x], 2).flatten(1, 2)  # (B, n (1 + S), dim)
-        step = torch.arange(n, device=x.device).repeat_interleave(S + 1)
-        x = run_blocks(self.blocks, x, mask=step[:, None] >= step[None, :])
-        return self.proj(self.norm(x.view(B, n, S + 1, -1)[:, :, 1:]))
-
-
-def encode_states(encoder, clips, tubelet_size):
-    """Each state of world clips [B, C, n t, H, W] (one state per tubelet) encoded alone, as
-    V-JEPA 2-AC does, layer-normed -> [B, n, S, D] float32."""
-    B, C, T, H, W = clips.shape
-    states = clips.view(B, C, T // tubelet_size, tubelet_size, H, W).transpose(1, 2)
-    z = encoder(states.flatten(0, 1)).float()  # (B n, S, D)
-    return F.layer_norm(z, z.shape[-1:]).unflatten(0, (B, -1))
-
-
 def build_models(num_frames, img_size, patch_size, tubelet_size, in_chans, enc_dim, enc_depth,
                  enc_heads, pred_dim, pred_depth, num_masks=2, uniform_power=True, out_dim=None,
                  embed_gain=1.0, pos="sincos"):
@@ -383,7 +352,59 @@ def build_models(num_frames, img_size, patch_size, tubelet_size, in_chans, enc_d
 
 
 # ----------------------------------------------------------------------------------------------
-# Networks from a checkpoint of the release's format (files: data.py)
+# Networks from a checkpoint of the release's format (written: data.py)
+
+RELEASE_PREFIX = "module.backbone."  # DDP's `module.` + the release's `backbone.`
+CHECKPOINT_LAYOUT = ("a torch.save file of a dict with 'encoder' and 'target_encoder' state "
+                     "dicts (the V-JEPA release format, also what train.py writes)")
+
+
+def _what_file(path, error):
+    """What a file torch.load cannot read is, from its first bytes (torch says `KeyError: 101`)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    detail = " ".join(str(error).split())[:300] or type(error).__name__
+    if size == 0:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):  # torch.save writes a zip archive
+        return (f"a {size}-byte zip archive that is not a whole torch checkpoint (truncated, "
+                f"another kind of zip, or objects only running its code can load: {detail})")
+    if head.startswith(b"\x80"):  # pickle protocol 2+, also the old torch.save format
+        return f"a {size}-byte pickle that torch cannot read without running code ({detail})"
+    return f"a {size}-byte file that is not a torch checkpoint (it starts with {head!r})"
+
+
+def read_checkpoint(path, which="target_encoder"):
+    """A checkpoint (ours or the release's) -> its dict, state dicts' keys without the release's
+    prefix, loaded without running pickled code (numpy's RNG state allowed); a one-line
+    ValueError saying what the file is when it has no `which` state dict."""
+    array = np.zeros(1, np.uint32)
+    rebuild = array.__reduce__()[0]  # numpy's array rebuilder, wherever this numpy keeps it
+    try:
+        with torch.serialization.safe_globals([rebuild, np.ndarray, np.dtype, type(array.dtype)]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:  # no such file, a directory, no permission: these name the path already
+        raise
+    except Exception as e:  # KeyError, EOFError, RuntimeError, UnpicklingError, ...
+        raise ValueError(f"{path} is {_what_file(path, e)}; expected {CHECKPOINT_LAYOUT}") from None
+    if not isinstance(ckpt, dict):
+        shape = f" of shape {tuple(ckpt.shape)}" if isinstance(ckpt, torch.Tensor) else ""
+        raise ValueError(f"{path} is a torch file of a {type(ckpt).__name__}{shape}; expected "
+                         f"{CHECKPOINT_LAYOUT}")
+    if which not in ckpt:
+        bare = ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())
+        kind = f"a bare state dict of {len(ckpt)} tensors" if bare else "a dict"
+        raise ValueError(f"{path} is {kind} with no {which!r} entry (its keys: "
+                         f"{sorted(map(str, ckpt))[:8]}); expected {CHECKPOINT_LAYOUT}")
+    entry = ckpt[which]
+    if not isinstance(entry, dict) or not all(isinstance(v, torch.Tensor) for v in entry.values()):
+        raise ValueError(f"{path}: its {which!r} entry is a {type(entry).__name__} that is not a "
+                         f"state dict of tensors; expected {CHECKPOINT_LAYOUT}")
+    return {name: {k.removeprefix(RELEASE_PREFIX): t for k, t in v.items()}
+            if isinstance(v, dict) and v and all(torch.is_tensor(t) for t in v.values()) else v
+            for name, v in ckpt.items()}
+
 
 def load_strict(module, state_dict, what):
     """load_state_dict(strict=True) with a one-line error that lists what does not match."""
@@ -400,7 +421,7 @@ def load_strict(module, state_dict, what):
 
 
 def from_checkpoint(ckpt, which="target_encoder", what="the checkpoint"):
-    """(encoder, predictor or None) of a checkpoint dict as data.read_checkpoint returns it, in
+    """(encoder, predictor or None) of a checkpoint dict as read_checkpoint returns it, in
     eval mode, the architecture read from the tensors' shapes; the heads, which no shape shows,
     from its config or the released sizes; the frames from its config, else 16 (every released
     model). which: "target_encoder" (frozen evaluation) or "encoder"."""
@@ -441,6 +462,26 @@ def _depth(state, prefix):
     """1 + the largest block index i of `{prefix}{i}.*` (a gap shows up as missing keys)."""
     return 1 + max((int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)),
                    default=-1)
+
+
+def random_init_like(net, seed):
+    """The same architecture with fresh weights (the fixed positional tables stay; a
+    predictor's mask tokens zero, as at the start of training)."""
+    fresh = copy.deepcopy(net)
+    torch.manual_seed(seed)
+    init_weights(fresh, fresh.blocks if hasattr(fresh, "blocks") else fresh.predictor_blocks)
+    for token in getattr(fresh, "mask_tokens", []):
+        token.data.zero_()
+    return fresh.eval()
+
+
+def predict_future(online, predictor, clips, ctx_steps):
+    """V-JEPA's forecast from the future mask: the online encoder on the first ctx_steps time
+    steps of clips [B, C, T, H, W], the predictor at every later token -> (predictions
+    [B, L - Lc, D] float32, the context's features [B, Lc, D] float32)."""
+    ctx, tgt = masks.future(len(clips), online.grid, ctx_steps)
+    z = online(clips, keep=ctx)
+    return predictor(z, ctx, tgt).float(), z.float()
 
 
 @torch.no_grad()
@@ -524,3 +565,17 @@ def peak_rss_mb():
     import resource
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10  # bytes / KB
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """While open, SIGTERM (a cluster's pre-emption) and Ctrl-C only set stop["asked"]: the
+    loop finishes its step, checkpoints and stops. The previous handlers come back on exit."""
+    stop = {"asked": False}
+    previous = {sig: signal.signal(sig, lambda *_: stop.update(asked=True))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

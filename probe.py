@@ -4,15 +4,12 @@ its shape: what the predictor forecasts, what surprises it, what the encoders' t
     python probe.py --ckpt OUT_DIR/ckpt.pt [CKPT ...]   # several: seeds of one run, mean ± std
 
 The forecast: R^2 of the digit's position read from the predictor's output 1..4 steps after the
-context, beside the oracle, persistence and a readout of the context. The surprise: the share of
-clip pairs, equal until the context ends, whose impossible future costs the predictor more.
-Linear probes of the target and the online encoder for the digit, its direction, speed,
-velocity and position, under four poolings and the best of them. Results go to
-OUT_DIR/probe/results.json and forecast.png; tools/attentive.py adds the attentive probe,
-tools/tables.py sets them beside the paper's numbers. VJ-VCR checkpoints: tools/probe_vcr.py.
+context. The surprise: the share of clip pairs, equal until the context ends, whose impossible
+future costs the predictor more. Linear probes of both encoders for the digit, its direction,
+speed, velocity and position, under four poolings and the best of them. Writes
+OUT_DIR/probe/{results.json, forecast.png}; more: tools/ (VJ-VCR's: tools/probe_vcr.py).
 """
 import argparse
-import copy
 import hashlib
 import json
 import math
@@ -25,7 +22,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-import masks
 import model
 
 
@@ -160,13 +156,10 @@ def save_results(results, out_dir, start, tables):
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     for title, columns in tables.items():
-        names = list(columns)
-        lines = [f"\n{title}", "| | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
-        for key in columns[names[0]]:
-            lines.append(f"| {key} | " + " | ".join(
-                "{:.3g} ± {:.2g}".format(*columns[c][key]) if key in columns[c] else "-"
-                for c in names) + " |")
-        print("\n".join(lines))
+        print(f"\n{title}\n| | {' | '.join(columns)} |\n|{' --- |' * (len(columns) + 1)}")
+        for key in next(iter(columns.values())):
+            print(f"| {key} | " + " | ".join("{:.3g} ± {:.2g}".format(*col[key]) if key in col
+                                             else "-" for col in columns.values()) + " |")
     print(f"probe time {results['probe_s'] / 60:.1f} min; beside the papers' numbers: "
           f"python tools/tables.py {out_dir}")
 
@@ -203,29 +196,13 @@ def pool_tokens(tokens, grid, cells=2):
     """Tokens [B, L, D] on a (T', H', W') grid -> {pooling: [B, F]}: the mean and the max over
     all tokens (D), each time step's mean (T' D), the mean of each of cells x cells spatial
     cells per time step (T' cells^2 D)."""
-    B, L, D = tokens.shape
-    T, H, W = grid
-    x = tokens.float().view(B, T, H, W, D)
+    (B, L, D), (_, H, W) = tokens.shape, grid
+    x = tokens.float().view(B, L // (H * W), H, W, D)  # any number of time steps T'
+    T = x.shape[1]
     cell = F.adaptive_avg_pool2d(x.permute(0, 1, 4, 2, 3).reshape(B * T, D, H, W), cells)
     return {"mean": x.mean((1, 2, 3)), "max": x.amax((1, 2, 3)),
             "time": x.mean((2, 3)).flatten(1),
             "cells": cell.view(B, T, D, cells * cells).transpose(2, 3).flatten(1)}
-
-
-def world_tokens(nets, clips, ctx_steps, h=None):
-    """The predictor's view of clips [B, C, T, H, W]: context = the first ctx_steps time steps
-    (the future mask) -> (the target's layer-normed features [B, L, D], what the predictor makes
-    of the online encoder's context at the later tokens [B, L - Lc, D], that context [B, Lc, D]);
-    h: the target's features when they are at hand."""
-    ctx, tgt = masks.future(len(clips), nets["target"].grid, ctx_steps)
-    h = nets["target"](clips).float() if h is None else h
-    z = nets["online"](clips, keep=ctx)
-    return F.layer_norm(h, h.shape[-1:]), nets["predictor"](z, ctx, tgt).float(), z.float()
-
-
-def step_cells(tokens, grid):
-    """Tokens [B, L, D] on a (T', H', W') grid -> each time step's 2 x 2 cell means [B, T', 4 D]."""
-    return pool_tokens(tokens, grid)["cells"].view(len(tokens), grid[0], -1)
 
 
 @torch.no_grad()
@@ -245,10 +222,11 @@ def video_features(nets, source, n, seed, ctx_steps=0, batch=64, dtype=torch.flo
             if nets.get("online", nets["target"]) is not nets["target"]:
                 f["online"] = pool_tokens(nets["online"](clips).float(), grid)
             if ctx_steps:
-                h, pred, ctx = world_tokens(nets, clips, ctx_steps, h)
-                f["world"] = {"target": step_cells(h, grid), "pred": step_cells(
-                    pred, (grid[0] - ctx_steps, *grid[1:])), "context": step_cells(
-                    ctx, (ctx_steps, *grid[1:]))}
+                pred, ctx = model.predict_future(nets["online"], nets["predictor"], clips,
+                                                 ctx_steps)
+                x = {"target": F.layer_norm(h, h.shape[-1:]), "pred": pred, "context": ctx}
+                f["world"] = {k: pool_tokens(v, grid)["cells"].view(  # 2 x 2 cells per step
+                    len(v), v.shape[1] // (grid[1] * grid[2]), -1) for k, v in x.items()}
         feats.append(f)
         labels.append(lab)
     return ({name: {k: torch.cat([f[name][k] for f in feats]) for k in feats[0][name]}
@@ -284,7 +262,7 @@ def cached_features(nets, spec, sources, cache_dir, desc="encode", dtype=torch.f
                                 desc=f"{desc} {part}") for part in ("fit", "test")}
     if c and spec.get("pairs"):
         frames = c * nets["target"].patch_embed.tubelet_size
-        pairs = violation_pairs(sources["test"], spec["pairs"], 3, frames)
+        pairs = data.violation_pairs(sources["test"], spec["pairs"], 3, frames)
         out["surprise"] = surprise(nets, pairs, c, dtype)
     os.makedirs(cache_dir, exist_ok=True)
     data.atomic_save(out, path)
@@ -328,46 +306,6 @@ def linear_probes(feats, targets, seed=0):
 VIOLATIONS = ("teleport", "identity", "pass_through", "stop")
 
 
-def violation_pairs(source, n, seed, ctx_frames):
-    """n one-digit clips of `source` that go straight until frame ctx_frames and bounce off a
-    wall after it, and the same clips breaking MovingMNIST from that frame on: the digit jumps
-    elsewhere (teleport), becomes another digit's glyph (identity), goes on through the wall
-    (pass_through) or stops -> {"normal" | violation: clips [n, 1, T, S, S]}."""
-    g, T, c, side = (torch.Generator().manual_seed(seed), source.num_frames, ctx_frames,
-                     source.images.shape[-1])
-    room, m, lo, hi = source.img_size - side, 16 * n, *source.speed  # m candidates
-    angle, speed = torch.rand(m, generator=g) * 2 * math.pi, torch.rand(m, generator=g)
-    speed, start = lo + (hi - lo) * speed, torch.rand(m, 2, generator=g) * room
-    v = speed[:, None] * torch.stack([angle.sin(), angle.cos()], -1)  # [m, 2]
-    line = start[:, None] + v[:, None] * torch.arange(T)[None, :, None]  # unfolded [m, T, 2]
-    pos = data.bounce(line, 0, room)
-    sign = torch.randint(2, (m, 1, 2), generator=g) * 2 - 1
-    jump = (torch.rand(m, 1, 2, generator=g) * 0.5 + 0.25) * room * sign
-    which, other = torch.randint(len(source.images), (2, m), generator=g)
-    paths = {"normal": pos, "teleport": data.bounce(line + jump, 0, room),
-             "pass_through": line.clamp(-side, room + side), "stop": pos[:, c - 1:c].expand_as(pos)}
-    paths = {k: torch.cat([pos[:, :c], p[:, c:]], 1) for k, p in paths.items()}
-    past = torch.maximum(-line[:, -1], line[:, -1] - room).amax(1)  # how far through the wall
-    ok = (((line[:, :c] >= 0) & (line[:, :c] <= room)).flatten(1).all(1)
-          & (past > min(side, room) / 3)
-          & (source.labels[which] != source.labels[other])
-          & ((paths["teleport"][:, c] - pos[:, c]).abs().amax(1) > room / 4))
-    if int(ok.sum()) < n:
-        raise ValueError(f"only {int(ok.sum())} of {m} candidate clips qualify; {n} asked")
-    keep = ok.nonzero()[:n, 0]
-
-    def draw(path, digit):  # on a canvas one digit wider each side: a digit past a wall is cut
-        glyphs = source.images[digit[keep], None].float() / 255
-        corner = (path[keep, None] + side).round().long()
-        clip = data.paste(source.img_size + 2 * side, glyphs, corner)
-        clip = clip[:, None, :, side:-side, side:-side]
-        return (clip - data.MMNIST_MEAN) / data.MMNIST_STD if source.normalise else clip
-
-    clips = {k: draw(path, which) for k, path in paths.items()}
-    clips["identity"] = torch.cat([clips["normal"][:, :, :c], draw(pos, other)[:, :, c:]], 2)
-    return clips
-
-
 @torch.no_grad()
 def surprise(nets, pairs, ctx_steps, dtype=torch.float32, batch=64):
     """The predictor's L1 error at the future tokens (V-JEPA's loss; context = the first
@@ -378,7 +316,8 @@ def surprise(nets, pairs, ctx_steps, dtype=torch.float32, batch=64):
         x = {k: v[i:i + batch].expand(-1, nets["target"].in_chans, -1, -1, -1)
              for k, v in pairs.items()}
         with model.autocast(torch.device("cpu"), dtype):
-            _, pred, _ = world_tokens(nets, x["normal"], ctx_steps)
+            pred = model.predict_future(nets["online"], nets["predictor"], x["normal"],
+                                        ctx_steps)[0].float()
             for k, clips in x.items():
                 h = nets["target"](clips).float()[:, -pred.shape[1]:]
                 out[k].append((pred - F.layer_norm(h, h.shape[-1:])).abs().mean((1, 2)))
@@ -393,13 +332,12 @@ def surprise_share(normal, violated):
 
 
 def forecast_scores(fit, test, pos_fit, pos_test, ctx_steps, seed=0):
-    """R^2 of the digit's position at each future step h = 1 .. T' - c, for each row:
-    predicted (the predictor's output, read by a readout of the target's features fitted at every
-    step of the fit clips), oracle (that readout of the true future's features), persistence (of
-    the last context step's), predicted with its own readout (fitted on the predictions),
-    context readout (fitted on all context features of the online encoder). fit / test:
-    {"target": [n, T', F], "pred": [n, T' - c, F], "context": [n, c, F]}, pos: [n, T', 2]
-    -> ({row: [R^2 per h]}, {row: positions [n_test, T' - c, 2]})."""
+    """R^2 of the digit's position at each future step h = 1 .. T' - c: predicted (a readout of
+    the target's features, fitted at every step, applied to the predictions), oracle (to the true
+    future's features), persistence (to the last context step's), predicted with its own readout,
+    context readout (of all context features). fit / test: {"target": [n, T', F], "pred":
+    [n, T' - c, F], "context": [n, c, F]}, pos: [n, T', 2] -> ({row: [R^2 per h]}, {row:
+    positions [n_test, T' - c, 2]})."""
     c, n = ctx_steps, len(pos_test)
     x_new = torch.cat([test["target"][:, c:].flatten(0, 1), test["pred"].flatten(0, 1),
                        test["target"][:, c - 1]])
@@ -418,32 +356,13 @@ def forecast_scores(fit, test, pos_fit, pos_test, ctx_steps, seed=0):
              for row, p in positions.items()}, positions)
 
 
-def random_init_like(net, seed):
-    """The same architecture with fresh weights (the fixed positional tables stay; a
-    predictor's mask tokens zero, as at the start of training)."""
-    fresh = copy.deepcopy(net)
-    torch.manual_seed(seed)
-    model.init_weights(fresh, fresh.blocks if hasattr(fresh, "blocks") else fresh.predictor_blocks)
-    for token in getattr(fresh, "mask_tokens", []):
-        token.data.zero_()
-    return fresh.eval()
-
-
-def random_nets(nets, seed):
-    """Random-init networks of nets' shapes; the online encoder is the target, as at step 0."""
-    fresh = {"target": random_init_like(nets["target"], seed)}
-    fresh["online"] = fresh["target"]
-    if "predictor" in nets:
-        fresh["predictor"] = random_init_like(nets["predictor"], seed + 1)
-    return fresh
-
-
-def compare(trained, random, se):
+def compare(trained, random, se, r_std=None):
     """Scores of the trained runs and of the random inits, the trained runs' standard errors
     -> summary. The combined std adds the trained spread over seeds (one run: its standard
-    error) and the random inits' in quadrature; the gap is counted in it."""
+    error) and the random inits' (r_std: given) in quadrature; the gap is counted in it."""
     t_mean, t_std = mean_std(trained)
-    r_mean, r_std = mean_std(random)
+    r_mean, spread = mean_std(random)
+    r_std = spread if r_std is None else r_std
     combined = math.hypot(t_std if len(trained) > 1 else max(se), r_std)
     gap = t_mean - r_mean
     return {"trained": [round(t_mean, 4), round(t_std, 4)], "random": [round(r_mean, 4),
@@ -468,11 +387,8 @@ def best_readout(runs):
         best = randoms[r_init][r_pool][task]
         # the random side's spread: over inits at its best pooling (one init: its standard error)
         r_std = mean_std([r[r_pool][task][0] for r in randoms])[1] if len(randoms) > 1 else best[1]
-        c = compare([s[0] for s in trained[t_pool]], [best[0]], [s[1] for s in trained[t_pool]])
-        combined = math.hypot(c["combined_std"], r_std)  # compare's is the trained side's alone
-        out[task] = {**c, "random": [round(best[0], 4), round(r_std, 4)],
-                     "combined_std": round(combined, 4),
-                     "gap_over_std": round(c["gap"] / combined, 1) if combined > 0 else None,
+        out[task] = {**compare([s[0] for s in trained[t_pool]], [best[0]],
+                               [s[1] for s in trained[t_pool]], r_std),
                      "pooling": t_pool, "random_pooling": r_pool, "random_se": round(best[1], 4)}
     return out
 
@@ -483,8 +399,7 @@ def probe_sets(config, encoder, a):
     digits = data.load_digits(a.mnist_dir or config.get("mnist_dir", ""))
     T, H, _ = encoder.input_size
     look = {"normalise": config.get("normalise", False)}
-    sources = {part: data.MovingMNIST(*data.split_digits(*digits, split), T, H, num_digits=1,
-                                      **look)
+    sources = {part: data.MovingMNIST(*data.split_digits(*digits, split), T, H, 1, **look)
                for part, split in (("fit", "train"), ("test", "val"))}
     spec = {"fit": (a.fit_clips, 1), "test": (a.test_clips, 2),
             "digits": [len(digits[0]), int(digits[0][:100].float().sum())], **look}
@@ -492,10 +407,9 @@ def probe_sets(config, encoder, a):
 
 
 def load_networks(path):
-    """A V-JEPA checkpoint's networks, frozen -> ({"target": the target encoder, "online": the
-    context encoder, "predictor": when it predicts features}, its training config; {} for a
-    release file); a VJ-VCR or generative checkpoint is an error that names tools/probe_vcr.py."""
-    ckpt = data.read_checkpoint(path, "target_encoder")
+    """A V-JEPA checkpoint's frozen networks -> ({"target", "online" (the context encoder),
+    "predictor" (if it predicts features)}, its config or {}); VJ-VCR's: tools/probe_vcr.py."""
+    ckpt = model.read_checkpoint(path, "target_encoder")
     config = ckpt.get("config") or {}
     if config.get("objective", "vjepa") not in ("vjepa", "pixel"):
         raise ValueError(f"{path} is a {config['objective']} checkpoint; probe it with "
@@ -517,7 +431,7 @@ def summarise_forecast(trained, random):
                                                                       for r in random])]
     out["skill over persistence"] = [list(mean_std([
         1 - (1 - r["predicted"][h]) / (1 - r["persistence"][h]) for r in trained]))
-        for h in range(len(trained[0]["predicted"]))]
+        for h in range(len(out["predicted"]))]
     return out
 
 
@@ -557,7 +471,7 @@ def probe_vjepa(a):
     start = time.time()
     trained, configs = zip(*[load_networks(c) for c in a.ckpt])  # each file read once
     config, first = configs[0], trained[0]["target"]
-    if len({tuple(n["target"].input_size) + (n["target"].dim, len(n["target"].blocks))
+    if len({(*n["target"].input_size, n["target"].dim, len(n["target"].blocks))
             for n in trained}) > 1:
         raise ValueError("--ckpt: the checkpoints are of different architectures; seeds of one "
                          "run are expected")
@@ -569,7 +483,10 @@ def probe_vjepa(a):
     if world:
         spec.update(ctx_steps=config["mask_ctx_frames"] // config["tubelet_size"], pairs=a.pairs)
     cache = a.cache_dir or os.path.join(run_dir, "..", "feature_cache")
-    randoms = [random_nets(trained[0], 1000 + i) for i in range(a.random_inits)]
+    pred = trained[0].get("predictor")  # random inits: the online encoder is the target (step 0)
+    randoms = [{"target": (r := model.random_init_like(first, 1000 + i)), "online": r,
+                **({"predictor": model.random_init_like(pred, 1001 + i)} if pred else {})}
+               for i in range(a.random_inits)]
     runs = {"trained": [], "online": [], "random_init": []}  # trained: the target encoder
     worlds = {"trained": [], "random_init": []}
     for name, sets in (("trained", trained), ("random_init", randoms)):
@@ -594,16 +511,15 @@ def probe_vjepa(a):
                "token_vcr": config.get("token_vcr", 0.0), "fit_clips": a.fit_clips,
                "test_clips": a.test_clips, "random_inits": a.random_inits, "linear_runs": runs}
     tables = {}
-    for net in ("target", "online")[:2 if runs["online"] else 1]:
-        key = "trained" if net == "target" else net
+    for net, key, prefix in (("target", "trained", ""), ("online", "online", "online_"))[
+            :2 if runs["online"] else 1]:
         pair = {"trained": runs[key], "random_init": runs["random_init"]}
-        linear = {pool: {task: compare(*[[s[pool][task][0] for s in pair[n]] for n in pair],
-                                       [s[pool][task][1] for s in runs[key]])
-                         for task in runs[key][0][pool]} for pool in POOLINGS}
-        best = best_readout(pair)
-        results.update({f"{net}_linear" if net != "target" else "linear": linear,
-                        f"{net}_best" if net != "target" else "best": best})
-        rows = {f"{t} ({p})": c for p in POOLINGS for t, c in linear[p].items()}
+        results[f"{prefix}linear"] = {pool: {task: compare(
+            *[[s[pool][task][0] for s in pair[n]] for n in pair], [s[pool][task][1] for s in
+                                                                   runs[key]])
+            for task in runs[key][0][pool]} for pool in POOLINGS}
+        best = results[f"{prefix}best"] = best_readout(pair)
+        rows = {f"{t} ({p})": c for p in POOLINGS for t, c in results[f"{prefix}linear"][p].items()}
         rows.update({f"{t} (best: {c['pooling']} / {c['random_pooling']})": c
                      for t, c in best.items()})
         tables[f"linear probes, {net} encoder"] = {
@@ -611,9 +527,9 @@ def probe_vjepa(a):
             "random init": {k: c["random"] for k, c in rows.items()},
             "gap ± combined std": {k: [c["gap"], c["combined_std"]] for k, c in rows.items()}}
     if world:
-        forecast = summarise_forecast([w["forecast"] for w in worlds["trained"]],
-                                      [w["forecast"] for w in worlds["random_init"]])
-        results["forecast"] = forecast
+        forecast = results["forecast"] = summarise_forecast(
+            [w["forecast"] for w in worlds["trained"]],
+            [w["forecast"] for w in worlds["random_init"]])
         results["surprise"] = {v: compare(*[[w["surprise"][v][0] for w in worlds[n]]
                                             for n in worlds],
                                           [w["surprise"][v][1] for w in worlds["trained"]])
@@ -660,26 +576,19 @@ def linear_probe_arguments(p):
     p.add_argument("--fit_clips", type=int, default=2000, help="clips the probes are fitted on")
     p.add_argument("--test_clips", type=int, default=1000, help="held-out clips scored")
     p.add_argument("--random_inits", type=int, default=3, help="random-init networks beside")
-    p.add_argument("--cache_dir", default="", help="where encoded features are kept "
-                   "(default: feature_cache/ beside the run's folder)")
+    p.add_argument("--cache_dir", default="", help="encoded features (default: feature_cache/)")
     p.add_argument("--mnist_dir", default="")
-    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
-                   help="autocast precision (auto: bf16 where the CPU multiplies in it natively)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"))
 
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", nargs="+", help="checkpoint(s); several: seeds of one run")
+    p.add_argument("--ckpt", nargs="+", required=True, help="checkpoint(s); several: seeds")
     linear_probe_arguments(p)
     p.add_argument("--pairs", type=int, default=400, help="clip pairs per kind of violation")
     p.add_argument("--out_dir", default="", help="default: the first checkpoint's folder/probe")
     a = p.parse_args(argv)
     a.dtype = model.pick_dtype(a.dtype, torch.device("cpu"))
-    if not a.ckpt:
-        raise ValueError("give --ckpt OUT_DIR/ckpt.pt [CKPT ...]")
-    for path in a.ckpt:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"--ckpt {path} does not exist")
     return probe_vjepa(a)
 
 

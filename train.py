@@ -9,7 +9,7 @@ a frozen encoder: the config, the objectives, the step, the loop and its log.
     torchrun --standalone --nproc_per_node=8 train.py --preset vitl16 --data_path /data/videos
     python train.py --out_dir out/laptop --resume true  # from OUT_DIR/ckpt.pt
 
-V-JEPA's loss is `vjepa_loss`, VJ-VCR's `vjvcr_loss`, V-JEPA 2-AC's `action_loss`;
+V-JEPA's loss is `vjepa_loss`, VJ-VCR's `infer_latent.vjvcr_loss`, V-JEPA 2-AC's `plan.action_loss`;
 `train_step` is the optimizer's plumbing.
 """
 import contextlib
@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import infer_latent  # noqa: E402
 import losses  # noqa: E402
 import masks  # noqa: E402
 import model  # noqa: E402
+import plan  # noqa: E402
 
 
 @dataclass
@@ -73,8 +73,7 @@ class Config:
     mask_ratio: float = 0.9  # random_tube: share of spatial positions removed
     mask_ctx_frames: int = 0  # causal / future / VJ-VCR: context frames (0: the first half)
     # objective
-    objective: str = "vjepa"  # vjepa | pixel (normalised pixels as targets) | vjvcr | generative
-    # | action (V-JEPA 2-AC: a predictor of encoder_ckpt's features given actions, two_rooms)
+    objective: str = "vjepa"  # vjepa | pixel (pixel targets) | vjvcr | generative | action (plan)
     loss: str = "vjepa_l1"  # a prediction loss of losses.py (@prediction_loss)
     encoder_ckpt: str = ""  # action: the frozen V-JEPA encoder's checkpoint
     token_vcr: float = 1.0  # vjepa / pixel: weight of losses.token_vcr (0: the paper's V-JEPA)
@@ -210,35 +209,8 @@ def vjepa_loss(run, clips, generator):
     return loss, terms, None if h is None else h.unflatten(1, (run.grid[0], -1))
 
 
-def action_loss(run, clips, actions):
-    """V-JEPA 2-AC (Assran et al. 2025, sec. 3) on a world's rollouts [B, C, n t, H, W] with
-    actions [B, n, A]: the frozen encoder's features z of each state alone; the predictor,
-    teacher-forced, predicts z_1..z_{n-1} from z_0..z_{n-2}, and, from z_0 and its own
-    prediction of z_1 (a 2-step rollout), z_2; the loss is cfg.loss of each."""
-    cfg, loss = run.cfg, losses.PREDICTION_LOSSES[run.cfg.loss]
-    with torch.no_grad():
-        z = model.encode_states(run.nets["target_encoder"], clips, cfg.tubelet_size)
-    forced = run.net(z[:, :-1], actions[:, :-1])  # [B, n-1, S, D]: z_1 .. z_{n-1}
-    rolled = run.net(torch.cat([z[:, :1], forced[:, :1]], 1), actions[:, :2])[:, 1]  # z_2
-    terms = {"teacher": loss([forced.flatten(1, 2)], [z[:, 1:].flatten(1, 2)]),
-             "rollout": loss([rolled], [z[:, 2]])}
-    return sum(terms.values()), terms, z
-
-
-def vjvcr_loss(run, clips, generator=None):
-    """VJ-VCR (Drozdov et al. 2024, eq. 5) or its generative baseline (eq. 7) on clips
-    [B, C, T, H, W]: x = the first mask_ctx_frames frames, y = the rest."""
-    cfg = run.cfg
-    # h~_y = Pred(h_x, z*) [B, T_y, d]; h_y = Enc(y) (None: generative); h = [h_x; h_y or h~_y]
-    pred, h_y, h, frames = run.net(clips)  # frames: Dec(h~_y) [B, C, T_y, H, W] or None
-    loss, terms = losses.vjvcr_energy(
-        losses.PREDICTION_LOSSES[cfg.loss], pred, h_y, h, frames, clips[:, :, cfg.mask_ctx_frames:],
-        cfg.vcr_alpha, cfg.vcr_beta, cfg.vcr_gamma if cfg.objective == "vjvcr" else 1.0)
-    return loss, terms, h[:, :, None]  # one vector per clip and time step
-
-
-OBJECTIVES = {"vjepa": vjepa_loss, "pixel": vjepa_loss, "vjvcr": vjvcr_loss,
-              "generative": vjvcr_loss, "action": action_loss}
+OBJECTIVES = {"vjepa": vjepa_loss, "pixel": vjepa_loss, "vjvcr": infer_latent.vjvcr_loss,
+              "generative": infer_latent.vjvcr_loss, "action": plan.action_loss}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,7 +307,7 @@ def main(argv):
         save_snapshot(run, 0)
     bar = tqdm(total=end, initial=start, disable=not master, dynamic_ncols=True, unit="step")
     t_start, step = time.perf_counter(), start
-    with stop_on_signals() as stop:  # SIGTERM (pre-emption) or Ctrl-C: checkpoint, stop
+    with model.stop_on_signals() as stop:  # SIGTERM (pre-emption) or Ctrl-C: checkpoint, stop
         for clips, labels in loader:
             if "failed" in labels:  # a video folder's unusable files, replaced: name them
                 source.warn(labels["failed"])
@@ -387,20 +359,6 @@ def announce(run, start, end):  # the run's opening line
           f"steps {start}->{end}")
 
 
-@contextlib.contextmanager
-def stop_on_signals():
-    """While open, SIGTERM (a cluster's pre-emption) and Ctrl-C only set stop["asked"]: the
-    loop finishes its step, checkpoints and stops. The previous handlers come back on exit."""
-    stop = {"asked": False}
-    previous = {sig: signal.signal(sig, lambda *_: stop.update(asked=True))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 class NonFiniteLoss(RuntimeError):
     """A loss became NaN or infinite: the run stops rather than train on garbage."""
 
@@ -450,10 +408,8 @@ class Log:
                   "drift_encoder": losses.drift(run.nets["encoder"], self.start_weights)}
         if run.target is not None:
             record["drift_target"] = losses.drift(run.target, self.start_weights)
-        if cfg.latent != "none":  # how z* is used: share of zeros, most chosen option
-            z = run.module.last_z
-            record["z_zero"] = float((z == 0).float().mean())
-            record["z_top"] = float(torch.bincount(z.abs().argmax(1)).max()) / len(z)
+        if cfg.latent != "none":  # VJ-VCR: how z* is used
+            record.update(infer_latent.z_usage(run.module.last_z))
         if run.rank == 0:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -545,6 +501,7 @@ def check_config(cfg):
             raise ValueError(f"--{key} {getattr(cfg, key)!r}: expected one of {allowed}")
     grid = mask_sampler(cfg).grid if cfg.objective in ("vjepa", "pixel") else None
     infer_latent.check_config(cfg)
+    plan.check_config(cfg)
     if cfg.loss not in losses.PREDICTION_LOSSES:
         raise ValueError(f"--loss {cfg.loss!r} is not a prediction loss of losses.py; expected "
                          f"one of {sorted(losses.PREDICTION_LOSSES)}")
@@ -559,13 +516,7 @@ def check_config(cfg):
         if getattr(cfg, key) < 1:
             raise ValueError(f"--{key} must be at least 1, got {getattr(cfg, key)}")
     if cfg.persist and cfg.objective != "vjepa":
-        raise ValueError(f"--persist {cfg.persist} needs feature targets (--objective vjepa); "
-                         "set --persist 0")
-    if cfg.objective == "action" and cfg.dataset != "two_rooms":
-        raise ValueError(f"--objective action needs a world with actions (--dataset two_rooms)")
-    if cfg.objective == "action" and not os.path.isfile(cfg.encoder_ckpt):
-        raise ValueError(f"--encoder_ckpt {cfg.encoder_ckpt}: no such file (train the world's "
-                         "encoder first: python train.py --preset rooms)")
+        raise ValueError(f"--persist {cfg.persist} needs --objective vjepa; set --persist 0")
     if not 0 <= cfg.cooldown_steps <= cfg.max_steps:
         raise ValueError(f"--cooldown_steps {cfg.cooldown_steps}: expected 0 to max_steps")
     return grid
@@ -585,12 +536,7 @@ def build(cfg, device):
         net = infer_latent.VJVCR(cfg, losses.PREDICTION_LOSSES[cfg.loss]).to(device)
         return net, net.checkpoint_nets(), None
     if cfg.objective == "action":  # V-JEPA 2-AC: a world's frozen V-JEPA encoder, a new predictor
-        encoder = model.from_checkpoint(data.read_checkpoint(cfg.encoder_ckpt), "target_encoder",
-                                        cfg.encoder_ckpt)[0].requires_grad_(False).to(device)
-        steps = cfg.num_frames // cfg.tubelet_size
-        net = model.ActionPredictor(encoder.dim, encoder.grid[1:], steps, 2, cfg.pred_dim,
-                                    cfg.pred_depth, cfg.enc_heads).to(device)
-        return net, {"encoder": encoder, "target_encoder": encoder, "action_predictor": net}, None
+        return plan.build(cfg, device)
     # one mask token per mask configuration (an unused one would get no gradient: DDP refuses)
     encoder, predictor = model.build_models(
         cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size, cfg.in_chans,

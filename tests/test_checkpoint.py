@@ -1,4 +1,4 @@
-"""model.from_checkpoint(data.read_checkpoint(path)): release-format files, ours and hand-made,
+"""model.from_checkpoint(model.read_checkpoint(path)): release-format files, ours and hand-made,
 against the models that wrote them; architecture inference; errors."""
 import copy
 import os
@@ -27,7 +27,7 @@ def _one_thread():
 
 
 def load(path, which="target_encoder"):
-    return model.from_checkpoint(data.read_checkpoint(path, which), which, str(path))
+    return model.from_checkpoint(model.read_checkpoint(path, which), which, str(path))
 
 
 def write_release(path, encoder, predictor, target=None, drop=(), **extra):
@@ -113,7 +113,7 @@ def test_trainer_checkpoint(tmp_path, mnist_args):
     enc, pred = load(path)
 
     # the same models built by hand from the saved config
-    state = data.read_checkpoint(path)
+    state = model.read_checkpoint(path)
     cfg = train.Config(**state["config"])
     ref_enc, ref_pred = model.build_models(
         cfg.num_frames, cfg.img_size, cfg.patch_size, cfg.tubelet_size, cfg.in_chans,
@@ -133,7 +133,7 @@ def test_renamed_key_and_wrong_shape_are_named(tmp_path):
     state = encoder.state_dict()
     state["blocks.1.attn.out.weight"] = state.pop("blocks.1.attn.proj.weight")
     path = tmp_path / "renamed.pt"
-    torch.save({"target_encoder": {data.RELEASE_PREFIX + k: v for k, v in state.items()}}, path)
+    torch.save({"target_encoder": {model.RELEASE_PREFIX + k: v for k, v in state.items()}}, path)
     with pytest.raises(ValueError, match=r"missing \['blocks\.1\.attn\.proj\.weight'\]; "
                                          r"unexpected \['blocks\.1\.attn\.out\.weight'\]"):
         load(path)
@@ -143,7 +143,7 @@ def test_renamed_key_and_wrong_shape_are_named(tmp_path):
                               ("predictor", "predictor_blocks.0.mlp.fc2.bias", 48)):
         path = write_release(tmp_path / "shape.pt", encoder, predictor)
         ckpt = torch.load(path)
-        ckpt[entry][data.RELEASE_PREFIX + key] = torch.zeros(width - 1)
+        ckpt[entry][model.RELEASE_PREFIX + key] = torch.zeros(width - 1)
         torch.save(ckpt, path)
         with pytest.raises(ValueError, match=rf"{entry} .*wrong shape \['{key} \({width - 1},\) "
                                              rf"\(expected \({width},\)\)"):

@@ -441,7 +441,7 @@ def test_embed_gain_scales_only_the_tubelet_embedding_and_survives_reinit():
     for key in plain:
         expected = 3 * plain[key] if key == "patch_embed.proj.weight" else plain[key]
         assert torch.equal(loud[key], expected), key
-    fresh = build(3.0)  # re-initialising (as probe.random_init_like does) keeps the gain
+    fresh = build(3.0)  # re-initialising (as model.random_init_like does) keeps the gain
     torch.manual_seed(7)
     model.init_weights(fresh, fresh.blocks)
     w = fresh.patch_embed.proj.weight.detach()

@@ -7,11 +7,10 @@ import pytest
 import torch
 
 import data
-import model
 import plan
 import train
 
-W = data.TwoRooms()
+W = plan.TwoRooms()
 
 
 def test_walls_block_and_the_door_lets_through():
@@ -37,7 +36,8 @@ def test_rollouts_stay_free_and_frames_draw_the_agent():
     for t in range(7):  # each state is the world's step from the one before
         assert torch.equal(pos[:, t + 1], W.step(pos[:, t], actions[:, t]))
     assert torch.equal(clips[:, :, 0], clips[:, :, 1])  # a tubelet holds one state
-    frame = W.render(torch.tensor([20.0, 40.0])) * data.MMNIST_STD + data.MMNIST_MEAN
+    assert (W.MEAN, W.STD) == (data.MMNIST_MEAN, data.MMNIST_STD)  # normalised as MovingMNIST
+    frame = W.render(torch.tensor([20.0, 40.0])) * W.STD + W.MEAN
     agent = [(y, x) for y in range(64) for x in range(64)  # a loop over pixels
              if abs(y + 0.5 - 20) <= 3 and abs(x + 0.5 - 40) <= 3]
     assert len(agent) == 36 and all(abs(frame[y, x] - 1) < 1e-5 for y, x in agent)
@@ -48,7 +48,7 @@ def test_rollouts_stay_free_and_frames_draw_the_agent():
 
 def test_the_action_predictor_is_block_causal():
     torch.manual_seed(0)
-    p = model.ActionPredictor(24, (2, 2), 5, 2, dim=16, depth=2, heads=2).eval()
+    p = plan.ActionPredictor(24, (2, 2), 5, 2, dim=16, depth=2, heads=2).eval()
     z, a = torch.randn(3, 5, 4, 24), torch.randn(3, 5, 2)
     out = p(z, a)
     z2, a2 = z.clone(), a.clone()
@@ -81,9 +81,9 @@ def rooms_ckpts(tmp_path_factory):
 def test_the_action_objective_is_teacher_forcing_plus_a_two_step_rollout(rooms_ckpts):
     cfg = train.parse_config(ROOMS + ["--preset", "rooms_ac", "--encoder_ckpt", rooms_ckpts[0]])
     run = train.setup(cfg)
-    clips, labels = data.TwoRooms(8, 2).sample(4, torch.Generator().manual_seed(3))
+    clips, labels = plan.TwoRooms(8, 2).sample(4, torch.Generator().manual_seed(3))
     actions = labels["actions"]
-    loss, terms, z = train.action_loss(run, clips, actions)
+    loss, terms, z = plan.action_loss(run, clips, actions)
     enc, pred = run.nets["target_encoder"], run.module
     by_hand = []
     for t in range(4):  # each state alone, as a 2-frame clip
@@ -106,15 +106,15 @@ def test_cem_reaches_a_goal_with_a_perfect_model():
     mean moves the state to a goal within reach, far closer than a random sequence does."""
     class Exact(torch.nn.Module):
         def forward(self, state, action):  # [EN, 1, 1, 2] position, [EN, 1, 2]
-            return state + data.TwoRooms.STEP * action.clamp(-1, 1)[:, :, None]
+            return state + plan.TwoRooms.STEP * action.clamp(-1, 1)[:, :, None]
 
     g = torch.Generator().manual_seed(0)
     z = torch.full((6, 1, 2), 30.0)
     goal = z + torch.tensor([[[12.0, -9.0]]])
     mean = plan.cem(Exact(), z, goal, g)
-    end = z + data.TwoRooms.STEP * mean.sum(1, keepdim=True)
+    end = z + plan.TwoRooms.STEP * mean.sum(1, keepdim=True)
     assert (end - goal).norm(dim=-1).max() < 2.0
-    rand = z + data.TwoRooms.STEP * (2 * torch.rand(6, 4, 2, generator=g) - 1).sum(1)[:, None]
+    rand = z + plan.TwoRooms.STEP * (2 * torch.rand(6, 4, 2, generator=g) - 1).sum(1)[:, None]
     assert (rand - goal).norm(dim=-1).mean() > 5.0
 
 

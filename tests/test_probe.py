@@ -506,7 +506,7 @@ def test_cached_features_equal_fresh_ones_and_are_read_back(tmp_path, tiny_sets,
                for k in probe.POOLINGS)
     monkeypatch.undo()
     # other weights: another file, other features
-    other = probe.random_init_like(enc, 5)
+    other = model.random_init_like(enc, 5)
     feats = probe.cached_features({"target": other}, spec, sources, str(tmp_path))
     assert len(list(tmp_path.glob("features_*.pt"))) == 2
     assert not torch.equal(feats["fit"][0]["target"]["mean"], got["fit"][0]["target"]["mean"])
@@ -678,7 +678,7 @@ def test_random_init_of_a_loaded_checkpoint_keeps_its_embed_gain(tmp_path):
     torch.save({"encoder": state, "target_encoder": state,
                 "config": {"embed_gain": 3.0, "enc_heads": 2, "num_frames": 4}}, path)
     loaded = probe.load_networks(str(path))[0]["target"]
-    fresh = probe.random_init_like(loaded, 7)
+    fresh = model.random_init_like(loaded, 7)
     reference = model.VisionTransformer(num_frames=4, img_size=32, patch_size=8, tubelet_size=2,
                                         in_chans=1, dim=24, depth=1, heads=2, embed_gain=1.0)
     torch.manual_seed(7)
@@ -778,7 +778,7 @@ def digit_sources():
 
 def test_violation_pairs_break_movingmnist_only_after_the_context():
     source, c, n = digit_sources(), 8, 64
-    clips = probe.violation_pairs(source, n, seed=0, ctx_frames=c)
+    clips = data.violation_pairs(source, n, seed=0, ctx_frames=c)
     assert set(clips) == {"normal", *probe.VIOLATIONS}
     raw = {k: v * data.MMNIST_STD + data.MMNIST_MEAN for k, v in clips.items()}  # normalised
     normal = raw["normal"]
@@ -808,10 +808,10 @@ def test_violation_pairs_break_movingmnist_only_after_the_context():
 
 def test_surprise_is_the_vjepa_loss_of_the_future_mask():
     """The predictor's surprise at a clip, averaged over clips, is train.vjepa_loss with the
-    future mask and no token_vcr (an independent path: the training objective)."""
+    future mask and no token_vcr or persist (an independent path: the training objective)."""
     args = ["--num_frames", "4", "--img_size", "32", "--patch_size", "8", "--enc_dim", "24",
             "--enc_depth", "1", "--enc_heads", "2", "--pred_dim", "24", "--pred_depth", "1",
-            "--token_vcr", "0", "--device", "cpu", "--dtype", "float32"]
+            "--token_vcr", "0", "--persist", "0", "--device", "cpu", "--dtype", "float32"]
     run = train.setup(train.parse_config(args))
     clips = torch.rand(5, 1, 4, 32, 32)
     loss, _, _ = train.vjepa_loss(run, clips, torch.Generator().manual_seed(0))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import data
+import model
 import probe
 import train
 from test_probe import MNIST_ARGS, tiny_vjepa, two_seeds  # noqa: F401 (a fixture)
@@ -181,7 +181,7 @@ def test_snapshots_and_the_learning_curve(tmp_path):
     ckpt = tiny_vjepa(out, "--snapshot_every", "2", "--log_every", "2")
     names = sorted(os.listdir(os.path.join(out, "snapshots")))
     assert names == ["step000000.pt", "step000002.pt", "step000004.pt"]
-    snaps = [data.read_checkpoint(os.path.join(out, "snapshots", n)) for n in names]
+    snaps = [model.read_checkpoint(os.path.join(out, "snapshots", n)) for n in names]
     assert [s["step"] for s in snaps] == [0, 2, 4]
     # step 0 is the initialisation: a model built afresh from the run's seed
     cfg = train.Config(**snaps[0]["config"])
@@ -193,7 +193,7 @@ def test_snapshots_and_the_learning_curve(tmp_path):
         assert state.keys() == fresh.keys()
         assert all(torch.equal(state[k], fresh[k]) for k in fresh), name
     # the last snapshot holds the final weights
-    final = data.read_checkpoint(ckpt)
+    final = model.read_checkpoint(ckpt)
     for name in ("encoder", "target_encoder"):
         assert all(torch.equal(snaps[2][name][k], v) for k, v in final[name].items())
     # the log's drift of the target encoder at step 4, from the snapshots

@@ -167,11 +167,11 @@ def test_parse_config():
         16, True, 3.0, "future")
     assert (laptop.max_steps, laptop.warmup_steps, laptop.mask_ctx_frames, laptop.ema_start) == (
         2500, 400, 8, 0.99)
-    assert laptop.token_vcr == 1.0
+    assert (laptop.token_vcr, laptop.persist) == (1.0, 1.0)
     pure = train.parse_config(["--preset", "laptop_vjepa"])  # the slow-EMA recipe, no regulariser
     assert {k for k, v in vars(pure).items() if getattr(laptop, k) != v} == {
-        "preset", "out_dir", "token_vcr", "max_steps", "ema_start"}
-    assert (pure.max_steps, pure.ema_start) == (4000, 0.9998)
+        "preset", "out_dir", "token_vcr", "persist", "max_steps", "ema_start"}
+    assert (pure.max_steps, pure.ema_start, pure.token_vcr, pure.persist) == (4000, 0.9998, 0, 0)
 
 
 @pytest.mark.parametrize("frames,tubelet,given,expected", [
@@ -418,7 +418,7 @@ def test_vcr_acts_per_time_step_on_the_flattened_grid_vector(mnist_args):
     net = run.module  # train mode: BatchNorm on batch statistics
     clips, _ = data.fixed_set(data.make_source(cfg), 16, seed=0)
     with torch.no_grad():
-        _, terms, h = train.vjvcr_loss(run, clips)  # h: [B, T, 1, d], one vector per step
+        _, terms, h = infer_latent.vjvcr_loss(run, clips)  # h: [B, T, 1, d], one vector per step
         h = h[:, :, 0]
         n = cfg.mask_ctx_frames
         maps = [net.encoder.layers(c).numpy() for c in (clips[:, :, :n], clips[:, :, n:])]
@@ -497,7 +497,7 @@ def test_pixel_objective_trains_and_its_checkpoint_loads(tmp_path, mnist_args):
                 "--out_dir", out] + mnist_args)
     log = read_log(out)
     assert all(math.isfinite(r["loss"]) and r["emb_std"] > 0 for r in log)
-    encoder, predictor = model.from_checkpoint(data.read_checkpoint(os.path.join(out, "ckpt.pt")))
+    encoder, predictor = model.from_checkpoint(model.read_checkpoint(os.path.join(out, "ckpt.pt")))
     assert predictor.predictor_proj.out_features == 1 * 2 * 8 * 8  # the pixels of a tubelet
     state = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)
     assert torch.equal(state["encoder"]["module.backbone.pos_embed"], encoder.pos_embed)
@@ -596,7 +596,7 @@ def test_persist_is_vicreg_of_the_projected_mean_context_and_mean_future_target(
     assert terms["clip_vc"] == pytest.approx(w * vc, rel=1e-4)
     assert float(loss.detach()) == pytest.approx(terms["pred"] + w * (reference.mean() + vc),
                                                  rel=1e-5)
-    with pytest.raises(ValueError, match="--persist 2.0 needs feature targets"):
+    with pytest.raises(ValueError, match="--persist 2.0 needs --objective vjepa"):
         train.check_config(train.parse_config(TINY + ["--persist", "2", "--objective", "pixel"]))
 
 
@@ -688,7 +688,7 @@ def test_a_rope_run_records_its_positions_and_loads_for_the_probe(tmp_path, mnis
     out = str(tmp_path / "rope")
     train.main(TINY + mnist_args + ["--pos", "rope", "--max_steps", "2", "--val_clips", "0",
                                     "--out_dir", out])
-    ckpt = data.read_checkpoint(os.path.join(out, "ckpt.pt"))
+    ckpt = model.read_checkpoint(os.path.join(out, "ckpt.pt"))
     assert ckpt["config"]["pos"] == "rope"
     encoder, predictor = model.from_checkpoint(ckpt)
     assert encoder.rope is not None and predictor.rope is not None

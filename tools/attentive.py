@@ -24,7 +24,7 @@ import data  # noqa: E402
 import model  # noqa: E402
 import train  # noqa: E402
 from probe import (accuracy_and_se, compare, load_networks, mean_std,  # noqa: E402
-                   probe_sets, probe_tasks, random_init_like)
+                   probe_sets, probe_tasks)
 
 
 class AttentiveProbe(nn.Module):
@@ -149,7 +149,7 @@ def main(argv):
     nets, configs = zip(*[load_networks(c) for c in a.ckpt])
     first = nets[0]["target"]
     sources, _ = probe_sets(configs[0], first, a)
-    randoms = [random_init_like(first, 1000 + i) for i in range(a.random_inits)]
+    randoms = [model.random_init_like(first, 1000 + i) for i in range(a.random_inits)]
     out_dir = a.out_dir or os.path.join(os.path.dirname(os.path.abspath(a.ckpt[0])), "probe")
     path = os.path.join(out_dir, "results.json")
     results = {"ckpt": a.ckpt}

@@ -5,7 +5,7 @@ stable enough to decide (std over seeds at most 2 points on the digit).
         --settings 1024:1e-2:20:16 4096:1e-3:20:64 ...   # fit clips : peak lr : epochs : batch
 
 For each setting, the probe of the trained encoder and of one random-init encoder of its shape
-(probe.random_init_like, seed 1000), `--seeds` probe seeds each, on the tokens encoded once
+(model.random_init_like, seed 1000), `--seeds` probe seeds each, on the tokens encoded once
 (the largest fit set; smaller settings use its first clips). Prints a Markdown table of
 mean ± std over probe seeds per task, and the minutes each setting took; --out writes JSON.
 """
@@ -64,7 +64,7 @@ def main(argv):
     a.fit_clips = max(s[0] for s in settings)
     sources, _ = probe.probe_sets(config, encoder, a)
     rows, results = [], []
-    for name, net in (("trained", encoder), ("random init", probe.random_init_like(encoder, 1000))):
+    for name, net in (("trained", encoder), ("random init", model.random_init_like(encoder, 1000))):
         sets = []
         for part, n, seed in (("fit", a.fit_clips, 1), ("test", a.test_clips, 2)):
             clips, labels = data.fixed_set(sources[part], n, seed=seed)

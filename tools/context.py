@@ -38,7 +38,7 @@ def content_share(targets):
 
 def context_dependence(path, clips=64, seed=0):
     """The measurements of the module docstring for checkpoint `path` -> dict (also printed)."""
-    state = data.read_checkpoint(path)
+    state = model.read_checkpoint(path)
     cfg = train.Config(**state["config"])
     if cfg.objective != "vjepa":
         raise ValueError(f"{path} is a {cfg.objective} checkpoint; expected vjepa")

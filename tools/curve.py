@@ -20,11 +20,10 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-import data  # noqa: E402
 import model  # noqa: E402
 from probe import (CLASS_TASKS, POOLINGS, REGRESSION_TASKS, cached_features,  # noqa: E402
                    linear_probe_arguments, linear_probes, linear_targets, mean_std, probe_sets,
-                   random_init_like, load_networks)
+                   load_networks)
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
@@ -93,10 +92,10 @@ def learning_curve(a):
         raise FileNotFoundError(f"no snapshots in {folder}: train with --snapshot_every N")
     nets, configs = zip(*[load_networks(p) for p in paths])
     encoders, config = [n["target"] for n in nets], configs[0]
-    steps = [data.read_checkpoint(p)["step"] for p in paths]
+    steps = [model.read_checkpoint(p)["step"] for p in paths]
     sources, spec = probe_sets(config, encoders[0], a)
     cache = a.cache_dir or os.path.join(os.path.abspath(a.out_dir), "..", "feature_cache")
-    randoms = [random_init_like(encoders[0], 1000 + i) for i in range(a.random_inits)]
+    randoms = [model.random_init_like(encoders[0], 1000 + i) for i in range(a.random_inits)]
 
     def scores(net, desc):
         feats = cached_features({"target": net}, spec, sources, cache, desc, a.dtype)

@@ -32,7 +32,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import benchmark  # noqa: E402  (tools/benchmark.py: the FLOP counter)
-import data  # noqa: E402
 import model  # noqa: E402
 import train  # noqa: E402
 
@@ -158,7 +157,7 @@ def torchrun_check(dry, work, timeout):
                     "s": round(time.perf_counter() - t, 1), "tail": p.stderr[-3000:]}
     with open(os.path.join(out, "log.jsonl")) as f:
         log = [json.loads(line) for line in f]
-    state = data.read_checkpoint(os.path.join(out, "ckpt.pt"))
+    state = model.read_checkpoint(os.path.join(out, "ckpt.pt"))
     steps = [r["step"] for r in log]
     expected = list(range(half // 2, 2 * half + 1, half // 2))
     ok = (steps == expected and all(np.isfinite(r["loss"]) for r in log)

@@ -65,7 +65,7 @@ def load_run(path, mnist_dir=""):
     """A VJ-VCR or generative checkpoint -> (its Config, its infer_latent.VJVCR in eval mode)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"--ckpt {path} does not exist")
-    state = data.read_checkpoint(path)
+    state = model.read_checkpoint(path)
     config = {"pool_grid": 1, **state["config"]}  # files without pool_grid pooled globally
     cfg = train.Config(**{**config, "mnist_dir": mnist_dir or config["mnist_dir"]})
     if cfg.objective in ("vjepa", "pixel"):
