@@ -1,6 +1,7 @@
 """Clips in, checkpoint files out: MNIST digits, MovingMNIST made on the fly (also VJ-VCR's
-stochastic one), folders of real video, the batch of every step (the two-rooms world of
-V-JEPA 2-AC: plan.py); checkpoints written and read.
+stochastic one, and clips that break its physics for the probe), folders of real video, the
+batch of every step (the two-rooms world of V-JEPA 2-AC: plan.py); checkpoints written and
+resumed.
 
 Every source has `sample(batch, generator) -> (clips [B, C, T, H, W] float32, labels dict)`,
 and draws all of its randomness from `generator`. `StepBatches` seeds that generator from
@@ -10,7 +11,7 @@ run sees exactly the batches it would have seen, and DataLoader workers need no 
 Digits come from MNIST IDX files in a directory (`mnist_dir` or $MNIST_DIR), else from a
 one-time download into ~/.cache/vjepa-mnist checked against the published MD5s, else (offline)
 from digits drawn procedurally here, with a one-line warning. Checkpoints are written
-atomically and read without running pickled code; model.from_checkpoint builds their networks.
+atomically; model.read_checkpoint reads them without running pickled code.
 """
 import contextlib
 import gzip

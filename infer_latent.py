@@ -1,6 +1,6 @@
 """VJ-VCR (Drozdov, Shwartz-Ziv and LeCun 2024) on MovingMNIST: its conv encoder, MLP predictor
-with an optional latent and decoder, and the inference of the latent z* with the networks frozen:
-the option of lowest energy (discrete) or FISTA on E(z) + lam |z|_1 (sparse).
+with an optional latent and decoder, its objective, and the inference of the latent z* with the
+networks frozen: the option of lowest energy (discrete) or FISTA on E(z) + lam |z|_1 (sparse).
 
 `VJVCR` is what train.py trains for the objectives vjvcr and generative, `vjvcr_loss` their
 objective (losses.vjvcr_energy); it calls `infer_z` at every step of a latent model, under the

@@ -1,7 +1,7 @@
 """Train V-JEPA (predict the EMA target encoder's features of hidden tokens from the visible
 ones), VJ-VCR (predict the features of future frames, with variance-covariance regularisation
 against collapse) or its generative baseline, or V-JEPA 2-AC's action-conditioned predictor on
-a frozen encoder: the config, the objectives, the step, the loop and its log.
+a frozen encoder: the config, V-JEPA's objective, the step, the loop and its log.
 
     python train.py                                    # the laptop recipe, Config's defaults
     python train.py --max_steps 200 --out_dir out/short   # any Config key can be overridden
@@ -9,8 +9,8 @@ a frozen encoder: the config, the objectives, the step, the loop and its log.
     torchrun --standalone --nproc_per_node=8 train.py --preset vitl16 --data_path /data/videos
     python train.py --out_dir out/laptop --resume true  # from OUT_DIR/ckpt.pt
 
-V-JEPA's loss is `vjepa_loss`, VJ-VCR's `infer_latent.vjvcr_loss`, V-JEPA 2-AC's `plan.action_loss`;
-`train_step` is the optimizer's plumbing.
+V-JEPA's loss is `vjepa_loss`, VJ-VCR's `infer_latent.vjvcr_loss`, V-JEPA 2-AC's
+`plan.action_loss`; `train_step` is the optimizer's plumbing.
 """
 import contextlib
 import copy
@@ -89,7 +89,7 @@ class Config:
     latent_restart: int = 0  # discrete: restart unused options for this many steps
     # optimisation (batch_size per process; global batch = batch_size x world x accum_steps)
     batch_size: int = 8
-    max_steps: int = 2500  # 5.3 emulated AVX2 float32 minutes on 2 cores (docs/results.md 1.7)
+    max_steps: int = 2500  # 5.1 emulated AVX2 float32 minutes on 2 cores (docs/results.md 1.7)
     warmup_steps: int = 400
     start_lr: float = 2e-4
     lr: float = 6.25e-4
