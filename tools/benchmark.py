@@ -70,7 +70,7 @@ def cpu_class():
 # AdamW, EMA) sets what the laptop preset has changed over time, so it compares commits.
 # "laptop" is the preset as it is.
 TINY_VIDEO = ["--preset", "laptop", "--patch_size", "8", "--mask", "multiblock",
-              "--normalise", "false", "--embed_gain", "1", "--token_vcr", "0"]
+              "--normalise", "false", "--embed_gain", "1", "--token_vcr", "0", "--persist", "0"]
 CONFIGS = {
     "tiny-video": TINY_VIDEO,
     "laptop": ["--preset", "laptop"],
@@ -80,9 +80,9 @@ CONFIGS = {
     # ViT-L/16's width, heads and 1,568 tokens (16 x 224 x 224) at 2 blocks, both multi-block
     # masks: the paper recipe's step shape at a size 2 cores can time
     "vitl16-shaped": TINY_VIDEO[:2] + ["--mask", "multiblock", "--normalise", "false",
-                                       "--embed_gain", "1", "--token_vcr", "0", "--img_size",
-                                       "224", "--enc_dim", "1024", "--enc_depth", "2",
-                                       "--enc_heads", "16", "--pred_dim", "384",
+                                       "--embed_gain", "1", "--token_vcr", "0", "--persist", "0",
+                                       "--img_size", "224", "--enc_dim", "1024", "--enc_depth",
+                                       "2", "--enc_heads", "16", "--pred_dim", "384",
                                        "--pred_depth", "2"],
 }
 PINNED = ("tiny-video", "vitl16-shaped")  # configs that mean the same at an earlier commit (--before): the
