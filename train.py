@@ -200,7 +200,7 @@ def vjepa_loss(run, clips, generator):
     with torch.no_grad():  # the targets get no gradient
         h, full = feature_targets(run, clips)  # EMA encoder [B, N, D], its layer norm
         targets = [model.gather_tokens(full, tgt) for _, tgt in masks]  # [B, Kt, D]
-        pooled = torch.stack([t.float().mean(1) for t in targets]).mean(0)  # [B, D] per clip
+        pooled = torch.stack([t.float().mean(1) for t in targets]).mean(0) if cfg.persist else None
     # encoder(kept) [B, Kc, D] -> predictor [B, Kt, D]; persist: projections [B, P] of both means
     preds, contexts, projections = run.net(clips, masks, pooled)
     loss, terms = losses.vjepa_energy(  # prediction + token_vcr x VCR of the contexts + persist
