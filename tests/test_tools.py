@@ -1,6 +1,6 @@
 """tools/: tables.py (probed runs beside the papers' numbers), curve.py (a run's learning
-curve), context.py (does the predictor use the context?), run on hand-made results and on tiny
-checkpoints."""
+curve), context.py (does the predictor use the context?), layer_probe.py (the probes at every
+layer), run on hand-made results and on tiny checkpoints."""
 import json
 import math
 import os
@@ -11,22 +11,24 @@ import numpy as np
 import pytest
 import torch
 
+import data
 import model
 import probe
 import train
 from test_probe import MNIST_ARGS, tiny_vjepa, two_seeds  # noqa: F401 (a fixture)
-from tools import context, curve, tables
+from tools import context, curve, layer_probe, tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("tool", ["tables", "curve", "context"])
+@pytest.mark.parametrize("tool", ["tables", "curve", "context", "layer_probe"])
 def test_each_tool_starts_with_its_command(tool):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", f"{tool}.py"), "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert out.startswith("usage:")
     assert f"python tools/{tool}.py" in getattr({"tables": tables, "curve": curve,
-                                                  "context": context}[tool], "__doc__")
+                                                  "context": context,
+                                                  "layer_probe": layer_probe}[tool], "__doc__")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,3 +279,41 @@ def test_attentive_sweep_reports_the_spread_over_probe_seeds(tmp_path, two_seeds
         mean, std = 100 * float(np.mean(acc)), 100 * float(np.std(acc, ddof=1))
         assert row.split(" | ")[2] == f"{mean:.1f} ± {std:.1f}"
     assert json.loads(out.read_text())[0]["setting"] == [24, 0.01, 1, 8]
+
+
+# ----------------------------------------------------------------------------------------------
+# layer_probe.py
+
+def test_layer_features_are_the_blocks_run_by_hand():
+    """Each layer's mean token equals a loop over the blocks: the layer-normed residual stream
+    after block l, and after the last block the encoder's own output (its norm)."""
+    torch.manual_seed(0)
+    enc = model.VisionTransformer(4, 32, 16, 2, 1, 32, 3, 2).eval()
+    source = data.MovingMNIST(*data.procedural_digits(per_class=3), 4, 32, 1)
+    feats, labels = layer_probe.layer_features(enc, source, 6, 0, torch.float32)
+    clips = next(data.fixed_chunks(source, 6, 0, chunk=64))[0]
+    with torch.no_grad():
+        x = enc.patch_embed(clips) + enc.pos_embed
+        for i, block in enumerate(enc.blocks, 1):
+            x = block(x)
+            ref = enc.norm(x) if i == 3 else torch.nn.functional.layer_norm(x, x.shape[-1:])
+            torch.testing.assert_close(feats[f"mean@{i}"], ref.mean(1))
+            torch.testing.assert_close(feats[f"max@{i}"], ref.amax(1))
+    assert len(labels["digits"]) == 6 and set(feats) == {f"{p}@{i}" for p in probe.POOLINGS
+                                                          for i in (1, 2, 3)}
+
+
+def test_layer_probe_reads_every_layer_of_both_encoders(tmp_path, two_seeds, capsys):
+    out = layer_probe.main(["--ckpt", *two_seeds, "--fit_clips", "48", "--test_clips", "32",
+                            "--random_inits", "2", "--out_dir", str(tmp_path)] + MNIST_ARGS)
+    assert probe.POOLINGS == ("mean", "max", "time", "cells")  # patched only inside main
+    assert set(out["target"]) == set(out["online"]) == set(probe.CLASS_TASKS +
+                                                           probe.REGRESSION_TASKS)
+    assert out["target"]["digit"]["pooling"].split("@")[0] in probe.CLASS_POOLINGS
+    for task in ("digit", "speed"):  # the best init at its best layer and pooling >= the mean
+        assert out["target"][task]["random"][0] >= out["per_layer"][task]["random_init@1"]
+    assert set(out["per_layer"]["digit"]) == {f"{n}@1" for n in ("target", "online",
+                                                                 "random_init")}
+    with open(tmp_path / "layers.json") as f:
+        assert json.load(f)["target"] == out["target"]
+    assert "| digit | target |" in capsys.readouterr().out
