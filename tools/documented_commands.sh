@@ -53,6 +53,7 @@ run tables_vcr python tools/tables.py $O/vjvcr/probe $O/generative/probe
 run tables_t2 python tools/tables.py $O/switch_none/probe $O/switch_discrete/probe
 run curve python tools/curve.py $O/laptop_s1 $PL
 run context python tools/context.py $O/laptop/ckpt.pt --clips 16
+run layer_probe python tools/layer_probe.py --ckpt $O/laptop_s1/ckpt.pt $O/laptop_s2/ckpt.pt $PL --out_dir $O/layers
 run attentive_sweep python tools/attentive_sweep.py --ckpt $O/laptop/ckpt.pt --seeds 1 --settings 32:1e-2:1:16 --test_clips 16
 run check_videos python tools/check_videos.py --data_path $O/videos
 run mask_stats python tools/mask_stats.py --batch 2 --batches 3
