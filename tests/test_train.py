@@ -166,12 +166,15 @@ def test_parse_config():
     assert (laptop.patch_size, laptop.normalise, laptop.embed_gain, laptop.mask) == (
         16, True, 3.0, "future")
     assert (laptop.max_steps, laptop.warmup_steps, laptop.mask_ctx_frames, laptop.ema_start) == (
-        2500, 400, 8, 0.99)
-    assert (laptop.token_vcr, laptop.persist) == (1.0, 1.0)
+        6000, 400, 8, 0.99)
+    assert (laptop.enc_dim, laptop.enc_heads, laptop.pred_dim) == (128, 2, 64)
+    assert (laptop.token_vcr, laptop.persist) == (0.1, 1.0)
     pure = train.parse_config(["--preset", "laptop_vjepa"])  # the slow-EMA recipe, no regulariser
     assert {k for k, v in vars(pure).items() if getattr(laptop, k) != v} == {
-        "preset", "out_dir", "token_vcr", "persist", "max_steps", "ema_start"}
+        "preset", "out_dir", "token_vcr", "persist", "max_steps", "ema_start", "enc_dim",
+        "enc_heads", "pred_dim"}
     assert (pure.max_steps, pure.ema_start, pure.token_vcr, pure.persist) == (4000, 0.9998, 0, 0)
+    assert (pure.enc_dim, pure.enc_heads, pure.pred_dim) == (192, 3, 96)  # results 2-3's ViT
 
 
 @pytest.mark.parametrize("frames,tubelet,given,expected", [

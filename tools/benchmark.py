@@ -70,7 +70,8 @@ def cpu_class():
 # AdamW, EMA) sets what the laptop preset has changed over time, so it compares commits.
 # "laptop" is the preset as it is.
 TINY_VIDEO = ["--preset", "laptop", "--patch_size", "8", "--mask", "multiblock",
-              "--normalise", "false", "--embed_gain", "1", "--token_vcr", "0", "--persist", "0"]
+              "--normalise", "false", "--embed_gain", "1", "--token_vcr", "0", "--persist", "0",
+              "--enc_dim", "192", "--enc_heads", "3", "--pred_dim", "96"]
 CONFIGS = {
     "tiny-video": TINY_VIDEO,
     "laptop": ["--preset", "laptop"],
