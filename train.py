@@ -41,8 +41,8 @@ import plan  # noqa: E402
 @dataclass
 class Config:
     """The defaults are the laptop recipe (`python train.py`, docs/results.md 1.7): V-JEPA on
-    16x64x64 MovingMNIST, ViT 128/6/2, future masks (8 frames predict the next 8), patch 16,
-    6,000 steps, EMA from 0.99, plus VJ-VCR's variance-covariance of the context tokens
+    16x64x64 MovingMNIST, ViT 96/6/2, future masks (8 frames predict the next 8), patch 16,
+    10,000 steps, EMA from 0.99, plus VJ-VCR's variance-covariance of the context tokens
     (token_vcr) and VICReg of the clip's projected mean context and future target (persist)."""
     preset: str = "laptop"
     out_dir: str = "out/laptop"
@@ -62,10 +62,10 @@ class Config:
     uniform_power: bool = True  # positional code widths as in the released configs
     pos: str = "sincos"  # sincos (V-JEPA: tables added to the tokens) | rope (V-JEPA 2: 3D RoPE)
     # networks
-    enc_dim: int = 128
+    enc_dim: int = 96
     enc_depth: int = 6
     enc_heads: int = 2
-    pred_dim: int = 64
+    pred_dim: int = 48
     pred_depth: int = 4
     embed_gain: float = 3.0  # the tubelet embedding's initial weights x this (model.PatchEmbed3D)
     # masks
@@ -89,14 +89,14 @@ class Config:
     latent_restart: int = 0  # discrete: restart unused options for this many steps
     # optimisation (batch_size per process; global batch = batch_size x world x accum_steps)
     batch_size: int = 8
-    max_steps: int = 6000  # 7.3 emulated AVX2 float32 minutes on 2 cores (docs/results.md 1.7)
+    max_steps: int = 10000  # 7.3 emulated AVX2 float32 minutes on 2 cores (docs/results.md 1.7)
     warmup_steps: int = 400
     start_lr: float = 2e-4
     lr: float = 6.25e-4
     final_lr: float = 1e-6
     weight_decay: float = 0.04
     final_weight_decay: float = 0.4
-    ema_start: float = 0.99  # ~36 EMA time constants in 6,000 steps: the target moves
+    ema_start: float = 0.99  # ~60 EMA time constants in 10,000 steps: the target moves
     ema_end: float = 1.0
     ipe_scale: float = 1.25  # schedules computed for ipe_scale x max_steps, then truncated
     schedule: str = "cosine"  # cosine (V-JEPA) | wsd (V-JEPA 2: warm-up, constant, cooldown)

@@ -166,8 +166,8 @@ def test_parse_config():
     assert (laptop.patch_size, laptop.normalise, laptop.embed_gain, laptop.mask) == (
         16, True, 3.0, "future")
     assert (laptop.max_steps, laptop.warmup_steps, laptop.mask_ctx_frames, laptop.ema_start) == (
-        6000, 400, 8, 0.99)
-    assert (laptop.enc_dim, laptop.enc_heads, laptop.pred_dim) == (128, 2, 64)
+        10000, 400, 8, 0.99)
+    assert (laptop.enc_dim, laptop.enc_heads, laptop.pred_dim) == (96, 2, 48)
     assert (laptop.token_vcr, laptop.persist) == (0.1, 1.0)
     pure = train.parse_config(["--preset", "laptop_vjepa"])  # the slow-EMA recipe, no regulariser
     assert {k for k, v in vars(pure).items() if getattr(laptop, k) != v} == {
