@@ -445,8 +445,8 @@ def violation_pairs(source, n, seed, ctx_frames):
           & (source.labels[which] != source.labels[other])
           & ((paths["teleport"][:, c] - pos[:, c]).abs().amax(1) > room / 4))
     if int(ok.sum()) < n:
-        raise ValueError(f"only {int(ok.sum())} of {m} candidate clips bounce in the future "
-                         f"frames; {n} asked (short clips: probe.py --pairs {int(ok.sum())})")
+        raise ValueError(f"only {int(ok.sum())} of {m} candidate clips go straight for {c} "
+                         f"frames, then bounce in {T - c}; {n} asked: the future is too short")
     keep = ok.nonzero()[:n, 0]
 
     def draw(path, digit):  # on a canvas one digit wider each side: a digit past a wall is cut
