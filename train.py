@@ -340,6 +340,8 @@ def main(argv):
         dist.barrier()
         run.net = None
         dist.destroy_process_group()
+        sys.stdout.flush()  # then leave at once: gloo's threads can abort the interpreter's
+        os._exit(0)  # teardown ("terminate called without an active exception", SIGABRT)
 
 
 def save_snapshot(run, step):
@@ -364,9 +366,8 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Log:
-    """The loss summed on the device between log lines, the one host sync per log/checkpoint
-    step (any rank's non-finite loss or stop request, all-reduced so that all ranks stop at the
-    same step), and OUT_DIR/log.jsonl."""
+    """The loss summed on the device between log lines; one host sync per log/checkpoint step
+    (any rank's non-finite loss or stop request, all-reduced: the ranks stop together); log.jsonl"""
 
     def __init__(self, run, path):
         self.run, self.path = run, path
@@ -419,9 +420,8 @@ class Log:
 
 
 def write_summary(run, step, wall, last, clips, val_source):
-    """OUT_DIR/summary.json and the run's closing lines: time, speed, final loss, peak memory,
-    and the target encoder's collapse monitors on cfg.val_clips fixed validation clips (the
-    same in every run): per-channel std of its features, RankMe of the mean token."""
+    """OUT_DIR/summary.json and the closing lines: time, speed, final loss, peak memory, and the
+    target encoder's per-channel std and RankMe of the mean token on cfg.val_clips fixed clips."""
     cfg, rss = run.cfg, model.peak_rss_mb()
     summary = {"steps": step, "wall_s": round(wall, 1), "final_loss": last,
                "clips_per_s": round(clips / wall, 2), "peak_rss_mb": rss and round(rss)}
